@@ -1,0 +1,95 @@
+// GPU dispatch: workspace planning, checking mode, and the choice of kernel path.
+#include <cuda_runtime.h>
+
+#include <vector>
+
+#include "api/dispatch.hpp"
+#include "api/error.hpp"
+#include "api/tensor.hpp"
+
+namespace flashgdn {
+
+bool gpu_built() { return true; }
+
+size_t fwd_workspace_bytes(const Problem&) { return 0; }
+size_t bwd_workspace_bytes(const Problem&) { return 0; }
+
+namespace {
+
+flashgdn_status_t cuda_fail(const char* fn, const char* what, cudaError_t e) {
+  if (e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver)
+    return fail(FLASHGDN_ERROR_NO_DEVICE, "%s: %s: %s", fn, what, cudaGetErrorString(e));
+  return fail(FLASHGDN_ERROR_CUDA, "%s: %s: %s", fn, what, cudaGetErrorString(e));
+}
+
+flashgdn_status_t copy_indices(const flashgdn_tensor_t& t, int64_t n, const char* fn, cudaStream_t s,
+                               std::vector<int64_t>* out) {
+  out->resize(n);
+  if (n == 0) return FLASHGDN_SUCCESS;
+  const size_t es = dtype_size(t.dtype);
+  std::vector<unsigned char> raw(n * es);
+  cudaError_t e = cudaMemcpyAsync(raw.data(), t.data, n * es, cudaMemcpyDeviceToHost, s);
+  if (e == cudaSuccess) e = cudaStreamSynchronize(s);
+  if (e != cudaSuccess) return cuda_fail(fn, "checking mode: copying indices to the host failed", e);
+  for (int64_t i = 0; i < n; ++i)
+    (*out)[i] = t.dtype == FLASHGDN_DTYPE_INT64 ? reinterpret_cast<const int64_t*>(raw.data())[i]
+                                                : reinterpret_cast<const int32_t*>(raw.data())[i];
+  return FLASHGDN_SUCCESS;
+}
+
+}  // namespace
+
+flashgdn_status_t check_device_inputs(const Problem& pr, const flashgdn_tensor_t& cu, const flashgdn_tensor_t* idx,
+                                      const char* fn, flashgdn_stream_t stream) {
+  cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
+  cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+  cudaError_t e = cudaStreamIsCapturing(s, &cap);
+  if (e != cudaSuccess) return cuda_fail(fn, "cudaStreamIsCapturing", e);
+  if (cap != cudaStreamCaptureStatusNone)
+    return fail(FLASHGDN_ERROR_INVALID_ARGUMENT,
+                "%s: argument 'check_inputs' is set while the stream is being captured; checking mode synchronises and "
+                "cannot be captured in a CUDA graph",
+                fn);
+  if (pr.varlen) {
+    std::vector<int64_t> c;
+    FLASHGDN_TRY(copy_indices(cu, pr.N + 1, fn, s, &c));
+    if (c[0] != 0) return fail(FLASHGDN_ERROR_INVALID_DATA, "%s: cu_seqlens[0] = %lld, expected 0", fn, (long long)c[0]);
+    for (int64_t n = 0; n < pr.N; ++n) {
+      if (c[n + 1] < c[n])
+        return fail(FLASHGDN_ERROR_INVALID_DATA,
+                    "%s: cu_seqlens is not non-decreasing: cu_seqlens[%lld] = %lld < cu_seqlens[%lld] = %lld", fn,
+                    (long long)(n + 1), (long long)c[n + 1], (long long)n, (long long)c[n]);
+    }
+    if (c[pr.N] != pr.T)
+      return fail(FLASHGDN_ERROR_INVALID_DATA, "%s: cu_seqlens[N] = %lld, expected the token count T = %lld", fn,
+                  (long long)c[pr.N], (long long)pr.T);
+  }
+  if (idx) {
+    std::vector<int64_t> v;
+    FLASHGDN_TRY(copy_indices(*idx, pr.N, fn, s, &v));
+    std::vector<int64_t> owner(pr.P, -1);
+    for (int64_t n = 0; n < pr.N; ++n) {
+      if (v[n] < -1 || v[n] >= pr.P)
+        return fail(FLASHGDN_ERROR_INVALID_DATA, "%s: state_indices[%lld] = %lld is outside [-1, %lld)", fn,
+                    (long long)n, (long long)v[n], (long long)pr.P);
+      if (v[n] >= 0) {
+        if (owner[v[n]] >= 0)
+          return fail(FLASHGDN_ERROR_INVALID_DATA,
+                      "%s: state_indices[%lld] and state_indices[%lld] both name pool slot %lld", fn,
+                      (long long)owner[v[n]], (long long)n, (long long)v[n]);
+        owner[v[n]] = n;
+      }
+    }
+  }
+  return FLASHGDN_SUCCESS;
+}
+
+flashgdn_status_t launch_fwd(const Problem&, const flashgdn_chunk_fwd_params_t&, void*, flashgdn_stream_t) {
+  return fail(FLASHGDN_ERROR_UNSUPPORTED, "flashgdn_chunk_fwd: the GPU forward is not implemented yet");
+}
+
+flashgdn_status_t launch_bwd(const Problem&, const flashgdn_chunk_bwd_params_t&, void*, flashgdn_stream_t) {
+  return fail(FLASHGDN_ERROR_UNSUPPORTED, "flashgdn_chunk_bwd: the GPU backward is not implemented yet");
+}
+
+}  // namespace flashgdn

@@ -1,0 +1,29 @@
+// Interface between the host API (validation, planning) and the kernels. Implemented by
+// src/kernels/dispatch.cu in GPU builds and by src/api/dispatch_stub.cpp in host-only builds.
+#pragma once
+
+#include <cstddef>
+
+#include "api/problem.hpp"
+#include "flashgdn/flashgdn.h"
+
+namespace flashgdn {
+
+bool gpu_built();
+
+// Workspace bytes of a validated problem (shape-only: never reads device memory).
+size_t fwd_workspace_bytes(const Problem& pr);
+size_t bwd_workspace_bytes(const Problem& pr);
+
+// Checking mode: copies cu_seqlens / state_indices to the host (synchronising `stream`) and reports
+// non-monotone or out-of-range contents as FLASHGDN_ERROR_INVALID_DATA.
+flashgdn_status_t check_device_inputs(const Problem& pr, const flashgdn_tensor_t& cu_seqlens,
+                                      const flashgdn_tensor_t* state_indices, const char* fn,
+                                      flashgdn_stream_t stream);
+
+flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, void* workspace,
+                             flashgdn_stream_t stream);
+flashgdn_status_t launch_bwd(const Problem& pr, const flashgdn_chunk_bwd_params_t& p, void* workspace,
+                             flashgdn_stream_t stream);
+
+}  // namespace flashgdn

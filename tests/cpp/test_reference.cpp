@@ -1,0 +1,236 @@
+// CPU reference tests: chunked fp32 == recurrent fp64; reverse mode == central finite differences;
+// varlen == sequences one by one; state-pool semantics; chunk stages; bad cu_seqlens contents.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "host_problem.hpp"
+#include "reference/reference.hpp"
+
+using flashgdn::test::HostProblem;
+using flashgdn::test::rel_l2;
+using flashgdn::test::Shape;
+
+namespace {
+
+struct ChunkCase {
+  const char* name;
+  Shape s;
+};
+
+void PrintTo(const ChunkCase& c, std::ostream* os) { *os << c.name; }
+
+class ChunkedMatchesRecurrent : public ::testing::TestWithParam<ChunkCase> {};
+
+TEST_P(ChunkedMatchesRecurrent, OutputAndFinalState) {
+  HostProblem a(GetParam().s, 1234);
+  HostProblem b(GetParam().s, 1234);
+  auto pa = a.fwd();
+  auto pb = b.fwd();
+  flashgdn::reference_fwd(pa, FLASHGDN_REFERENCE_RECURRENT_FP64);
+  flashgdn::reference_fwd(pb, FLASHGDN_REFERENCE_CHUNKED_FP32);
+  EXPECT_LT(rel_l2(b.o, a.o), 2e-5);
+  if (a.s.ht) EXPECT_LT(rel_l2(b.ht, a.ht), 2e-5);
+}
+
+Shape mk(std::vector<int64_t> lens, int64_t hqk, int64_t hv, int64_t kd, int64_t vd) {
+  Shape s;
+  s.seqlens = lens;
+  s.Hqk = hqk;
+  s.Hv = hv;
+  s.K = kd;
+  s.V = vd;
+  return s;
+}
+
+Shape with(Shape s, std::function<void(Shape&)> f) {
+  f(s);
+  return s;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, ChunkedMatchesRecurrent,
+    ::testing::Values(
+        ChunkCase{"tails", mk({1, 63, 64, 65, 130, 0}, 1, 2, 16, 8)},
+        ChunkCase{"gva3", mk({100}, 2, 6, 16, 16)},
+        ChunkCase{"qwen_dims", mk({70}, 1, 1, 128, 128)},
+        ChunkCase{"strong_decay", with(mk({129}, 1, 2, 16, 16), [](Shape& s) { s.g_lo = -20; s.g_hi = 0; })},
+        ChunkCase{"g_zero_beta2", with(mk({129}, 1, 2, 16, 16), [](Shape& s) { s.g_lo = s.g_hi = 0; s.beta_hi = 2; s.l2norm = true; })},
+        ChunkCase{"vfirst_l2norm", with(mk({77}, 2, 4, 16, 32), [](Shape& s) { s.v_first = true; s.l2norm = true; })},
+        ChunkCase{"no_state", with(mk({90}, 1, 1, 16, 16), [](Shape& s) { s.h0 = false; })},
+        ChunkCase{"batched", with(mk({65, 65, 65}, 1, 2, 16, 16), [](Shape& s) { s.varlen = false; })}),
+    [](const ::testing::TestParamInfo<ChunkCase>& i) { return std::string(i.param.name); });
+
+// Loss = sum(o * dO) + sum(ht * dht): its gradient is what reference_bwd returns.
+double loss(HostProblem& hp) {
+  auto p = hp.fwd();
+  flashgdn::reference_fwd(p, FLASHGDN_REFERENCE_RECURRENT_FP64);
+  double l = 0;
+  for (size_t i = 0; i < hp.o.size(); ++i) l += hp.o[i] * hp.dO[i];
+  if (hp.s.ht)
+    for (size_t i = 0; i < hp.ht.size(); ++i) l += hp.ht[i] * hp.dht[i];
+  return l;
+}
+
+class GradientMatchesFiniteDifferences : public ::testing::TestWithParam<ChunkCase> {};
+
+TEST_P(GradientMatchesFiniteDifferences, AllInputs) {
+  HostProblem hp(GetParam().s, 99);
+  auto pb = hp.bwd();
+  flashgdn::reference_bwd(pb);
+  struct In {
+    const char* name;
+    std::vector<double>* x;
+    std::vector<double>* dx;
+  };
+  std::vector<In> ins = {{"q", &hp.q, &hp.dq}, {"k", &hp.k, &hp.dk}, {"v", &hp.v, &hp.dv},
+                         {"g", &hp.g, &hp.dg}, {"beta", &hp.beta, &hp.dbeta}};
+  if (hp.s.h0) ins.push_back({"h0", &hp.h0, &hp.dh0});
+  std::mt19937 rng(7);
+  for (const In& in : ins) {
+    std::vector<double> fd, an;
+    for (int rep = 0; rep < 12; ++rep) {
+      const size_t i = std::uniform_int_distribution<size_t>(0, in.x->size() - 1)(rng);
+      const double x0 = (*in.x)[i], eps = 1e-6;
+      (*in.x)[i] = x0 + eps;
+      const double lp = loss(hp);
+      (*in.x)[i] = x0 - eps;
+      const double lm = loss(hp);
+      (*in.x)[i] = x0;
+      fd.push_back((lp - lm) / (2 * eps));
+      an.push_back((*in.dx)[i]);
+    }
+    EXPECT_LT(rel_l2(an, fd), 1e-5) << in.name;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, GradientMatchesFiniteDifferences,
+    ::testing::Values(
+        ChunkCase{"plain", mk({5, 0, 3}, 1, 2, 4, 3)},
+        ChunkCase{"gva3_l2norm", with(mk({6, 1}, 1, 3, 4, 4), [](Shape& s) { s.l2norm = true; s.beta_hi = 2; })},
+        ChunkCase{"vfirst_strong", with(mk({7}, 2, 2, 3, 5), [](Shape& s) { s.v_first = true; s.g_lo = -5; })},
+        ChunkCase{"no_state_g0", with(mk({6}, 1, 1, 4, 4), [](Shape& s) { s.h0 = false; s.ht = false; s.g_lo = s.g_hi = 0; })},
+        ChunkCase{"batched", with(mk({4, 4}, 1, 2, 3, 3), [](Shape& s) { s.varlen = false; })}),
+    [](const ::testing::TestParamInfo<ChunkCase>& i) { return std::string(i.param.name); });
+
+TEST(Reference, VarlenEqualsSequencesOneByOne) {
+  Shape s = mk({33, 0, 64, 7}, 1, 2, 8, 8);
+  HostProblem all(s, 5);
+  auto p = all.fwd();
+  flashgdn::reference_fwd(p);
+  for (size_t n = 0, tok = 0; n < s.seqlens.size(); tok += s.seqlens[n], ++n) {
+    if (s.seqlens[n] == 0) continue;  // covered inside the batch
+    Shape one = s;
+    one.seqlens = {s.seqlens[n]};
+    HostProblem hp(one, 0);
+    const int64_t L = s.seqlens[n], H = s.Hv;
+    // Copy this sequence's slice of every input.
+    std::copy_n(all.q.begin() + tok * s.Hqk * s.K, L * s.Hqk * s.K, hp.q.begin());
+    std::copy_n(all.k.begin() + tok * s.Hqk * s.K, L * s.Hqk * s.K, hp.k.begin());
+    std::copy_n(all.v.begin() + tok * H * s.V, L * H * s.V, hp.v.begin());
+    std::copy_n(all.g.begin() + tok * H, L * H, hp.g.begin());
+    std::copy_n(all.beta.begin() + tok * H, L * H, hp.beta.begin());
+    std::copy_n(all.h0.begin() + n * H * s.K * s.V, H * s.K * s.V, hp.h0.begin());
+    auto p1 = hp.fwd();
+    flashgdn::reference_fwd(p1);
+    for (int64_t i = 0; i < L * H * s.V; ++i) ASSERT_EQ(hp.o[i], all.o[tok * H * s.V + i]);
+    for (int64_t i = 0; i < H * s.K * s.V; ++i) ASSERT_EQ(hp.ht[i], all.ht[n * H * s.K * s.V + i]);
+  }
+}
+
+TEST(Reference, StatePoolSemantics) {
+  // 3 sequences, a pool of 5 slots: seq 0 -> slot 3, seq 1 -> -1 (zeros, no write-back),
+  // seq 2 -> slot 0 with has_initial_state = false (zeros, written back).
+  Shape s = mk({10, 20, 5}, 1, 2, 4, 4);
+  s.ht = false;
+  s.h0 = false;
+  HostProblem hp(s, 11);
+  const int64_t slot = s.Hv * s.K * s.V;
+  std::vector<double> pool(5 * slot);
+  std::mt19937_64 rng(3);
+  std::normal_distribution<double> nd;
+  for (double& e : pool) e = nd(rng);
+  const std::vector<double> pool0 = pool;
+  std::vector<int32_t> idx = {3, -1, 0};
+  std::vector<uint8_t> mask = {1, 1, 0};
+  auto p = hp.fwd();
+  p.initial_state = flashgdn::tensor(pool.data(), FLASHGDN_DTYPE_FLOAT64, {5, s.Hv, s.K, s.V});
+  p.state_indices = flashgdn::tensor(idx.data(), FLASHGDN_DTYPE_INT32, {3});
+  p.has_initial_state = flashgdn::tensor(mask.data(), FLASHGDN_DTYPE_BOOL, {3});
+  flashgdn::reference_fwd(p);
+  const std::vector<double> o_pool = hp.o;
+
+  // Same problem with explicit initial/final states.
+  Shape s2 = s;
+  s2.h0 = s2.ht = true;
+  HostProblem ex(s2, 11);
+  std::fill(ex.h0.begin(), ex.h0.end(), 0.0);
+  std::copy_n(pool0.begin() + 3 * slot, slot, ex.h0.begin());
+  auto pe = ex.fwd();
+  flashgdn::reference_fwd(pe);
+  EXPECT_EQ(rel_l2(o_pool, ex.o), 0.0);
+  for (int64_t i = 0; i < slot; ++i) {
+    EXPECT_EQ(pool[3 * slot + i], ex.ht[0 * slot + i]);
+    EXPECT_EQ(pool[0 * slot + i], ex.ht[2 * slot + i]);
+    for (int untouched : {1, 2, 4}) EXPECT_EQ(pool[untouched * slot + i], pool0[untouched * slot + i]);
+  }
+  // An out-of-range slot is reported and nothing is written.
+  idx = {3, 5, 0};
+  pool = pool0;
+  EXPECT_EQ(flashgdn_reference_fwd(&p, FLASHGDN_REFERENCE_RECURRENT_FP64), FLASHGDN_ERROR_INVALID_DATA);
+  EXPECT_NE(std::string(flashgdn_get_last_error()).find("state_indices[1] = 5 is outside [-1, 5)"), std::string::npos);
+  EXPECT_EQ(pool, pool0);
+}
+
+TEST(Reference, BadCuSeqlensContents) {
+  Shape s = mk({4, 4}, 1, 1, 4, 4);
+  HostProblem hp(s, 1);
+  auto p = hp.fwd();
+  hp.cu = {0, 6, 5};
+  EXPECT_EQ(flashgdn_reference_fwd(&p, FLASHGDN_REFERENCE_RECURRENT_FP64), FLASHGDN_ERROR_INVALID_DATA);
+  EXPECT_NE(std::string(flashgdn_get_last_error()).find("cu_seqlens is not non-decreasing"), std::string::npos);
+  hp.cu = {0, 4, 9};
+  EXPECT_EQ(flashgdn_reference_fwd(&p, FLASHGDN_REFERENCE_CHUNKED_FP32), FLASHGDN_ERROR_INVALID_DATA);
+  EXPECT_NE(std::string(flashgdn_get_last_error()).find("exceeds the token count T = 8"), std::string::npos);
+  hp.cu = {1, 4, 8};
+  EXPECT_EQ(flashgdn_reference_fwd(&p, FLASHGDN_REFERENCE_RECURRENT_FP64), FLASHGDN_ERROR_INVALID_DATA);
+  EXPECT_NE(std::string(flashgdn_get_last_error()).find("cu_seqlens[0] = 1, expected 0"), std::string::npos);
+}
+
+TEST(Stages, KktSolveIsTheInverse) {
+  std::mt19937 rng(1);
+  std::normal_distribution<float> nd(0.f, 0.2f);
+  for (int L : {1, 17, 64}) {
+    const int Kd = 32;
+    std::vector<float> k(64 * Kd), beta(64), A(64 * 64);
+    for (float& e : k) e = nd(rng);
+    for (float& e : beta) e = std::abs(nd(rng)) * 4;
+    flashgdn::reference::stage_kkt_solve(k.data(), Kd, beta.data(), L, Kd, A.data());
+    // (I + StrictLower(diag(beta) K K^T)) A == I
+    double err = 0;
+    for (int i = 0; i < L; ++i)
+      for (int j = 0; j < L; ++j) {
+        double acc = A[i * 64 + j];
+        for (int m = 0; m < i; ++m) {
+          double d = 0;
+          for (int e = 0; e < Kd; ++e) d += k[i * Kd + e] * k[m * Kd + e];
+          acc += beta[i] * d * A[m * 64 + j];
+        }
+        err = std::max(err, std::abs(acc - (i == j ? 1.0 : 0.0)));
+      }
+    EXPECT_LT(err, 1e-4) << "L = " << L;
+  }
+}
+
+TEST(Stages, CumsumAndNoPositiveExponent) {
+  const float g[5] = {-1.f, -0.5f, 0.f, -2.f, -0.25f};
+  float gam[5];
+  flashgdn::reference::stage_chunk_cumsum(g, 5, gam);
+  EXPECT_FLOAT_EQ(gam[4], -3.75f);
+  for (int i = 1; i < 5; ++i) EXPECT_LE(gam[i], gam[i - 1]);  // so gamma_i - gamma_j <= 0 for i >= j
+}
+
+}  // namespace
