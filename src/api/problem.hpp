@@ -27,6 +27,7 @@ struct Problem {
   bool check = false;
   int32_t cp_mode = 0;
   float scale = 0.f;         // resolved (never 0)
+  double scale64 = 0.0;      // the same in fp64 (the reference uses it)
   flashgdn_dtype_t io_dtype = FLASHGDN_DTYPE_BFLOAT16;  // q/k/v/o
   flashgdn_dtype_t beta_dtype = FLASHGDN_DTYPE_FLOAT32;
 

@@ -263,7 +263,8 @@ flashgdn_status_t validate_common(const Params* p, Checker& c, Problem* pr) {
 
   if (!std::isfinite(p->scale))
     return fail(FLASHGDN_ERROR_INVALID_ARGUMENT, "%s: argument 'scale' must be finite (0 selects K^-0.5)", fn);
-  pr->scale = p->scale != 0.f ? p->scale : static_cast<float>(1.0 / std::sqrt(static_cast<double>(pr->K)));
+  pr->scale64 = p->scale != 0.f ? static_cast<double>(p->scale) : 1.0 / std::sqrt(static_cast<double>(pr->K));
+  pr->scale = static_cast<float>(pr->scale64);
   pr->l2norm = p->use_qk_l2norm != 0;
   pr->v_first = p->state_v_first != 0;
   pr->check = p->check_inputs != 0;

@@ -73,7 +73,7 @@ flashgdn_status_t recurrent_fwd(const flashgdn_chunk_fwd_params_t& p, const Prob
         for (int64_t j = 0; j < V; ++j) {
           double acc = 0;
           for (int64_t i = 0; i < K; ++i) acc += S[i * V + j] * qt[i];
-          o.set(pr.scale * acc, sr.b, t, h, j);
+          o.set(pr.scale64 * acc, sr.b, t, h, j);
         }
       }
       std::copy(S.begin(), S.end(), finals.begin() + (n * pr.Hv + h) * K * V);
@@ -157,10 +157,10 @@ flashgdn_status_t recurrent_bwd(const flashgdn_chunk_bwd_params_t& p, const Prob
         for (int64_t i = 0; i < K; ++i) {
           double a = 0;
           for (int64_t j = 0; j < V; ++j) a += St[i * V + j] * dO.get(sr.b, t, h, j);
-          dqa[i] += pr.scale * a;
+          dqa[i] += pr.scale64 * a;
         }
         for (int64_t i = 0; i < K; ++i)
-          for (int64_t j = 0; j < V; ++j) dS[i * V + j] += pr.scale * qh[i] * dO.get(sr.b, t, h, j);
+          for (int64_t j = 0; j < V; ++j) dS[i * V + j] += pr.scale64 * qh[i] * dO.get(sr.b, t, h, j);
         // Recompute S_a, the residual r = v - S_a^T k and u = beta r.
         for (int64_t e = 0; e < K * V; ++e) Sa[e] = decay * Sp[e];
         for (int64_t j = 0; j < V; ++j) {

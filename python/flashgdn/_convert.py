@@ -1,0 +1,44 @@
+"""numpy arrays / torch tensors -> flashgdn_tensor_t descriptions (pointer, dtype, shape, strides)."""
+from __future__ import annotations
+
+from . import _lib
+
+_NP = {"float32": _lib.DTYPE_FLOAT32, "float16": _lib.DTYPE_FLOAT16, "float64": _lib.DTYPE_FLOAT64,
+       "int32": _lib.DTYPE_INT32, "int64": _lib.DTYPE_INT64, "bool": _lib.DTYPE_BOOL}
+
+
+def from_numpy(a, name: str) -> _lib.Tensor:
+    if a is None:
+        return _lib.Tensor()
+    key = str(a.dtype)
+    if key not in _NP:
+        raise TypeError(f"flashgdn: argument '{name}' has unsupported numpy dtype {a.dtype}")
+    if a.ndim == 0 or a.ndim > _lib.MAX_DIMS:
+        raise ValueError(f"flashgdn: argument '{name}' must have 1 to 4 dimensions, got {a.ndim}")
+    item = a.itemsize
+    if any(s % item for s in a.strides):
+        raise ValueError(f"flashgdn: argument '{name}' has strides that are not a multiple of its item size")
+    return _lib.make_tensor(a.ctypes.data, _NP[key], a.shape, [s // item for s in a.strides])
+
+
+def torch_dtype_code(dtype) -> int:
+    import torch
+
+    table = {torch.float32: _lib.DTYPE_FLOAT32, torch.float16: _lib.DTYPE_FLOAT16,
+             torch.bfloat16: _lib.DTYPE_BFLOAT16, torch.float64: _lib.DTYPE_FLOAT64,
+             torch.int32: _lib.DTYPE_INT32, torch.int64: _lib.DTYPE_INT64, torch.bool: _lib.DTYPE_BOOL}
+    if dtype not in table:
+        raise TypeError(f"flashgdn: unsupported torch dtype {dtype}")
+    return table[dtype]
+
+
+def from_torch(t, name: str) -> _lib.Tensor:
+    if t is None:
+        return _lib.Tensor()
+    if t.dim() == 0 or t.dim() > _lib.MAX_DIMS:
+        raise ValueError(f"flashgdn: argument '{name}' must have 1 to 4 dimensions, got {t.dim()}")
+    try:
+        code = torch_dtype_code(t.dtype)
+    except TypeError:
+        raise TypeError(f"flashgdn: argument '{name}' has unsupported dtype {t.dtype}") from None
+    return _lib.make_tensor(t.data_ptr(), code, t.shape, t.stride())
