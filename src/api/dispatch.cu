@@ -6,12 +6,13 @@
 #include "api/dispatch.hpp"
 #include "api/error.hpp"
 #include "api/tensor.hpp"
+#include "kernels/portable/fwd/fwd_portable.hpp"
 
 namespace flashgdn {
 
 bool gpu_built() { return true; }
 
-size_t fwd_workspace_bytes(const Problem&) { return 0; }
+size_t fwd_workspace_bytes(const Problem& pr) { return portable::workspace_bytes(pr); }
 size_t bwd_workspace_bytes(const Problem&) { return 0; }
 
 namespace {
@@ -84,8 +85,9 @@ flashgdn_status_t check_device_inputs(const Problem& pr, const flashgdn_tensor_t
   return FLASHGDN_SUCCESS;
 }
 
-flashgdn_status_t launch_fwd(const Problem&, const flashgdn_chunk_fwd_params_t&, void*, flashgdn_stream_t) {
-  return fail(FLASHGDN_ERROR_UNSUPPORTED, "flashgdn_chunk_fwd: the GPU forward is not implemented yet");
+flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, void* workspace,
+                             flashgdn_stream_t stream) {
+  return portable::launch_fwd(pr, p, workspace, reinterpret_cast<cudaStream_t>(stream));
 }
 
 flashgdn_status_t launch_bwd(const Problem&, const flashgdn_chunk_bwd_params_t&, void*, flashgdn_stream_t) {

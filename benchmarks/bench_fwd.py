@@ -1,0 +1,278 @@
+"""Forward benchmark: FlashGDN vs FLA's chunk_gated_delta_rule in the same run, on FlashQLA's H200 table
+layouts (heads Hqk/Hv x seqlens, K = V = 128), with the physical floor and FlashQLA's / FlashInfer's
+published H200 numbers beside each row.
+
+Inputs (as FlashQLA's benchmark): packed varlen with int32 cu_seqlens, q/k l2-normalised beforehand (bf16),
+v bf16, g = logsigmoid(randn) / 16 (fp32), beta = sigmoid(randn) (fp32), fp32 initial state, final state on.
+Timing: CUDA-graph replay of one call and eager calls, each the median of --reps runs with L2 flushed
+(a 512 MiB write) before every run, CUDA events around the call only.
+
+  python benchmarks/bench_fwd.py --out DIR [--reps 30] [--rows substring]
+writes DIR/<gpu>-<date>-fwd.json and .md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "python"))
+import flashgdn  # noqa: E402
+
+HEADS = [(2, 8), (4, 16), (8, 32), (16, 64), (16, 32), (8, 24), (16, 48), (16, 16)]
+SEQLENS = ["1x32768", "1x8192", "28672+4096", "8192x4", "1024x8"]
+D = 128
+
+
+def parse_seqlens(s: str):
+    if "x" in s:
+        n, L = s.split("x")
+        return [int(L)] * int(n)
+    return [int(x) for x in s.split("+")]
+
+
+def measure_ceilings():
+    """Copy bandwidth (bytes read + written) and bf16 matmul rate on random data."""
+    n = 1 << 30
+    a = torch.empty(n, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    a.random_(0, 255)
+    ts = []
+    for _ in range(10):
+        e0, e1 = torch.cuda.Event(True), torch.cuda.Event(True)
+        e0.record()
+        b.copy_(a)
+        e1.record()
+        torch.cuda.synchronize()
+        ts.append(e0.elapsed_time(e1))
+    bw = 2 * n / (statistics.median(ts) * 1e-3)
+    del a, b
+    m = 8192
+    x = torch.randn(m, m, dtype=torch.bfloat16, device="cuda")
+    y = torch.randn(m, m, dtype=torch.bfloat16, device="cuda")
+    for _ in range(3):
+        x @ y
+    ts = []
+    for _ in range(10):
+        e0, e1 = torch.cuda.Event(True), torch.cuda.Event(True)
+        e0.record()
+        x @ y
+        e1.record()
+        torch.cuda.synchronize()
+        ts.append(e0.elapsed_time(e1))
+    rate = 2 * m ** 3 / (statistics.median(ts) * 1e-3)
+    return bw, rate
+
+
+def floor_ms(hqk, hv, lens, bw, rate):
+    T, N = sum(lens), len(lens)
+    chunks = sum(math.ceil(L / 64) for L in lens)
+    # per chunk and value head: QK^T, KK^T (64x64xK), KS, QS (64xKxV), Ab W, Pm vn (64x64xV), K^T Vd (Kx64xV)
+    flops = 2 * chunks * hv * (2 * 64 * 64 * D + 3 * 64 * D * D + 2 * 64 * 64 * D)
+    nbytes = T * (2 * hqk * D * 2 + 2 * hv * D * 2 + 2 * hv * 4) + 2 * N * hv * D * D * 4
+    return max(flops / rate, nbytes / bw) * 1e3, flops, nbytes
+
+
+def make_inputs(hqk, hv, lens, seed=0):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    T, N = sum(lens), len(lens)
+    dev = "cuda"
+    q = F.normalize(torch.randn(1, T, hqk, D, device=dev, generator=gen), dim=-1).to(torch.bfloat16)
+    k = F.normalize(torch.randn(1, T, hqk, D, device=dev, generator=gen), dim=-1).to(torch.bfloat16)
+    v = torch.randn(1, T, hv, D, device=dev, generator=gen).to(torch.bfloat16)
+    g = F.logsigmoid(torch.randn(1, T, hv, device=dev, generator=gen)) / 16
+    beta = torch.sigmoid(torch.randn(1, T, hv, device=dev, generator=gen))
+    h0 = torch.randn(N, hv, D, D, device=dev, generator=gen)
+    cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0).tolist()), dtype=torch.int32, device=dev)
+    return q, k, v, g, beta, h0, cu
+
+
+class Timer:
+    def __init__(self, reps):
+        self.reps = reps
+        self.flush_buf = torch.empty(512 << 20, dtype=torch.uint8, device="cuda")
+
+    def _time(self, launch):
+        ts = []
+        for _ in range(self.reps):
+            self.flush_buf.zero_()
+            e0, e1 = torch.cuda.Event(True), torch.cuda.Event(True)
+            e0.record()
+            launch()
+            e1.record()
+            torch.cuda.synchronize()
+            ts.append(e0.elapsed_time(e1))
+        return statistics.median(ts)
+
+    def eager(self, fn):
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        return self._time(fn)
+
+    def graph(self, fn):
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.stream(s):
+            with torch.cuda.graph(g, stream=s):
+                fn()
+        torch.cuda.current_stream().wait_stream(s)
+        torch.cuda.synchronize()
+        return self._time(g.replay)
+
+
+def load_fla():
+    try:
+        import fla  # noqa: F401
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_gdr
+        from fla.ops.utils.index import prepare_chunk_indices
+        return fla_gdr, prepare_chunk_indices, getattr(fla, "__version__", "unknown")
+    except Exception as e:  # noqa: BLE001
+        print(f"FLA unavailable: {e!r}")
+        return None, None, None
+
+
+def rel(a, b):
+    a, b = a.float(), b.float()
+    return ((a - b).norm() / b.norm()).item()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--rows", default="", help="only rows whose name contains this")
+    args = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    prop = torch.cuda.get_device_properties(0)
+    gpu = prop.name
+    bw, rate = measure_ceilings()
+    fla_gdr, prep_ci, fla_ver = load_fla()
+    published = {(r["hqk"], r["hv"], r["seqlens"]): r
+                 for r in json.load(open(ROOT / "benchmarks" / "published_h200_fwd.json"))["rows"]}
+    try:
+        commit = subprocess.check_output(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], text=True).strip()
+    except Exception:  # noqa: BLE001
+        commit = os.environ.get("FLASHGDN_COMMIT", "unknown")
+    import triton
+    meta = {
+        "gpu": gpu, "sm_count": prop.multi_processor_count, "commit": commit,
+        "date": datetime.date.today().isoformat(), "torch": torch.__version__, "triton": triton.__version__,
+        "fla": fla_ver, "flashgdn": flashgdn.__version__, "cuda": torch.version.cuda,
+        "copy_bandwidth_GBps": bw / 1e9, "bf16_matmul_TFLOPs": rate / 1e12,
+        "timing": f"median of {args.reps} runs, L2 flushed before each (512 MiB write); CUDA events; "
+                  "'graph' = replay of a captured single call, 'eager' = direct call",
+        "inputs": "packed varlen, int32 cu_seqlens, q/k l2-normalised bf16, v bf16, g = logsigmoid(randn)/16 fp32, "
+                  "beta = sigmoid(randn) fp32, fp32 h0, output_final_state=True, K = V = 128",
+        "published": "flashqla_h200_ms / flashinfer_h200_ms from FlashQLA's H200 table (fla 0.5.1 there); "
+                     "their speedups are relative to the FLA time in that same table",
+    }
+    timer = Timer(args.reps)
+    rows = []
+    print(f"GPU {gpu} ({prop.multi_processor_count} SMs), commit {commit}; copy {bw / 1e9:.0f} GB/s, "
+          f"bf16 matmul {rate / 1e12:.0f} TFLOP/s; FLA {fla_ver}")
+    hdr = (f"{'row':<22} {'floor':>7} {'gdn(g)':>8} {'gdn(e)':>8} {'fla(g)':>8} {'fla(e)':>8} {'x FLA':>6} "
+           f"{'QLA h200':>8} {'QLA xFLA':>8} {'FI h200':>8} {'FI xFLA':>7} {'err':>8}")
+    print(hdr)
+    for hqk, hv in HEADS:
+        for sl in SEQLENS:
+            name = f"{hqk}/{hv} {sl}"
+            if args.rows and args.rows not in name:
+                continue
+            lens = parse_seqlens(sl)
+            q, k, v, g, beta, h0, cu = make_inputs(hqk, hv, lens)
+            fl, flops, nbytes = floor_ms(hqk, hv, lens, bw, rate)
+            row = {"name": name, "hqk": hqk, "hv": hv, "seqlens": sl, "floor_ms": fl, "flops": flops,
+                   "bytes": nbytes}
+
+            def gdn():
+                return flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True,
+                                                       cu_seqlens=cu)
+            row["flashgdn_graph_ms"] = timer.graph(gdn)
+            row["flashgdn_eager_ms"] = timer.eager(gdn)
+            row["flashgdn_ms"] = row["flashgdn_graph_ms"]
+            o_gdn, ht_gdn = gdn()
+            if fla_gdr is not None:
+                cu64 = cu.long()
+                ci = prep_ci(cu64, 64)
+
+                def fla():
+                    return fla_gdr(q, k, v, g, beta, initial_state=h0, output_final_state=True, cu_seqlens=cu64,
+                                   chunk_indices=ci)
+                try:
+                    row["fla_graph_ms"] = timer.graph(fla)
+                    row["fla_ms"] = row["fla_graph_ms"]
+                    row["fla_timing"] = "graph"
+                except Exception as e:  # noqa: BLE001
+                    row["fla_graph_error"] = repr(e)[:200]
+                    row["fla_timing"] = "eager"
+                row["fla_eager_ms"] = timer.eager(fla)
+                row.setdefault("fla_ms", row["fla_eager_ms"])
+                o_fla, ht_fla = fla()
+                row["rel_l2_o_vs_fla"] = rel(o_gdn, o_fla)
+                row["rel_l2_ht_vs_fla"] = rel(ht_gdn, ht_fla)
+                row["speedup_vs_fla"] = row["fla_ms"] / row["flashgdn_ms"]
+            pub = published.get((hqk, hv, sl))
+            if pub:
+                row["flashqla_h200_ms"] = pub["flashqla_ms"]
+                row["flashinfer_h200_ms"] = pub["flashinfer_ms"]
+                row["fla_h200_ms_published"] = pub["fla_ms"]
+                row["flashqla_speedup_vs_fla_published"] = pub["fla_ms"] / pub["flashqla_ms"]
+                row["flashinfer_speedup_vs_fla_published"] = pub["fla_ms"] / pub["flashinfer_ms"]
+            rows.append(row)
+            f = lambda key, w=8, p=3: f"{row[key]:>{w}.{p}f}" if key in row else " " * (w - 3) + "n/a"  # noqa: E731
+            print(f"{name:<22} {f('floor_ms', 7)} {f('flashgdn_graph_ms')} {f('flashgdn_eager_ms')} "
+                  f"{f('fla_graph_ms')} {f('fla_eager_ms')} {f('speedup_vs_fla', 6, 2)} {f('flashqla_h200_ms')} "
+                  f"{f('flashqla_speedup_vs_fla_published', 8, 2)} {f('flashinfer_h200_ms')} "
+                  f"{f('flashinfer_speedup_vs_fla_published', 7, 2)} {row.get('rel_l2_o_vs_fla', float('nan')):>8.1e}",
+                  flush=True)
+            del q, k, v, g, beta, h0, cu
+            torch.cuda.empty_cache()
+    sp = [r["speedup_vs_fla"] for r in rows if "speedup_vs_fla" in r]
+    if sp:
+        meta["geomean_speedup_vs_fla"] = math.exp(sum(math.log(x) for x in sp) / len(sp))
+        meta["min_speedup_vs_fla"] = min(sp)
+        meta["rows_slower_than_fla"] = [r["name"] for r in rows if r.get("speedup_vs_fla", 2) < 1]
+        print(f"geomean speedup vs FLA {meta['geomean_speedup_vs_fla']:.2f}x, min {min(sp):.2f}x, "
+              f"rows slower than FLA: {meta['rows_slower_than_fla']}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{gpu.replace(' ', '_')}-{meta['date']}-fwd"
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    md = [f"# Forward benchmark: {gpu}, commit {commit}, {meta['date']}", "",
+          f"torch {meta['torch']}, triton {meta['triton']}, FLA {fla_ver}, CUDA {meta['cuda']}. "
+          f"Measured ceilings: copy {bw / 1e9:.0f} GB/s, bf16 matmul {rate / 1e12:.0f} TFLOP/s. {meta['timing']}.",
+          f"Inputs: {meta['inputs']}. FlashQLA/FlashInfer columns are their published H200 numbers; "
+          "'xFLA' columns are speedups over FLA within the same table/run.", "",
+          "| row | floor ms | FlashGDN ms (graph) | FlashGDN ms (eager) | FLA ms | FLA timing | x FLA | FlashQLA H200 ms | "
+          "FlashQLA x FLA | FlashInfer H200 ms | FlashInfer x FLA | rel L2 o vs FLA |",
+          "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        g = lambda k, p=3: (f"{r[k]:.{p}f}" if isinstance(r.get(k), float) else str(r.get(k, "n/a")))  # noqa: E731
+        md.append(f"| {r['name']} | {g('floor_ms')} | {g('flashgdn_graph_ms')} | {g('flashgdn_eager_ms')} | "
+                  f"{g('fla_ms')} | {r.get('fla_timing', 'n/a')} | {g('speedup_vs_fla', 2)} | {g('flashqla_h200_ms')} | "
+                  f"{g('flashqla_speedup_vs_fla_published', 2)} | {g('flashinfer_h200_ms')} | "
+                  f"{g('flashinfer_speedup_vs_fla_published', 2)} | {r.get('rel_l2_o_vs_fla', float('nan')):.1e} |")
+    if sp:
+        md += ["", f"Geometric-mean speedup over FLA: {meta['geomean_speedup_vs_fla']:.2f}x (min "
+                   f"{meta['min_speedup_vs_fla']:.2f}x); rows slower than FLA: {meta['rows_slower_than_fla'] or 'none'}."]
+    (out / f"{stem}.md").write_text("\n".join(md) + "\n")
+    print(f"wrote {out / stem}.json and .md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+// Warp-level tile products on shared memory (mma.sync m16n8k16), the building block of the portable
+// kernels. Operands are T (bf16/fp16) tiles in shared memory with a leading dimension `ld` (elements);
+// rows must be 16-byte aligned and `ld * sizeof(T)` should be 16 mod 128 to keep ldmatrix conflict-free.
+//
+// Storage names say which index is contiguous:
+//   A "mk": A[m][k] row-major (ldmatrix)       A "km": A stored transposed, [k][m] (ldmatrix.trans)
+//   B "kn": B[k][n], n contiguous (ldmatrix.trans)   B "nk": B stored as [n][k] (ldmatrix)
+#pragma once
+
+#include "device/ptx.cuh"
+
+namespace flashgdn::device {
+
+enum class Major { kMK, kKM };  // for A
+enum class BMajor { kKN, kNK };  // for B
+
+// A fragment of the 16x16 block at (m0, k0).
+template <Major M, class T>
+__device__ __forceinline__ void load_a(uint32_t (&a)[4], const T* A, int ld, int m0, int k0, int lane) {
+  if constexpr (M == Major::kMK) {
+    ldmatrix_x4(a, A + (m0 + (lane & 15)) * ld + k0 + ((lane >> 4) << 3));
+  } else {
+    ldmatrix_x4_trans(a, A + (k0 + (lane & 7) + ((lane >> 4) << 3)) * ld + m0 + (((lane >> 3) & 1) << 3));
+  }
+}
+
+// B fragments of two adjacent n-tiles (n0..n0+15) for k0..k0+15: b[0], b[1] for tile n0, b[2], b[3] for n0+8.
+template <BMajor M, class T>
+__device__ __forceinline__ void load_b2(uint32_t (&b)[4], const T* B, int ld, int k0, int n0, int lane) {
+  if constexpr (M == BMajor::kKN) {
+    ldmatrix_x4_trans(b, B + (k0 + (lane & 7) + (((lane >> 3) & 1) << 3)) * ld + n0 + ((lane >> 4) << 3));
+  } else {
+    ldmatrix_x4(b, B + (n0 + (lane & 7) + ((lane >> 4) << 3)) * ld + k0 + (((lane >> 3) & 1) << 3));
+  }
+}
+
+// acc[MT][NT] += A[m0 : m0 + 16*MT, 0 : KSTEPS*16] * B[0 : KSTEPS*16, n0 : n0 + 8*NT]   (NT even)
+template <int MT, int NT, int KSTEPS, Major AM, BMajor BM, class T>
+__device__ __forceinline__ void warp_gemm(float (&acc)[MT][NT][4], const T* A, int lda, int m0, const T* B, int ldb,
+                                          int n0, int lane) {
+  static_assert(NT % 2 == 0, "NT must be even");
+#pragma unroll
+  for (int ks = 0; ks < KSTEPS; ++ks) {
+    uint32_t a[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) load_a<AM>(a[mt], A, lda, m0 + mt * 16, ks * 16, lane);
+#pragma unroll
+    for (int np = 0; np < NT / 2; ++np) {
+      uint32_t b[4];
+      load_b2<BM>(b, B, ldb, ks * 16, n0 + np * 16, lane);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        mma_16816<T>(acc[mt][2 * np], a[mt], b[0], b[1]);
+        mma_16816<T>(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
+      }
+    }
+  }
+}
+
+template <int MT, int NT>
+__device__ __forceinline__ void zero(float (&acc)[MT][NT][4]) {
+#pragma unroll
+  for (int i = 0; i < MT; ++i)
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+}
+
+// Accumulator element coordinates inside its 16x8 tile: e = 0..3 -> (row, col).
+__device__ __forceinline__ int acc_row(int lane, int e) { return (lane >> 2) + ((e >> 1) << 3); }
+__device__ __forceinline__ int acc_col(int lane, int e) { return ((lane & 3) << 1) + (e & 1); }
+
+}  // namespace flashgdn::device

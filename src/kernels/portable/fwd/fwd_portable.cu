@@ -1,0 +1,174 @@
+// Host launcher of the portable (sm_80+) chunked forward: workspace layout, tile choice, launches.
+#include <cuda_runtime.h>
+
+#include "api/error.hpp"
+#include "api/tensor.hpp"
+#include "kernels/portable/fwd/fwd_portable.hpp"
+#include "kernels/portable/fwd/prepare.cuh"
+#include "kernels/portable/fwd/recurrence.cuh"
+
+namespace flashgdn::portable {
+
+namespace {
+
+constexpr size_t kAlign = 256;
+size_t align_up(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
+
+struct Layout {
+  size_t offsets, aux, ab, pm, total;
+};
+
+Layout layout(const Problem& pr) {
+  const size_t chunks = static_cast<size_t>(pr.max_chunks()), hv = static_cast<size_t>(pr.Hv);
+  Layout l{};
+  size_t at = 0;
+  l.offsets = at;
+  at += align_up((pr.N + 1) * sizeof(int64_t));
+  l.aux = at;
+  at += align_up(chunks * hv * 3 * kChunk * sizeof(float));
+  l.ab = at;
+  at += align_up(chunks * hv * kChunk * kChunk * 2);
+  l.pm = at;
+  at += align_up(chunks * hv * kChunk * kChunk * 2);
+  l.total = at;
+  return l;
+}
+
+void strides3(const flashgdn_tensor_t& t, int64_t (&s)[3]) {
+  for (int i = 0; i < 3; ++i) s[i] = t.stride[i];
+}
+
+flashgdn_status_t cuda_error(const char* what, cudaError_t e) {
+  if (e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver)
+    return fail(FLASHGDN_ERROR_NO_DEVICE, "flashgdn_chunk_fwd: %s: %s", what, cudaGetErrorString(e));
+  return fail(FLASHGDN_ERROR_CUDA, "flashgdn_chunk_fwd: %s: %s", what, cudaGetErrorString(e));
+}
+
+template <class T, int KD, int BV>
+flashgdn_status_t launch_recurrence(const FwdArgs& a, int v_tiles, cudaStream_t stream) {
+  auto kernel = recurrence_kernel<T, KD, BV>;
+  const int smem = static_cast<int>(sizeof(RecurrenceSmem<T, KD, BV>));
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(recurrence)", e);
+  kernel<<<dim3(a.N, a.Hv, v_tiles), 128, smem, stream>>>(a);
+  e = cudaGetLastError();
+  return e == cudaSuccess ? FLASHGDN_SUCCESS : cuda_error("recurrence kernel launch", e);
+}
+
+template <class T, int KD>
+flashgdn_status_t launch_all(const FwdArgs& a, int bv, int max_smem, cudaStream_t stream) {
+  // Stage 1: prepare (parallel over chunks and q/k heads).
+  {
+    auto kernel = prepare_kernel<T, KD>;
+    const int smem = static_cast<int>(sizeof(PrepareSmem<T, KD>));
+    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(prepare)", e);
+    if (a.max_chunks > 0) kernel<<<dim3(static_cast<unsigned>(a.max_chunks), a.Hqk), 128, smem, stream>>>(a);
+    e = cudaGetLastError();
+    if (e != cudaSuccess) return cuda_error("prepare kernel launch", e);
+  }
+  // Stage 2: recurrence. Shrink BV if the device cannot hold the tile.
+  if (bv == 64 && static_cast<int>(sizeof(RecurrenceSmem<T, KD, 64>)) > max_smem) bv = 32;
+  if (bv == 32 && static_cast<int>(sizeof(RecurrenceSmem<T, KD, 32>)) > max_smem) bv = 16;
+  const int v_tiles = a.V / bv;
+  switch (bv) {
+    case 64: return launch_recurrence<T, KD, 64>(a, v_tiles, stream);
+    case 32: return launch_recurrence<T, KD, 32>(a, v_tiles, stream);
+    default: return launch_recurrence<T, KD, 16>(a, v_tiles, stream);
+  }
+}
+
+}  // namespace
+
+size_t workspace_bytes(const Problem& pr) { return layout(pr).total; }
+
+int choose_bv(const Problem& pr, int num_sms) {
+  // Largest V slice that still gives at least one CTA per SM; narrower slices buy parallelism when
+  // sequences x heads cannot fill the GPU.
+  for (int bv : {64, 32}) {
+    if (bv > pr.V) continue;
+    if (pr.N * pr.Hv * (pr.V / bv) >= num_sms) return bv;
+  }
+  return 16;
+}
+
+flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, void* workspace,
+                             cudaStream_t stream) {
+  if (pr.N == 0) return FLASHGDN_SUCCESS;
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) return cuda_error("cudaGetDevice", e);
+  int num_sms = 0, max_smem = 0;
+  e = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  if (e != cudaSuccess) return cuda_error("cudaDeviceGetAttribute", e);
+
+  const Layout l = layout(pr);
+  unsigned char* ws = static_cast<unsigned char*>(workspace);
+  FwdArgs a{};
+  a.q = p.q.data;
+  a.k = p.k.data;
+  a.v = p.v.data;
+  a.o = p.o.data;
+  a.g = static_cast<const float*>(p.g.data);
+  a.beta = p.beta.data;
+  strides3(p.q, a.q_s);
+  strides3(p.k, a.k_s);
+  strides3(p.v, a.v_s);
+  strides3(p.o, a.o_s);
+  strides3(p.g, a.g_s);
+  strides3(p.beta, a.beta_s);
+  a.beta_f32 = p.beta.dtype == FLASHGDN_DTYPE_FLOAT32;
+  a.cu_seqlens = pr.varlen ? p.cu_seqlens.data : nullptr;
+  a.cu_i64 = p.cu_seqlens.dtype == FLASHGDN_DTYPE_INT64;
+  a.B = static_cast<int>(pr.B);
+  a.T = static_cast<int>(pr.T);
+  a.N = static_cast<int>(pr.N);
+  a.Hqk = static_cast<int>(pr.Hqk);
+  a.Hv = static_cast<int>(pr.Hv);
+  a.group = static_cast<int>(pr.group);
+  a.K = static_cast<int>(pr.K);
+  a.V = static_cast<int>(pr.V);
+  a.scale = pr.scale;
+  a.l2norm = pr.l2norm;
+  a.v_first = pr.v_first;
+  if (pr.has_h0) {
+    a.h0 = p.initial_state.data;
+    a.h0_bf16 = p.initial_state.dtype == FLASHGDN_DTYPE_BFLOAT16;
+    a.h0_row_stride = p.initial_state.stride[0];
+  }
+  if (pr.pool) {
+    a.ht = p.initial_state.data;
+    a.ht_bf16 = a.h0_bf16;
+    a.ht_row_stride = a.h0_row_stride;
+    a.state_indices = p.state_indices.data;
+    a.idx_i64 = p.state_indices.dtype == FLASHGDN_DTYPE_INT64;
+    a.P = pr.P;
+  } else if (pr.has_ht) {
+    a.ht = p.final_state.data;
+    a.ht_bf16 = p.final_state.dtype == FLASHGDN_DTYPE_BFLOAT16;
+    a.ht_row_stride = p.final_state.stride[0];
+  }
+  if (pr.has_mask) {
+    a.has_initial_state = static_cast<const uint8_t*>(p.has_initial_state.data);
+    a.mask_stride = p.has_initial_state.stride[0];
+  }
+  a.chunk_offsets = reinterpret_cast<int64_t*>(ws + l.offsets);
+  a.aux = reinterpret_cast<float*>(ws + l.aux);
+  a.Ab = ws + l.ab;
+  a.Pm = ws + l.pm;
+  a.max_chunks = pr.max_chunks();
+
+  chunk_offsets_kernel<256><<<1, 256, 0, stream>>>(a);
+  e = cudaGetLastError();
+  if (e != cudaSuccess) return cuda_error("chunk offsets kernel launch", e);
+
+  const int bv = choose_bv(pr, num_sms);
+  const bool bf16 = pr.io_dtype == FLASHGDN_DTYPE_BFLOAT16;
+  if (pr.K == 128) {
+    return bf16 ? launch_all<__nv_bfloat16, 128>(a, bv, max_smem, stream) : launch_all<__half, 128>(a, bv, max_smem, stream);
+  }
+  return bf16 ? launch_all<__nv_bfloat16, 64>(a, bv, max_smem, stream) : launch_all<__half, 64>(a, bv, max_smem, stream);
+}
+
+}  // namespace flashgdn::portable

@@ -1,0 +1,69 @@
+// Sequence and chunk bookkeeping for the portable forward: clamped sequence ranges (cu_seqlens lives on
+// the device and is never trusted), the chunk-offset scan, and global chunk -> (sequence, chunk) lookup.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/portable/fwd/params.hpp"
+
+namespace flashgdn::portable {
+
+struct Seq {
+  int64_t b, bos, eos;  // batch row, tokens [bos, eos) of that row
+};
+
+// Never out of bounds, whatever cu_seqlens holds: bos in [0, T], eos in [bos, T].
+__device__ __forceinline__ Seq seq_range(const FwdArgs& a, int64_t n) {
+  if (a.cu_seqlens == nullptr) return Seq{n, 0, a.T};
+  auto at = [&](int64_t i) -> int64_t {
+    return a.cu_i64 ? static_cast<const int64_t*>(a.cu_seqlens)[i] : static_cast<const int32_t*>(a.cu_seqlens)[i];
+  };
+  int64_t bos = at(n), eos = at(n + 1);
+  bos = bos < 0 ? 0 : (bos > a.T ? a.T : bos);
+  eos = eos < bos ? bos : (eos > a.T ? a.T : eos);
+  return Seq{0, bos, eos};
+}
+
+// One block: chunk_offsets[n] = sum over m < n of ceil(len_m / 64), chunk_offsets[N] = total.
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads) chunk_offsets_kernel(FwdArgs a) {
+  __shared__ int64_t warp_sums[kThreads / 32];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int64_t per = (a.N + kThreads - 1) / kThreads;
+  const int64_t n0 = tid * per, n1 = (n0 + per < a.N) ? n0 + per : a.N;
+  int64_t local = 0;
+  for (int64_t n = n0; n < n1; ++n) {
+    const Seq s = seq_range(a, n);
+    local += (s.eos - s.bos + kChunk - 1) / kChunk;
+  }
+  // Exclusive block scan of `local`.
+  int64_t incl = local;
+#pragma unroll
+  for (int d = 1; d < 32; d <<= 1) {
+    const int64_t y = __shfl_up_sync(0xffffffffu, incl, d);
+    if (lane >= d) incl += y;
+  }
+  if (lane == 31) warp_sums[warp] = incl;
+  __syncthreads();
+  int64_t base = 0;
+  for (int w = 0; w < warp; ++w) base += warp_sums[w];
+  int64_t run = base + incl - local;
+  for (int64_t n = n0; n < n1; ++n) {
+    a.chunk_offsets[n] = run;
+    const Seq s = seq_range(a, n);
+    run += (s.eos - s.bos + kChunk - 1) / kChunk;
+  }
+  if (tid == kThreads - 1) a.chunk_offsets[a.N] = base + incl;
+}
+
+// Sequence owning global chunk c (chunk_offsets is non-decreasing): the last n with offsets[n] <= c.
+__device__ __forceinline__ int64_t find_sequence(const int64_t* offsets, int64_t N, int64_t c) {
+  int64_t lo = 0, hi = N - 1;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) >> 1;
+    if (offsets[mid] <= c) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+}  // namespace flashgdn::portable

@@ -1,0 +1,486 @@
+// GPU forward against the fp64 CPU reference (label `gpu`; every test skips without a device).
+// Fresh random inputs per case, outputs poisoned (NaN) before each run, relative L2 error limits:
+// bf16 inputs <= 1e-2, fp16 <= 5e-3, for o and the final state.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "api/tensor.hpp"
+#include "flashgdn/flashgdn.hpp"
+
+namespace {
+
+#define CUDA_OK(x) ASSERT_EQ((x), cudaSuccess) << cudaGetErrorString(x)
+
+bool have_gpu() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+#define REQUIRE_GPU() \
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device: GPU test skipped"
+
+struct DevBuf {
+  void* p = nullptr;
+  size_t bytes = 0;
+  explicit DevBuf(size_t n = 0) : bytes(n) {
+    if (n) EXPECT_EQ(cudaMalloc(&p, n), cudaSuccess);
+  }
+  ~DevBuf() {
+    if (p) cudaFree(p);
+  }
+  DevBuf(const DevBuf&) = delete;
+  DevBuf& operator=(const DevBuf&) = delete;
+};
+
+struct Case {
+  std::string name;
+  int64_t Hqk = 2, Hv = 4, K = 128, V = 128;
+  std::vector<int64_t> lens = {200};
+  bool varlen = true, cu64 = false;
+  bool h0 = true, ht = true, l2norm = false, v_first = false;
+  bool fp16 = false, beta_f32 = true, state_bf16 = false, final_bf16 = false;
+  bool pool = false, mask = false, strided = false;
+  float scale = 0.f;
+  double g_lo = -0.12, g_hi = 0.0;   // g ~ U[g_lo, g_hi]; heads with index % 4 == 3 get g = 0
+  double beta_hi = 1.0;
+  uint64_t seed = 0;
+};
+
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
+
+// Host copy of one problem in the input dtype (as raw 16-bit words) plus everything in fp32/fp64.
+struct Problem {
+  Case c;
+  int64_t B, T, N, row;  // row: elements per token in the (maybe fused) q/k/v buffer
+  std::vector<uint16_t> qkv;                 // q, k, v of every token (fused layout when strided)
+  std::vector<float> g, beta;
+  std::vector<uint16_t> beta16;
+  std::vector<float> h0;                     // fp32 values (rounded to bf16 if state_bf16)
+  std::vector<int64_t> cu;
+  std::vector<int64_t> idx;
+  std::vector<uint8_t> mask;
+  int64_t P = 0;
+  int64_t q_off, k_off, v_off;  // element offset of head 0 inside a token row
+
+  explicit Problem(const Case& cs) : c(cs) {
+    std::mt19937_64 rng(c.seed * 7919 + 17);
+    std::normal_distribution<float> nd;
+    std::uniform_real_distribution<double> ug(c.g_lo, c.g_hi), ub(0.0, c.beta_hi);
+    N = static_cast<int64_t>(c.lens.size());
+    if (c.varlen) {
+      cu.push_back(0);
+      for (int64_t L : c.lens) cu.push_back(cu.back() + L);
+      B = 1;
+      T = cu.back();
+    } else {
+      B = N;
+      T = c.lens[0];
+    }
+    const int64_t qk = c.Hqk * c.K, vv = c.Hv * c.V;
+    // Fused projection layout [q | k | v | pad] per token when strided, else three separate blocks.
+    row = c.strided ? 2 * qk + vv + 64 : 0;
+    q_off = 0;
+    k_off = c.strided ? qk : 0;
+    v_off = c.strided ? 2 * qk : 0;
+    const size_t total = c.strided ? B * T * row : B * T * (2 * qk + vv);
+    qkv.resize(total);
+    const float qs = c.l2norm ? 1.f : 1.f / std::sqrt(static_cast<float>(c.K));
+    for (size_t i = 0; i < total; ++i) {
+      const float x = nd(rng) * qs;
+      qkv[i] = c.fp16 ? flashgdn::float_to_half_bits(x) : flashgdn::float_to_bf16_bits(x);
+    }
+    // v entries get unit variance: rescale the v part.
+    auto redo_v = [&](int64_t off) {
+      const float x = nd(rng);
+      qkv[off] = c.fp16 ? flashgdn::float_to_half_bits(x) : flashgdn::float_to_bf16_bits(x);
+    };
+    for (int64_t t = 0; t < B * T; ++t)
+      for (int64_t e = 0; e < vv; ++e) redo_v(v_index(t, e));
+    g.resize(B * T * c.Hv);
+    beta.resize(B * T * c.Hv);
+    for (int64_t t = 0; t < B * T; ++t)
+      for (int64_t h = 0; h < c.Hv; ++h) {
+        g[t * c.Hv + h] = (h % 4 == 3) ? 0.f : static_cast<float>(ug(rng));
+        float b = static_cast<float>(ub(rng));
+        if (!c.beta_f32) b = c.fp16 ? flashgdn::half_bits_to_float(flashgdn::float_to_half_bits(b))
+                                    : flashgdn::bf16_bits_to_float(flashgdn::float_to_bf16_bits(b));
+        beta[t * c.Hv + h] = b;
+      }
+    if (!c.beta_f32) {
+      beta16.resize(beta.size());
+      for (size_t i = 0; i < beta.size(); ++i)
+        beta16[i] = c.fp16 ? flashgdn::float_to_half_bits(beta[i]) : flashgdn::float_to_bf16_bits(beta[i]);
+    }
+    P = c.pool ? N + 3 : N;
+    if (c.h0 || c.pool) {
+      h0.resize(P * c.Hv * c.K * c.V);
+      for (float& x : h0) {
+        x = 0.2f * nd(rng);
+        if (c.state_bf16) x = flashgdn::bf16_bits_to_float(flashgdn::float_to_bf16_bits(x));
+      }
+    }
+    if (c.pool) {
+      // slots: a permutation into [0, P) with every third sequence -1
+      for (int64_t n = 0; n < N; ++n) idx.push_back(n % 3 == 1 ? -1 : (n * 5 + 2) % P);
+      std::vector<bool> used(P, false);
+      for (auto& s : idx) {
+        if (s < 0) continue;
+        while (used[s]) s = (s + 1) % P;
+        used[s] = true;
+      }
+    }
+    if (c.mask)
+      for (int64_t n = 0; n < N; ++n) mask.push_back(n % 2 == 0 ? 1 : 0);
+  }
+
+  int64_t q_index(int64_t t, int64_t e) const {
+    return c.strided ? t * row + q_off + e : t * c.Hqk * c.K + e;
+  }
+  int64_t k_index(int64_t t, int64_t e) const {
+    return c.strided ? t * row + k_off + e : B * T * c.Hqk * c.K + t * c.Hqk * c.K + e;
+  }
+  int64_t v_index(int64_t t, int64_t e) const {
+    return c.strided ? t * row + v_off + e : 2 * B * T * c.Hqk * c.K + t * c.Hv * c.V + e;
+  }
+  int64_t state_dims2() const { return c.v_first ? c.V : c.K; }
+  int64_t state_dims3() const { return c.v_first ? c.K : c.V; }
+};
+
+// Describes q/k/v inside the (host or device) qkv buffer.
+void describe_qkv(const Problem& pr, void* base, flashgdn_dtype_t dt, flashgdn_chunk_fwd_params_t& p) {
+  const Case& c = pr.c;
+  uint16_t* b = static_cast<uint16_t*>(base);
+  p.q = flashgdn::tensor(b + pr.q_index(0, 0), dt, {pr.B, pr.T, c.Hqk, c.K});
+  p.k = flashgdn::tensor(b + pr.k_index(0, 0), dt, {pr.B, pr.T, c.Hqk, c.K});
+  p.v = flashgdn::tensor(b + pr.v_index(0, 0), dt, {pr.B, pr.T, c.Hv, c.V});
+  if (c.strided) {
+    for (auto* t : {&p.q, &p.k, &p.v}) {
+      t->stride[1] = pr.row;
+      t->stride[0] = pr.row * pr.T;
+    }
+  }
+}
+
+struct Outputs {
+  std::vector<double> o, ht;  // ht: final states (or the whole pool after the call)
+};
+
+// Runs the GPU forward; returns false (with a gtest failure) on error.
+void run_gpu(const Problem& pr, Outputs* out, bool graph = false, int repeats = 1) {
+  const Case& c = pr.c;
+  const auto dt = c.fp16 ? FLASHGDN_DTYPE_FLOAT16 : FLASHGDN_DTYPE_BFLOAT16;
+  const int64_t ohv = pr.B * pr.T * c.Hv * c.V;
+  const int64_t state_elems = (c.pool ? pr.P : pr.N) * c.Hv * c.K * c.V;
+  const size_t ses = c.state_bf16 ? 2 : 4, fes = c.final_bf16 ? 2 : 4;
+  DevBuf dqkv(pr.qkv.size() * 2), dg(pr.g.size() * 4), dbeta(pr.beta.size() * 4), dout(ohv * 2);
+  DevBuf dh0(state_elems * ses), dht(pr.N * c.Hv * c.K * c.V * fes), dcu(pr.cu.size() * 8), didx(pr.idx.size() * 8 + 8),
+      dmask(pr.mask.size() + 1);
+  CUDA_OK(cudaMemcpy(dqkv.p, pr.qkv.data(), pr.qkv.size() * 2, cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemcpy(dg.p, pr.g.data(), pr.g.size() * 4, cudaMemcpyHostToDevice));
+  if (c.beta_f32) {
+    CUDA_OK(cudaMemcpy(dbeta.p, pr.beta.data(), pr.beta.size() * 4, cudaMemcpyHostToDevice));
+  } else {
+    CUDA_OK(cudaMemcpy(dbeta.p, pr.beta16.data(), pr.beta16.size() * 2, cudaMemcpyHostToDevice));
+  }
+  if (!pr.h0.empty()) {
+    if (c.state_bf16) {
+      std::vector<uint16_t> h(pr.h0.size());
+      for (size_t i = 0; i < h.size(); ++i) h[i] = flashgdn::float_to_bf16_bits(pr.h0[i]);
+      CUDA_OK(cudaMemcpy(dh0.p, h.data(), h.size() * 2, cudaMemcpyHostToDevice));
+    } else {
+      CUDA_OK(cudaMemcpy(dh0.p, pr.h0.data(), pr.h0.size() * 4, cudaMemcpyHostToDevice));
+    }
+  }
+  if (!pr.cu.empty()) {
+    if (c.cu64) {
+      CUDA_OK(cudaMemcpy(dcu.p, pr.cu.data(), pr.cu.size() * 8, cudaMemcpyHostToDevice));
+    } else {
+      std::vector<int32_t> cu32(pr.cu.begin(), pr.cu.end());
+      CUDA_OK(cudaMemcpy(dcu.p, cu32.data(), cu32.size() * 4, cudaMemcpyHostToDevice));
+    }
+  }
+  if (!pr.idx.empty()) {
+    std::vector<int32_t> i32(pr.idx.begin(), pr.idx.end());
+    CUDA_OK(cudaMemcpy(didx.p, i32.data(), i32.size() * 4, cudaMemcpyHostToDevice));
+  }
+  if (!pr.mask.empty()) CUDA_OK(cudaMemcpy(dmask.p, pr.mask.data(), pr.mask.size(), cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemset(dout.p, 0xff, ohv * 2));  // poison: NaN
+  CUDA_OK(cudaMemset(dht.p, 0xff, dht.bytes));
+
+  flashgdn::ChunkFwdParams p;
+  describe_qkv(pr, dqkv.p, dt, p);
+  p.g = flashgdn::tensor(dg.p, FLASHGDN_DTYPE_FLOAT32, {pr.B, pr.T, c.Hv});
+  p.beta = flashgdn::tensor(dbeta.p, c.beta_f32 ? FLASHGDN_DTYPE_FLOAT32 : dt, {pr.B, pr.T, c.Hv});
+  p.o = flashgdn::tensor(dout.p, dt, {pr.B, pr.T, c.Hv, c.V});
+  if (c.varlen)
+    p.cu_seqlens = flashgdn::tensor(dcu.p, c.cu64 ? FLASHGDN_DTYPE_INT64 : FLASHGDN_DTYPE_INT32, {pr.N + 1});
+  const auto sdt = c.state_bf16 ? FLASHGDN_DTYPE_BFLOAT16 : FLASHGDN_DTYPE_FLOAT32;
+  if (c.pool) {
+    p.initial_state = flashgdn::tensor(dh0.p, sdt, {pr.P, c.Hv, pr.state_dims2(), pr.state_dims3()});
+    p.state_indices = flashgdn::tensor(didx.p, FLASHGDN_DTYPE_INT32, {pr.N});
+  } else if (c.h0) {
+    p.initial_state = flashgdn::tensor(dh0.p, sdt, {pr.N, c.Hv, pr.state_dims2(), pr.state_dims3()});
+  }
+  if (c.mask) p.has_initial_state = flashgdn::tensor(dmask.p, FLASHGDN_DTYPE_BOOL, {pr.N});
+  if (c.ht && !c.pool)
+    p.final_state = flashgdn::tensor(dht.p, c.final_bf16 ? FLASHGDN_DTYPE_BFLOAT16 : FLASHGDN_DTYPE_FLOAT32,
+                                     {pr.N, c.Hv, pr.state_dims2(), pr.state_dims3()});
+  p.use_qk_l2norm = c.l2norm;
+  p.state_v_first = c.v_first;
+  p.scale = c.scale;
+  size_t bytes = 0;
+  ASSERT_EQ(flashgdn_chunk_fwd_workspace_size(&p, &bytes), FLASHGDN_SUCCESS) << flashgdn_get_last_error();
+  DevBuf ws(bytes);
+  CUDA_OK(cudaMemset(ws.p, 0xff, bytes));  // the kernels must not depend on workspace contents
+  cudaStream_t stream;
+  CUDA_OK(cudaStreamCreate(&stream));
+  if (graph) {
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    const flashgdn_status_t s = flashgdn_chunk_fwd(&p, ws.p, bytes, stream);
+    CUDA_OK(cudaStreamEndCapture(stream, &g));
+    ASSERT_EQ(s, FLASHGDN_SUCCESS) << flashgdn_get_last_error();
+    CUDA_OK(cudaGraphInstantiate(&ge, g, 0));
+    for (int r = 0; r < repeats; ++r) CUDA_OK(cudaGraphLaunch(ge, stream));
+    CUDA_OK(cudaGraphExecDestroy(ge));
+    CUDA_OK(cudaGraphDestroy(g));
+  } else {
+    for (int r = 0; r < repeats; ++r)
+      ASSERT_EQ(flashgdn_chunk_fwd(&p, ws.p, bytes, stream), FLASHGDN_SUCCESS) << flashgdn_get_last_error();
+  }
+  CUDA_OK(cudaStreamSynchronize(stream));
+  CUDA_OK(cudaStreamDestroy(stream));
+  std::vector<uint16_t> o(ohv);
+  CUDA_OK(cudaMemcpy(o.data(), dout.p, ohv * 2, cudaMemcpyDeviceToHost));
+  out->o.resize(ohv);
+  for (int64_t i = 0; i < ohv; ++i)
+    out->o[i] = c.fp16 ? flashgdn::half_bits_to_float(o[i]) : flashgdn::bf16_bits_to_float(o[i]);
+  out->ht.clear();
+  const bool read_state = c.pool || c.ht;
+  if (read_state) {
+    const bool bf = c.pool ? c.state_bf16 : c.final_bf16;
+    const size_t n = c.pool ? state_elems : pr.N * c.Hv * c.K * c.V;
+    const void* src = c.pool ? dh0.p : dht.p;
+    out->ht.resize(n);
+    if (bf) {
+      std::vector<uint16_t> h(n);
+      CUDA_OK(cudaMemcpy(h.data(), src, n * 2, cudaMemcpyDeviceToHost));
+      for (size_t i = 0; i < n; ++i) out->ht[i] = flashgdn::bf16_bits_to_float(h[i]);
+    } else {
+      std::vector<float> h(n);
+      CUDA_OK(cudaMemcpy(h.data(), src, n * 4, cudaMemcpyDeviceToHost));
+      for (size_t i = 0; i < n; ++i) out->ht[i] = h[i];
+    }
+  }
+}
+
+// fp64 reference on the same rounded inputs.
+void run_reference(const Problem& pr, Outputs* out) {
+  const Case& c = pr.c;
+  const auto dt = c.fp16 ? FLASHGDN_DTYPE_FLOAT16 : FLASHGDN_DTYPE_BFLOAT16;
+  flashgdn::ChunkFwdParams p;
+  std::vector<uint16_t> qkv = pr.qkv;
+  describe_qkv(pr, qkv.data(), dt, p);
+  std::vector<float> g = pr.g, beta = pr.beta;
+  p.g = flashgdn::tensor(g.data(), FLASHGDN_DTYPE_FLOAT32, {pr.B, pr.T, c.Hv});
+  p.beta = flashgdn::tensor(beta.data(), FLASHGDN_DTYPE_FLOAT32, {pr.B, pr.T, c.Hv});
+  out->o.assign(pr.B * pr.T * c.Hv * c.V, NAN);
+  p.o = flashgdn::tensor(out->o.data(), FLASHGDN_DTYPE_FLOAT64, {pr.B, pr.T, c.Hv, c.V});
+  std::vector<int64_t> cu = pr.cu, idx = pr.idx;
+  std::vector<uint8_t> mask = pr.mask;
+  if (c.varlen) p.cu_seqlens = flashgdn::tensor(cu.data(), FLASHGDN_DTYPE_INT64, {pr.N + 1});
+  std::vector<double> h0(pr.h0.begin(), pr.h0.end());
+  if (c.pool) {
+    p.initial_state = flashgdn::tensor(h0.data(), FLASHGDN_DTYPE_FLOAT64, {pr.P, c.Hv, pr.state_dims2(), pr.state_dims3()});
+    p.state_indices = flashgdn::tensor(idx.data(), FLASHGDN_DTYPE_INT64, {pr.N});
+  } else if (c.h0) {
+    p.initial_state = flashgdn::tensor(h0.data(), FLASHGDN_DTYPE_FLOAT64, {pr.N, c.Hv, pr.state_dims2(), pr.state_dims3()});
+  }
+  if (c.mask) p.has_initial_state = flashgdn::tensor(mask.data(), FLASHGDN_DTYPE_BOOL, {pr.N});
+  out->ht.clear();
+  if (c.ht && !c.pool) {
+    out->ht.assign(pr.N * c.Hv * c.K * c.V, NAN);
+    p.final_state = flashgdn::tensor(out->ht.data(), FLASHGDN_DTYPE_FLOAT64, {pr.N, c.Hv, pr.state_dims2(), pr.state_dims3()});
+  }
+  p.use_qk_l2norm = c.l2norm;
+  p.state_v_first = c.v_first;
+  p.scale = c.scale;
+  flashgdn::reference_fwd(p);
+  if (c.pool) out->ht = h0;
+}
+
+double rel_l2(const std::vector<double>& a, const std::vector<double>& b) {
+  double n = 0, d = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    n += (a[i] - b[i]) * (a[i] - b[i]);
+    d += b[i] * b[i];
+  }
+  return std::sqrt(n / (d > 0 ? d : 1));
+}
+
+class GpuForward : public ::testing::TestWithParam<Case> {};
+
+TEST_P(GpuForward, MatchesFp64Reference) {
+  REQUIRE_GPU();
+  const Problem pr(GetParam());
+  Outputs gpu, ref;
+  run_gpu(pr, &gpu);
+  run_reference(pr, &ref);
+  const double tol = pr.c.fp16 ? 5e-3 : 1e-2;
+  const double eo = rel_l2(gpu.o, ref.o);
+  EXPECT_LE(eo, tol) << "o";
+  if (!ref.ht.empty()) {
+    const double eh = rel_l2(gpu.ht, ref.ht);
+    // bf16 storage of the final state adds its own rounding (2^-9 relative).
+    EXPECT_LE(eh, tol + ((pr.c.final_bf16 || (pr.c.pool && pr.c.state_bf16)) ? 4e-3 : 0.0)) << "final state";
+    if (pr.c.pool) {  // slots no sequence names are bitwise untouched
+      std::vector<bool> named(pr.P, false);
+      for (int64_t s : pr.idx)
+        if (s >= 0) named[s] = true;
+      const int64_t slot = pr.c.Hv * pr.c.K * pr.c.V;
+      for (int64_t s = 0; s < pr.P; ++s)
+        if (!named[s])
+          for (int64_t e = 0; e < slot; ++e) ASSERT_EQ(gpu.ht[s * slot + e], static_cast<double>(pr.h0[s * slot + e]));
+    }
+  }
+  std::printf("  [%s] rel L2: o %.2e%s\n", pr.c.name.c_str(), eo,
+              ref.ht.empty() ? "" : (" state " + std::to_string(rel_l2(gpu.ht, ref.ht))).c_str());
+}
+
+Case mk(std::string name, std::function<void(Case&)> f) {
+  Case c;
+  c.name = std::move(name);
+  f(c);
+  static uint64_t seed = 1;
+  c.seed = seed++;
+  return c;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Features, GpuForward,
+    ::testing::Values(
+        mk("gva1", [](Case& c) { c.Hqk = 4; c.Hv = 4; }),
+        mk("gva2", [](Case& c) { c.Hqk = 2; c.Hv = 4; }),
+        mk("gva3", [](Case& c) { c.Hqk = 2; c.Hv = 6; }),
+        mk("gva4", [](Case& c) { c.Hqk = 1; c.Hv = 4; }),
+        mk("gva8_hqk1", [](Case& c) { c.Hqk = 1; c.Hv = 8; }),
+        mk("varlen_tails_i32", [](Case& c) { c.lens = {0, 1, 63, 64, 65, 130, 0, 7}; }),
+        mk("varlen_tails_i64", [](Case& c) { c.lens = {65, 0, 1, 64, 63}; c.cu64 = true; }),
+        mk("batched", [](Case& c) { c.lens = {100, 100, 100}; c.varlen = false; }),
+        mk("no_h0", [](Case& c) { c.h0 = false; }),
+        mk("no_ht", [](Case& c) { c.ht = false; }),
+        mk("neither_state", [](Case& c) { c.h0 = false; c.ht = false; }),
+        mk("v_first", [](Case& c) { c.v_first = true; c.lens = {100, 37}; }),
+        mk("bf16_states", [](Case& c) { c.state_bf16 = true; c.final_bf16 = true; }),
+        mk("pool", [](Case& c) { c.pool = true; c.lens = {40, 70, 1, 0, 129}; }),
+        mk("pool_mask_vfirst_bf16", [](Case& c) { c.pool = true; c.mask = true; c.v_first = true; c.state_bf16 = true; c.lens = {40, 70, 1, 66}; }),
+        mk("mask", [](Case& c) { c.mask = true; c.lens = {50, 90, 20}; }),
+        mk("l2norm", [](Case& c) { c.l2norm = true; }),
+        mk("scale", [](Case& c) { c.scale = 0.37f; }),
+        mk("fp16", [](Case& c) { c.fp16 = true; }),
+        mk("fp16_l2norm_beta16", [](Case& c) { c.fp16 = true; c.l2norm = true; c.beta_f32 = false; }),
+        mk("beta_bf16", [](Case& c) { c.beta_f32 = false; }),
+        mk("strided_views", [](Case& c) { c.strided = true; c.lens = {90, 150}; }),
+        mk("strong_decay", [](Case& c) { c.g_lo = -20; c.g_hi = 0; }),
+        mk("g_zero_beta2", [](Case& c) { c.g_lo = 0; c.g_hi = 0; c.beta_hi = 2; c.l2norm = true; }),
+        mk("dims64", [](Case& c) { c.K = 64; c.V = 64; c.lens = {130, 5}; }),
+        mk("k64_v128", [](Case& c) { c.K = 64; c.V = 128; }),
+        mk("k128_v64", [](Case& c) { c.K = 128; c.V = 64; }),
+        mk("many_heads_bv64", [](Case& c) { c.Hqk = 16; c.Hv = 32; c.lens = {70, 70, 70, 70, 70}; c.l2norm = true; }),
+        mk("long", [](Case& c) { c.Hqk = 1; c.Hv = 2; c.lens = {2000}; c.l2norm = true; })),
+    [](const ::testing::TestParamInfo<Case>& i) { return i.param.name; });
+
+TEST(GpuForwardGraph, CaptureReplayAndDeterminism) {
+  REQUIRE_GPU();
+  const Problem pr(mk("graph", [](Case& c) { c.lens = {300, 77, 1}; c.l2norm = true; }));
+  Outputs eager1, eager2, graph;
+  run_gpu(pr, &eager1, false, 1);
+  run_gpu(pr, &eager2, false, 3);
+  run_gpu(pr, &graph, true, 2);
+  ASSERT_EQ(0, std::memcmp(eager1.o.data(), eager2.o.data(), eager1.o.size() * sizeof(double)));
+  ASSERT_EQ(0, std::memcmp(eager1.ht.data(), eager2.ht.data(), eager1.ht.size() * sizeof(double)));
+  ASSERT_EQ(0, std::memcmp(eager1.o.data(), graph.o.data(), eager1.o.size() * sizeof(double)));
+  ASSERT_EQ(0, std::memcmp(eager1.ht.data(), graph.ht.data(), eager1.ht.size() * sizeof(double)));
+}
+
+TEST(GpuForwardChecking, ReportsBadCuSeqlensAndDuplicateSlots) {
+  REQUIRE_GPU();
+  DevBuf buf(1 << 20);
+  std::vector<int32_t> cu = {0, 5, 3, 8};
+  DevBuf dcu(16);
+  ASSERT_EQ(cudaMemcpy(dcu.p, cu.data(), 16, cudaMemcpyHostToDevice), cudaSuccess);
+  using flashgdn::tensor;
+  flashgdn::ChunkFwdParams p;
+  unsigned char* b = static_cast<unsigned char*>(buf.p);
+  p.q = tensor(b, FLASHGDN_DTYPE_BFLOAT16, {1, 8, 1, 64});
+  p.k = tensor(b, FLASHGDN_DTYPE_BFLOAT16, {1, 8, 1, 64});
+  p.v = tensor(b, FLASHGDN_DTYPE_BFLOAT16, {1, 8, 1, 64});
+  p.g = tensor(b + 4096, FLASHGDN_DTYPE_FLOAT32, {1, 8, 1});
+  p.beta = tensor(b + 8192, FLASHGDN_DTYPE_FLOAT32, {1, 8, 1});
+  p.o = tensor(b + 65536, FLASHGDN_DTYPE_BFLOAT16, {1, 8, 1, 64});
+  p.cu_seqlens = tensor(dcu.p, FLASHGDN_DTYPE_INT32, {4});
+  p.check_inputs = 1;
+  size_t bytes = 0;
+  ASSERT_EQ(flashgdn_chunk_fwd_workspace_size(&p, &bytes), FLASHGDN_SUCCESS);
+  DevBuf ws(bytes);
+  EXPECT_EQ(flashgdn_chunk_fwd(&p, ws.p, bytes, nullptr), FLASHGDN_ERROR_INVALID_DATA);
+  EXPECT_NE(std::string(flashgdn_get_last_error()).find("cu_seqlens is not non-decreasing"), std::string::npos)
+      << flashgdn_get_last_error();
+  // Without checking mode the same garbage is clamped: no fault, the call succeeds.
+  p.check_inputs = 0;
+  EXPECT_EQ(flashgdn_chunk_fwd(&p, ws.p, bytes, nullptr), FLASHGDN_SUCCESS) << flashgdn_get_last_error();
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  // Duplicate pool slots.
+  cu = {0, 4, 6, 8};
+  ASSERT_EQ(cudaMemcpy(dcu.p, cu.data(), 16, cudaMemcpyHostToDevice), cudaSuccess);
+  std::vector<int32_t> idx = {1, -1, 1};
+  DevBuf didx(12);
+  ASSERT_EQ(cudaMemcpy(didx.p, idx.data(), 12, cudaMemcpyHostToDevice), cudaSuccess);
+  p.initial_state = tensor(b + 131072, FLASHGDN_DTYPE_FLOAT32, {2, 1, 64, 64});
+  p.state_indices = tensor(didx.p, FLASHGDN_DTYPE_INT32, {3});
+  p.check_inputs = 1;
+  ASSERT_EQ(flashgdn_chunk_fwd_workspace_size(&p, &bytes), FLASHGDN_SUCCESS);
+  DevBuf ws2(bytes);
+  EXPECT_EQ(flashgdn_chunk_fwd(&p, ws2.p, bytes, nullptr), FLASHGDN_ERROR_INVALID_DATA);
+  EXPECT_NE(std::string(flashgdn_get_last_error()).find("both name pool slot 1"), std::string::npos);
+}
+
+TEST(GpuForwardWorkspace, TooSmallIsAnError) {
+  REQUIRE_GPU();
+  using flashgdn::tensor;
+  DevBuf buf(1 << 16);
+  flashgdn::ChunkFwdParams p;
+  unsigned char* b = static_cast<unsigned char*>(buf.p);
+  p.q = tensor(b, FLASHGDN_DTYPE_BFLOAT16, {1, 8, 1, 64});
+  p.k = tensor(b, FLASHGDN_DTYPE_BFLOAT16, {1, 8, 1, 64});
+  p.v = tensor(b, FLASHGDN_DTYPE_BFLOAT16, {1, 8, 1, 64});
+  p.g = tensor(b + 4096, FLASHGDN_DTYPE_FLOAT32, {1, 8, 1});
+  p.beta = tensor(b + 8192, FLASHGDN_DTYPE_FLOAT32, {1, 8, 1});
+  p.o = tensor(b + 16384, FLASHGDN_DTYPE_BFLOAT16, {1, 8, 1, 64});
+  size_t bytes = 0;
+  ASSERT_EQ(flashgdn_chunk_fwd_workspace_size(&p, &bytes), FLASHGDN_SUCCESS);
+  ASSERT_GT(bytes, 0u);
+  EXPECT_EQ(flashgdn_chunk_fwd(&p, b, bytes - 1, nullptr), FLASHGDN_ERROR_WORKSPACE);
+  EXPECT_NE(std::string(flashgdn_get_last_error()).find("argument 'workspace_bytes'"), std::string::npos);
+}
+
+// A small case for compute-sanitizer (scripts/gpu-check runs memcheck/racecheck/synccheck on it).
+TEST(GpuForwardSanitize, SmallVarlenPool) {
+  REQUIRE_GPU();
+  const Problem pr(mk("sanitize", [](Case& c) { c.pool = true; c.mask = true; c.lens = {1, 65, 0, 20}; c.Hqk = 1; c.Hv = 3; c.l2norm = true; }));
+  Outputs gpu, ref;
+  run_gpu(pr, &gpu);
+  run_reference(pr, &ref);
+  EXPECT_LE(rel_l2(gpu.o, ref.o), 1e-2);
+  EXPECT_LE(rel_l2(gpu.ht, ref.ht), 1e-2);
+}
+
+}  // namespace

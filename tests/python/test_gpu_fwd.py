@@ -1,0 +1,125 @@
+"""The Python API on CUDA tensors: against the CPU (fp64 reference) path of the same API, CUDA-graph
+capture, torch.compile(fullgraph=True), strided views, state pool. Skipped without torch or a GPU."""
+import pytest
+
+torch = pytest.importorskip("torch")
+if not torch.cuda.is_available():
+    pytest.skip("no CUDA device: GPU tests skipped", allow_module_level=True)
+
+import torch.nn.functional as F  # noqa: E402
+
+import flashgdn  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+
+
+def rel(a, b):
+    a, b = a.double().cpu(), b.double().cpu()
+    return ((a - b).norm() / b.norm()).item()
+
+
+def inputs(lens, hqk=2, hv=6, d=128, dtype=torch.bfloat16, seed=0):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    T = sum(lens)
+    q = torch.randn(1, T, hqk, d, device="cuda", generator=gen).to(dtype)
+    k = torch.randn(1, T, hqk, d, device="cuda", generator=gen).to(dtype)
+    v = torch.randn(1, T, hv, d, device="cuda", generator=gen).to(dtype)
+    g = F.logsigmoid(torch.randn(1, T, hv, device="cuda", generator=gen)) / 16
+    beta = torch.sigmoid(torch.randn(1, T, hv, device="cuda", generator=gen))
+    cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
+    h0 = torch.randn(len(lens), hv, d, d, device="cuda", generator=gen) * 0.2
+    return q, k, v, g, beta, cu, h0
+
+
+def cpu(*xs):
+    return [x.cpu() if x is not None else None for x in xs]
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float16, 5e-3)])
+def test_matches_cpu_reference(dtype, tol):
+    q, k, v, g, beta, cu, h0 = inputs([1, 63, 65, 200], dtype=dtype)
+    o, ht = flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True,
+                                            cu_seqlens=cu, use_qk_l2norm_in_kernel=True)
+    o_ref, ht_ref = flashgdn.chunk_gated_delta_rule(*cpu(q, k, v, g, beta), initial_state=h0.cpu(),
+                                                    output_final_state=True, cu_seqlens=cu.cpu(),
+                                                    use_qk_l2norm_in_kernel=True)
+    assert o.dtype == dtype and ht.dtype == torch.float32
+    assert rel(o, o_ref) <= tol and rel(ht, ht_ref) <= tol
+
+
+def test_strided_views_of_fused_projection():
+    T, hqk, hv, d = 150, 2, 4, 128
+    qkv = torch.randn(1, T, (2 * hqk + hv) * d + 64, device="cuda", dtype=torch.bfloat16)
+    q = qkv[..., : hqk * d].view(1, T, hqk, d) if False else qkv[..., : hqk * d].unflatten(-1, (hqk, d))
+    k = qkv[..., hqk * d: 2 * hqk * d].unflatten(-1, (hqk, d))
+    v = qkv[..., 2 * hqk * d: (2 * hqk + hv) * d].unflatten(-1, (hv, d))
+    g = F.logsigmoid(torch.randn(1, T, hv, device="cuda")) / 16
+    beta = torch.rand(1, T, hv, device="cuda")
+    o, _ = flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, use_qk_l2norm_in_kernel=True)
+    o2, _ = flashgdn.chunk_gated_delta_rule(q.contiguous(), k.contiguous(), v.contiguous(), g, beta,
+                                            use_qk_l2norm_in_kernel=True)
+    assert torch.equal(o, o2)
+
+
+def test_state_pool_in_place():
+    q, k, v, g, beta, cu, _ = inputs([30, 70, 5])
+    pool = torch.randn(5, 6, 128, 128, device="cuda") * 0.2
+    pool0 = pool.clone()
+    idx = torch.tensor([3, -1, 0], device="cuda", dtype=torch.int64)
+    mask = torch.tensor([True, True, False], device="cuda")
+    o, ht = flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=pool, cu_seqlens=cu,
+                                            state_indices=idx, has_initial_state=mask)
+    assert ht is None
+    pool_ref = pool0.cpu()
+    o_ref, _ = flashgdn.chunk_gated_delta_rule(*cpu(q, k, v, g, beta), initial_state=pool_ref, cu_seqlens=cu.cpu(),
+                                               state_indices=idx.cpu(), has_initial_state=mask.cpu())
+    assert rel(o, o_ref) <= 1e-2
+    assert rel(pool[3], pool_ref[3]) <= 1e-2 and rel(pool[0], pool_ref[0]) <= 1e-2
+    for s in (1, 2, 4):
+        assert torch.equal(pool[s], pool0[s])
+
+
+def test_cuda_graph_capture_and_determinism():
+    q, k, v, g, beta, cu, h0 = inputs([100, 3])
+
+    def f():
+        return flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True,
+                                               cu_seqlens=cu)
+    o1, ht1 = f()
+    o2, ht2 = f()
+    assert torch.equal(o1, o2) and torch.equal(ht1, ht2)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(s), torch.cuda.graph(graph, stream=s):
+        og, htg = f()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(og, o1) and torch.equal(htg, ht1)
+
+
+def test_torch_compile_fullgraph_on_cuda():
+    q, k, v, g, beta, cu, h0 = inputs([64, 10])
+
+    def f(q, k, v, g, beta, h0):
+        o, ht = flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True,
+                                                cu_seqlens=cu, use_qk_l2norm_in_kernel=True)
+        return o.float().sum(-1), ht
+
+    ref = f(q, k, v, g, beta, h0)
+    out = torch.compile(f, fullgraph=True)(q, k, v, g, beta, h0)
+    assert torch.allclose(out[0], ref[0], rtol=1e-3, atol=1e-3) and torch.equal(out[1], ref[1])
+
+
+def test_device_mismatch_is_a_clear_error():
+    q, k, v, g, beta, cu, h0 = inputs([8])
+    with pytest.raises(ValueError, match="argument 'cu_seqlens' is on cpu"):
+        flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, cu_seqlens=cu.cpu())
+
+
+def test_check_mode_reports_bad_cu_seqlens(monkeypatch):
+    q, k, v, g, beta, cu, h0 = inputs([8, 8])
+    bad = torch.tensor([0, 9, 4], dtype=torch.int32, device="cuda")
+    monkeypatch.setenv("FLASHGDN_CHECK", "1")
+    with pytest.raises(flashgdn.FlashGDNError, match="cu_seqlens is not non-decreasing"):
+        flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, cu_seqlens=bad)
