@@ -1,6 +1,6 @@
 // Portable forward, stage 2 ("recurrence"): the inter-chunk state recurrence fused with the output.
 //
-// Grid (V / BV, Hv, N); 128 threads = 4 warps. One CTA per (sequence, value head, V slice of width BV)
+// Grid (N, Hv, V / BV); 128 threads = 4 warps. One CTA per (sequence, value head, V slice of width BV)
 // walks the sequence's chunks in order and keeps its state slice S (K, BV) in fp32 registers for the
 // whole sequence (warp w owns rows w*K/4 .. w*K/4 + K/4 - 1). Per chunk (gamma, Ab, Pm from stage 1):
 //   1. KS = K S, QS = Q S                     (64, BV) each; warp w owns rows 16w..16w+15
@@ -60,8 +60,8 @@ __global__ void __launch_bounds__(128, 1) recurrence_kernel(FwdArgs a) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
   Sm& sm = *reinterpret_cast<Sm*>(smem_raw);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int v0 = blockIdx.x * BV, h = blockIdx.y;
-  const int64_t n = blockIdx.z;
+  const int64_t n = blockIdx.x;
+  const int h = blockIdx.y, v0 = blockIdx.z * BV;
   const int hk = h / a.group;
   const Seq s = seq_range(a, n);
   const int64_t nchunks = (s.eos - s.bos + kChunk - 1) / kChunk;
