@@ -35,9 +35,11 @@ D = 128
 
 
 def parse_seqlens(s: str):
+    """'1x32768' is one sequence of 32768 tokens, '8192x4' four of 8192 (FlashQLA's naming: the larger
+    number is the length), '28672+4096' two sequences."""
     if "x" in s:
-        n, L = s.split("x")
-        return [int(L)] * int(n)
+        a, b = (int(x) for x in s.split("x"))
+        return [max(a, b)] * min(a, b)
     return [int(x) for x in s.split("+")]
 
 
@@ -154,7 +156,7 @@ def rel(a, b):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    ap.add_argument("--reps", type=int, default=30)
+    ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--rows", default="", help="only rows whose name contains this")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False

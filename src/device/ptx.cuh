@@ -28,6 +28,16 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+// ---- named barriers (PTX ISA, "Parallel Synchronization and Communication Instructions: bar, barrier") ----
+// Barrier 0 is __syncthreads(); kernels number their own from 1. `count` is a multiple of 32.
+__device__ __forceinline__ void named_bar_sync(int id, int count) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+// Arrive without waiting; memory accesses before it are visible to threads that complete bar.sync on it.
+__device__ __forceinline__ void named_bar_arrive(int id, int count) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+
 // ---- ldmatrix (PTX ISA, "Warp Level Matrix Multiply-Accumulate Instructions: ldmatrix") ----
 // Four 8x8 b16 matrices; lane i supplies the row address of matrix i / 8, row i % 8.
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem_row) {

@@ -172,7 +172,7 @@ struct Outputs {
 };
 
 // Runs the GPU forward; returns false (with a gtest failure) on error.
-void run_gpu(const Problem& pr, Outputs* out, bool graph = false, int repeats = 1) {
+void run_gpu(const Problem& pr, Outputs* out, bool graph = false, int repeats = 1, int ws_fill = 0xff) {
   const Case& c = pr.c;
   const auto dt = c.fp16 ? FLASHGDN_DTYPE_FLOAT16 : FLASHGDN_DTYPE_BFLOAT16;
   const int64_t ohv = pr.B * pr.T * c.Hv * c.V;
@@ -237,7 +237,7 @@ void run_gpu(const Problem& pr, Outputs* out, bool graph = false, int repeats = 
   size_t bytes = 0;
   ASSERT_EQ(flashgdn_chunk_fwd_workspace_size(&p, &bytes), FLASHGDN_SUCCESS) << flashgdn_get_last_error();
   DevBuf ws(bytes);
-  CUDA_OK(cudaMemset(ws.p, 0xff, bytes));  // the kernels must not depend on workspace contents
+  CUDA_OK(cudaMemset(ws.p, ws_fill, bytes));  // the kernels must not depend on workspace contents
   cudaStream_t stream;
   CUDA_OK(cudaStreamCreate(&stream));
   if (graph) {
@@ -402,9 +402,9 @@ TEST(GpuForwardGraph, CaptureReplayAndDeterminism) {
   REQUIRE_GPU();
   const Problem pr(mk("graph", [](Case& c) { c.lens = {300, 77, 1}; c.l2norm = true; }));
   Outputs eager1, eager2, graph;
-  run_gpu(pr, &eager1, false, 1);
-  run_gpu(pr, &eager2, false, 3);
-  run_gpu(pr, &graph, true, 2);
+  run_gpu(pr, &eager1, false, 1, 0xff);
+  run_gpu(pr, &eager2, false, 3, 0x00);  // other workspace contents: results must not change
+  run_gpu(pr, &graph, true, 2, 0x5a);
   ASSERT_EQ(0, std::memcmp(eager1.o.data(), eager2.o.data(), eager1.o.size() * sizeof(double)));
   ASSERT_EQ(0, std::memcmp(eager1.ht.data(), eager2.ht.data(), eager1.ht.size() * sizeof(double)));
   ASSERT_EQ(0, std::memcmp(eager1.o.data(), graph.o.data(), eager1.o.size() * sizeof(double)));

@@ -15,7 +15,7 @@ constexpr size_t kAlign = 256;
 size_t align_up(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
 struct Layout {
-  size_t offsets, aux, ab, pm, total;
+  size_t offsets, aux, w, u, pm, total;
 };
 
 Layout layout(const Problem& pr) {
@@ -26,8 +26,10 @@ Layout layout(const Problem& pr) {
   at += align_up((pr.N + 1) * sizeof(int64_t));
   l.aux = at;
   at += align_up(chunks * hv * 3 * kChunk * sizeof(float));
-  l.ab = at;
-  at += align_up(chunks * hv * kChunk * kChunk * 2);
+  l.w = at;
+  at += align_up(chunks * hv * kChunk * pr.K * 2);
+  l.u = at;
+  at += align_up(chunks * hv * kChunk * pr.V * 2);
   l.pm = at;
   at += align_up(chunks * hv * kChunk * kChunk * 2);
   l.total = at;
@@ -50,17 +52,17 @@ flashgdn_status_t launch_recurrence(const FwdArgs& a, int v_tiles, cudaStream_t 
   const int smem = static_cast<int>(sizeof(RecurrenceSmem<T, KD, BV>));
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(recurrence)", e);
-  kernel<<<dim3(a.N, a.Hv, v_tiles), 128, smem, stream>>>(a);
+  kernel<<<dim3(a.N, a.Hv, v_tiles), 256, smem, stream>>>(a);
   e = cudaGetLastError();
   return e == cudaSuccess ? FLASHGDN_SUCCESS : cuda_error("recurrence kernel launch", e);
 }
 
-template <class T, int KD>
+template <class T, int KD, int VD>
 flashgdn_status_t launch_all(const FwdArgs& a, int bv, int max_smem, cudaStream_t stream) {
   // Stage 1: prepare (parallel over chunks and q/k heads).
   {
-    auto kernel = prepare_kernel<T, KD>;
-    const int smem = static_cast<int>(sizeof(PrepareSmem<T, KD>));
+    auto kernel = prepare_kernel<T, KD, VD>;
+    const int smem = static_cast<int>(sizeof(PrepareSmem<T, KD, VD>));
     cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(prepare)", e);
     if (a.max_chunks > 0) kernel<<<dim3(static_cast<unsigned>(a.max_chunks), a.Hqk), 128, smem, stream>>>(a);
@@ -83,13 +85,22 @@ flashgdn_status_t launch_all(const FwdArgs& a, int bv, int max_smem, cudaStream_
 size_t workspace_bytes(const Problem& pr) { return layout(pr).total; }
 
 int choose_bv(const Problem& pr, int num_sms) {
-  // Largest V slice that still gives at least one CTA per SM; narrower slices buy parallelism when
-  // sequences x heads cannot fill the GPU.
-  for (int bv : {64, 32}) {
+  // One CTA per SM (the recurrence uses ~200 KB of shared memory). Cost model: waves x per-CTA time,
+  // with the per-chunk time of a CTA ~ (1 + BV / 64) (latency-bound products: a wider slice costs less
+  // than proportionally). Narrow slices buy parallelism when sequences x heads cannot fill the GPU.
+  int best = 16;
+  double best_cost = 1e300;
+  for (int bv : {64, 32, 16}) {
     if (bv > pr.V) continue;
-    if (pr.N * pr.Hv * (pr.V / bv) >= num_sms) return bv;
+    const int64_t ctas = pr.N * pr.Hv * (pr.V / bv);
+    const double waves = static_cast<double>((ctas + num_sms - 1) / num_sms);
+    const double cost = waves * (1.0 + bv / 64.0);
+    if (cost < best_cost - 1e-9) {
+      best_cost = cost;
+      best = bv;
+    }
   }
-  return 16;
+  return best;
 }
 
 flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, void* workspace,
@@ -155,7 +166,8 @@ flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_
   }
   a.chunk_offsets = reinterpret_cast<int64_t*>(ws + l.offsets);
   a.aux = reinterpret_cast<float*>(ws + l.aux);
-  a.Ab = ws + l.ab;
+  a.W = ws + l.w;
+  a.U = ws + l.u;
   a.Pm = ws + l.pm;
   a.max_chunks = pr.max_chunks();
 
@@ -165,10 +177,17 @@ flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_
 
   const int bv = choose_bv(pr, num_sms);
   const bool bf16 = pr.io_dtype == FLASHGDN_DTYPE_BFLOAT16;
-  if (pr.K == 128) {
-    return bf16 ? launch_all<__nv_bfloat16, 128>(a, bv, max_smem, stream) : launch_all<__half, 128>(a, bv, max_smem, stream);
-  }
-  return bf16 ? launch_all<__nv_bfloat16, 64>(a, bv, max_smem, stream) : launch_all<__half, 64>(a, bv, max_smem, stream);
+#define FLASHGDN_DISPATCH(KD_, VD_)                                                          \
+  if (pr.K == KD_ && pr.V == VD_)                                                            \
+    return bf16 ? launch_all<__nv_bfloat16, KD_, VD_>(a, bv, max_smem, stream)               \
+                : launch_all<__half, KD_, VD_>(a, bv, max_smem, stream);
+  FLASHGDN_DISPATCH(128, 128)
+  FLASHGDN_DISPATCH(128, 64)
+  FLASHGDN_DISPATCH(64, 128)
+  FLASHGDN_DISPATCH(64, 64)
+#undef FLASHGDN_DISPATCH
+  return fail(FLASHGDN_ERROR_INTERNAL, "flashgdn_chunk_fwd: no kernel for K = %lld, V = %lld", (long long)pr.K,
+              (long long)pr.V);
 }
 
 }  // namespace flashgdn::portable

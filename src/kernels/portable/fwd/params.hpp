@@ -41,8 +41,9 @@ struct FwdArgs {
   // Workspace.
   int64_t* chunk_offsets;  // [N + 1]: first global chunk of each sequence
   float* aux;              // [chunks, Hv, 3, 64]: gamma, rq, rk per token (fp32)
-  void* Ab;                // [chunks, Hv, 64, 64] T: (Gamma o A) diag(beta), lower triangular
-  void* Pm;                // [chunks, Hv, 64, 64] T: scale * Gamma o tril(Q K^T)
+  void* W;                 // [chunks, Hv, 64, K] T: (Gamma o A) diag(beta) diag(exp(gamma)) K̂
+  void* U;                 // [chunks, Hv, 64, V] T: (Gamma o A) diag(beta) V
+  void* Pm;                // [chunks, Hv, 64, 64] T: scale * Gamma o tril(Q̂ K̂ᵀ)
   int64_t max_chunks;
 };
 

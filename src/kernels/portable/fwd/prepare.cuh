@@ -15,21 +15,32 @@
 // vectors. Barriers: __syncthreads only.
 #pragma once
 
+#include <type_traits>
+
 #include "device/warp_mma.cuh"
 #include "kernels/portable/fwd/params.hpp"
 #include "kernels/portable/fwd/scheduler.cuh"
 
 namespace flashgdn::portable {
 
-template <class T, int KD>
+template <class T, int KD, int VD>
 struct PrepareSmem {
   static constexpr int kLd = KD + 8;  // NOTE: +16 bytes per row keeps ldmatrix conflict-free
+  static constexpr int kLdV = VD + 8;
   static constexpr int kLdF = 68;     // fp32 rows, 16-byte aligned for float4 broadcasts
-  T q[kChunk * kLd];
+  static constexpr int kLdA = kChunk + 8;
+  T q[kChunk * (kLd > kLdV ? kLd : kLdV)];  // Q, later the staging buffer of W and U
   T k[kChunk * kLd];
+  T v[kChunk * kLdV];
   float qk[kChunk * kLdF];  // rq_i rk_j (Q Kᵀ)_ij
   float kk[kChunk * kLdF];  // rk_i rk_j (K Kᵀ)_ij
-  float lm[kChunk * kLdF];  // beta_i (K Kᵀ)_ij for j < i, per value head
+  union {
+    float lm[kChunk * kLdF];  // beta_i (K̂ K̂ᵀ)_ij for j < i (solve phase)
+    struct {
+      T aw[kChunk * kLdA];
+      T ab[kChunk * kLdA];
+    } prod;  // product phase
+  } u;
   float rq[kChunk], rk[kChunk], gam[kChunk], beta[kChunk];
 };
 
@@ -38,10 +49,10 @@ __device__ __forceinline__ float load_beta(const FwdArgs& a, int64_t off) {
   return a.beta_f32 ? static_cast<const float*>(a.beta)[off] : device::to_float(static_cast<const T*>(a.beta)[off]);
 }
 
-template <class T, int KD>
+template <class T, int KD, int VD>
 __global__ void __launch_bounds__(128) prepare_kernel(FwdArgs a) {
   using namespace device;
-  using S = PrepareSmem<T, KD>;
+  using S = PrepareSmem<T, KD, VD>;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   S& sm = *reinterpret_cast<S*>(smem_raw);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -107,9 +118,21 @@ __global__ void __launch_bounds__(128) prepare_kernel(FwdArgs a) {
   }
   __syncthreads();
 
+  const T* vbase = static_cast<const T*>(a.v) + s.b * a.v_s[0];
   for (int r = 0; r < a.group; ++r) {
     const int h = hk * a.group + r;
     const int64_t ch = c * a.Hv + h;
+    // V rows of this value head (zero past L), in flight during the solve.
+    {
+      constexpr int kVV = VD * sizeof(T) / 16;
+      const T* vg = vbase + h * a.v_s[2];
+      for (int i = tid; i < kChunk * kVV; i += 128) {
+        const int rr = i / kVV, cv = (i % kVV) * (16 / sizeof(T));
+        const bool ok = rr < L;
+        cp_async_16(&sm.v[rr * S::kLdV + cv], vg + (ok ? t0 + rr : t0) * a.v_s[1] + cv, ok);
+      }
+      cp_async_commit();
+    }
     // gamma (chunk cumsum of g) and beta; rows past L: gamma = gamma[L-1], beta = 0.
     if (warp == 0) {
       const float* gg = a.g + s.b * a.g_s[0] + h * a.g_s[2];
@@ -129,38 +152,30 @@ __global__ void __launch_bounds__(128) prepare_kernel(FwdArgs a) {
       for (int i = lane; i < kChunk; i += 32) sm.beta[i] = i < L ? load_beta<T>(a, boff + (t0 + i) * a.beta_s[1]) : 0.f;
     }
     __syncthreads();
-    // L = StrictLower(diag(beta) K Kᵀ), fp32.
+    // L = StrictLower(diag(beta) K̂ K̂ᵀ), fp32.
     for (int e = tid; e < kChunk * kChunk; e += 128) {
       const int i = e >> 6, j = e & 63;
-      sm.lm[i * S::kLdF + j] = j < i ? sm.beta[i] * sm.kk[i * S::kLdF + j] : 0.f;
+      sm.u.lm[i * S::kLdF + j] = j < i ? sm.beta[i] * sm.kk[i * S::kLdF + j] : 0.f;
     }
     __syncthreads();
     const float gl = sm.gam[L - 1];
+    float x[kChunk];  // warps 0-1: column j of A
     if (tid < 64) {
-      // Column j of A = (I + L)⁻¹ by forward substitution: x_i = delta_ij - sum_{m<i} L_im x_m.
+      // x_i = delta_ij - sum_{m<i} L_im x_m.
       // NOTE: fully unrolled so x stays in registers; L rows are read as float4 broadcasts.
       const int j = tid;
-      float x[kChunk];
 #pragma unroll
       for (int i = 0; i < kChunk; ++i) {
         float acc = (i == j) ? 1.f : 0.f;
-        const float4* row = reinterpret_cast<const float4*>(&sm.lm[i * S::kLdF]);
+        const float4* row = reinterpret_cast<const float4*>(&sm.u.lm[i * S::kLdF]);
 #pragma unroll
         for (int m4 = 0; m4 < i / 4; ++m4) {
           const float4 l4 = row[m4];
           acc -= l4.x * x[4 * m4] + l4.y * x[4 * m4 + 1] + l4.z * x[4 * m4 + 2] + l4.w * x[4 * m4 + 3];
         }
 #pragma unroll
-        for (int m = (i / 4) * 4; m < i; ++m) acc -= sm.lm[i * S::kLdF + m] * x[m];
+        for (int m = (i / 4) * 4; m < i; ++m) acc -= sm.u.lm[i * S::kLdF + m] * x[m];
         x[i] = acc;
-      }
-      const float gj = sm.gam[j], bj = sm.beta[j];
-      T* ab = static_cast<T*>(a.Ab) + ch * kChunk * kChunk;
-#pragma unroll
-      for (int i = 0; i < kChunk; ++i) {
-        // exp(gamma_i - gamma_j) <= 1 for i >= j; entries past L vanish through beta_j = 0 or are masked.
-        const float v = (i >= j && i < L) ? __expf(fminf(sm.gam[i] - gj, 0.f)) * x[i] * bj : 0.f;
-        ab[i * kChunk + j] = from_float<T>(v);
       }
     } else {
       const int j = tid - 64;
@@ -176,6 +191,46 @@ __global__ void __launch_bounds__(128) prepare_kernel(FwdArgs a) {
       aux[kChunk + j] = sm.rq[j];
       aux[2 * kChunk + j] = sm.rk[j];
     }
+    __syncthreads();  // the solve is done with sL: its space becomes sAw / sAb
+    if (tid < 64) {
+      const int j = tid;
+      const float gj = sm.gam[j], bj = sm.beta[j], wj = bj * sm.rk[j];
+#pragma unroll
+      for (int i = 0; i < kChunk; ++i) {
+        const bool in = i >= j && i < L;
+        // exp(gamma_i - gamma_j) <= 1 and exp(gamma_i) <= 1: no positive exponent.
+        sm.u.prod.ab[i * S::kLdA + j] = from_float<T>(in ? __expf(fminf(sm.gam[i] - gj, 0.f)) * x[i] * bj : 0.f);
+        sm.u.prod.aw[i * S::kLdA + j] = from_float<T>(in ? __expf(fminf(sm.gam[i], 0.f)) * x[i] * wj : 0.f);
+      }
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+    // W = Aw K (64, K) and U = Ab V (64, V): 16 rows per warp, staged through sQ, then 16-byte stores.
+    auto product = [&](const T* amat, const T* bmat, int ldb, auto dim_tag, T* out) {
+      constexpr int D = decltype(dim_tag)::value;
+      constexpr int kLdS = D + 8;
+      float acc[1][D / 8][4];
+      zero(acc);
+      warp_gemm<1, D / 8, kChunk / 16, Major::kMK, BMajor::kKN>(acc, amat, S::kLdA, warp * 16, bmat, ldb, 0, lane);
+#pragma unroll
+      for (int nt = 0; nt < D / 8; ++nt)
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          const int i = warp * 16 + (lane >> 2) + hf * 8, jj = nt * 8 + ((lane & 3) << 1);
+          *reinterpret_cast<uint32_t*>(&sm.q[i * kLdS + jj]) = pack2<T>(acc[0][nt][2 * hf], acc[0][nt][2 * hf + 1]);
+        }
+      __syncwarp();
+      constexpr int kVec = D * sizeof(T) / 16;
+      for (int i = lane; i < 16 * kVec; i += 32) {
+        const int rr = warp * 16 + i / kVec, cv = (i % kVec) * (16 / sizeof(T));
+        *reinterpret_cast<uint4*>(out + rr * D + cv) = *reinterpret_cast<const uint4*>(&sm.q[rr * kLdS + cv]);
+      }
+      __syncwarp();
+    };
+    product(sm.u.prod.aw, sm.k, S::kLd, std::integral_constant<int, KD>{},
+            static_cast<T*>(a.W) + ch * kChunk * KD);
+    product(sm.u.prod.ab, sm.v, S::kLdV, std::integral_constant<int, VD>{},
+            static_cast<T*>(a.U) + ch * kChunk * VD);
     __syncthreads();
   }
 }
