@@ -35,25 +35,33 @@ __device__ __forceinline__ void load_b2(uint32_t (&b)[4], const T* B, int ld, in
 }
 
 // acc[MT][NT] += A[m0 : m0 + 16*MT, 0 : KSTEPS*16] * B[0 : KSTEPS*16, n0 : n0 + 8*NT]   (NT even)
+// NOTE: software-pipelined: the fragments of k-step ks + 1 are loaded (ldmatrix) before the mma of k-step
+// ks are issued, so ldmatrix latency overlaps tensor-core work (the asm is volatile, so the compiler
+// keeps source order and will not do this by itself).
 template <int MT, int NT, int KSTEPS, Major AM, BMajor BM, class T>
 __device__ __forceinline__ void warp_gemm(float (&acc)[MT][NT][4], const T* A, int lda, int m0, const T* B, int ldb,
                                           int n0, int lane) {
   static_assert(NT % 2 == 0, "NT must be even");
+  uint32_t a[2][MT][4];
+  uint32_t b[2][NT / 2][4];
+  auto load = [&](int ks, int buf) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) load_a<AM>(a[buf][mt], A, lda, m0 + mt * 16, ks * 16, lane);
+#pragma unroll
+    for (int np = 0; np < NT / 2; ++np) load_b2<BM>(b[buf][np], B, ldb, ks * 16, n0 + np * 16, lane);
+  };
+  load(0, 0);
 #pragma unroll
   for (int ks = 0; ks < KSTEPS; ++ks) {
-    uint32_t a[MT][4];
+    const int cur = ks & 1;
+    if (ks + 1 < KSTEPS) load(ks + 1, cur ^ 1);
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) load_a<AM>(a[mt], A, lda, m0 + mt * 16, ks * 16, lane);
-#pragma unroll
-    for (int np = 0; np < NT / 2; ++np) {
-      uint32_t b[4];
-      load_b2<BM>(b, B, ldb, ks * 16, n0 + np * 16, lane);
+    for (int np = 0; np < NT / 2; ++np)
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
-        mma_16816<T>(acc[mt][2 * np], a[mt], b[0], b[1]);
-        mma_16816<T>(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
+        mma_16816<T>(acc[mt][2 * np], a[cur][mt], b[cur][np][0], b[cur][np][1]);
+        mma_16816<T>(acc[mt][2 * np + 1], a[cur][mt], b[cur][np][2], b[cur][np][3]);
       }
-    }
   }
 }
 

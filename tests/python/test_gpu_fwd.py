@@ -126,3 +126,20 @@ def test_check_mode_reports_bad_cu_seqlens(monkeypatch):
     monkeypatch.setenv("FLASHGDN_CHECK", "1")
     with pytest.raises(flashgdn.FlashGDNError, match="cu_seqlens is not non-decreasing"):
         flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, cu_seqlens=bad)
+
+
+@pytest.mark.parametrize("lens,hqk,hv", [([100, 3], 2, 6), ([1, 63, 65, 200], 2, 6), ([103], 2, 6)])
+def test_every_output_element_is_written(lens, hqk, hv):
+    """Poisoned (NaN) output and final state through the raw launcher: nothing may stay NaN."""
+    from flashgdn.ops import _launch_fwd
+    q, k, v, g, beta, cu, h0 = inputs(lens, hqk, hv)
+    for fill in (float("nan"), 3.0):
+        o = torch.full(v.shape, fill, dtype=q.dtype, device="cuda")
+        ht = torch.full(h0.shape, fill, dtype=torch.float32, device="cuda")
+        _launch_fwd(q, k, v, g, beta, o, 128 ** -0.5, h0, ht, cu, None, None, False, False, 0)
+        torch.cuda.synchronize()
+        assert not torch.isnan(o).any(), f"{torch.isnan(o).sum().item()} output elements not written"
+        assert not torch.isnan(ht).any()
+        if fill == 3.0:
+            assert torch.equal(o, o_nan) and torch.equal(ht, ht_nan), "result depends on output contents"
+        o_nan, ht_nan = o.clone(), ht.clone()

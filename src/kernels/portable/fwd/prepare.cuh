@@ -164,18 +164,23 @@ __global__ void __launch_bounds__(128) prepare_kernel(FwdArgs a) {
       // x_i = delta_ij - sum_{m<i} L_im x_m.
       // NOTE: fully unrolled so x stays in registers; L rows are read as float4 broadcasts.
       const int j = tid;
+      // NOTE: four independent partial sums per row: the only serial dependency left is on the last
+      // few x_m, so the unrolled rows overlap instead of forming one 2016-FMA latency chain.
 #pragma unroll
       for (int i = 0; i < kChunk; ++i) {
-        float acc = (i == j) ? 1.f : 0.f;
+        float p0 = (i == j) ? 1.f : 0.f, p1 = 0.f, p2 = 0.f, p3 = 0.f;
         const float4* row = reinterpret_cast<const float4*>(&sm.u.lm[i * S::kLdF]);
 #pragma unroll
         for (int m4 = 0; m4 < i / 4; ++m4) {
           const float4 l4 = row[m4];
-          acc -= l4.x * x[4 * m4] + l4.y * x[4 * m4 + 1] + l4.z * x[4 * m4 + 2] + l4.w * x[4 * m4 + 3];
+          p0 = fmaf(-l4.x, x[4 * m4], p0);
+          p1 = fmaf(-l4.y, x[4 * m4 + 1], p1);
+          p2 = fmaf(-l4.z, x[4 * m4 + 2], p2);
+          p3 = fmaf(-l4.w, x[4 * m4 + 3], p3);
         }
 #pragma unroll
-        for (int m = (i / 4) * 4; m < i; ++m) acc -= sm.u.lm[i * S::kLdF + m] * x[m];
-        x[i] = acc;
+        for (int m = (i / 4) * 4; m < i; ++m) p0 = fmaf(-sm.u.lm[i * S::kLdF + m], x[m], p0);
+        x[i] = (p0 + p1) + (p2 + p3);
       }
     } else {
       const int j = tid - 64;
