@@ -156,7 +156,7 @@ def rel(a, b):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--rows", default="", help="only rows whose name contains this")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
