@@ -236,6 +236,8 @@ def main():
                 row["flashqla_speedup_vs_fla_published"] = pub["fla_ms"] / pub["flashqla_ms"]
                 row["flashinfer_speedup_vs_fla_published"] = pub["fla_ms"] / pub["flashinfer_ms"]
             rows.append(row)
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / "partial-fwd.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
             f = lambda key, w=8, p=3: f"{row[key]:>{w}.{p}f}" if key in row else " " * (w - 3) + "n/a"  # noqa: E731
             print(f"{name:<22} {f('floor_ms', 7)} {f('flashgdn_graph_ms')} {f('flashgdn_eager_ms')} "
                   f"{f('fla_graph_ms')} {f('fla_eager_ms')} {f('speedup_vs_fla', 6, 2)} {f('flashqla_h200_ms')} "
@@ -273,6 +275,7 @@ def main():
         md += ["", f"Geometric-mean speedup over FLA: {meta['geomean_speedup_vs_fla']:.2f}x (min "
                    f"{meta['min_speedup_vs_fla']:.2f}x); rows slower than FLA: {meta['rows_slower_than_fla'] or 'none'}."]
     (out / f"{stem}.md").write_text("\n".join(md) + "\n")
+    (out / "partial-fwd.json").unlink(missing_ok=True)
     print(f"wrote {out / stem}.json and .md")
 
 
