@@ -13,15 +13,7 @@
 
 namespace {
 
-double rel_l2(const std::vector<double>& a, const std::vector<double>& b) {
-  double n = 0, d = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (!std::isfinite(a[i])) return INFINITY;
-    n += (a[i] - b[i]) * (a[i] - b[i]);
-    d += b[i] * b[i];
-  }
-  return std::sqrt(n / (d > 0 ? d : 1));
-}
+using flashgdn_demo::rel_l2;
 
 int cpu_demo() {
   const int64_t Hqk = 2, Hv = 4, K = 32, V = 32;

@@ -3,7 +3,22 @@
 // checked against the fp64 CPU reference.
 #pragma once
 
+#include <cmath>
 #include <string>
+#include <vector>
+
+namespace flashgdn_demo {
+// Relative L2 error ||a - b|| / ||b||; any non-finite value in a gives infinity.
+inline double rel_l2(const std::vector<double>& a, const std::vector<double>& b) {
+  double n = 0, d = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    n += (a[i] - b[i]) * (a[i] - b[i]);
+    d += b[i] * b[i];
+  }
+  return std::sqrt(n / (d > 0 ? d : 1));
+}
+}  // namespace flashgdn_demo
 
 #ifdef FLASHGDN_DEMO_GPU
 #include <cuda_runtime.h>
@@ -56,16 +71,6 @@ inline float from_bf16(uint16_t b) {
       return 1;                                                                   \
     }                                                                             \
   } while (0)
-
-inline double rel(const std::vector<double>& a, const std::vector<double>& b) {
-  double n = 0, d = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (!std::isfinite(a[i])) return INFINITY;
-    n += (a[i] - b[i]) * (a[i] - b[i]);
-    d += b[i] * b[i];
-  }
-  return std::sqrt(n / (d > 0 ? d : 1));
-}
 
 inline int gpu_demo() {
   const int64_t Hqk = 16, Hv = 32, K = 128, V = 128, N = 2;
@@ -152,7 +157,7 @@ inline int gpu_demo() {
     c[i] = ht[i];
     d[i] = ht_ref[i];
   }
-  const double eo = rel(a, b), eh = rel(c, d);
+  const double eo = rel_l2(a, b), eh = rel_l2(c, d);
   const bool ok = eo <= 1e-2 && eh <= 1e-2;
   std::printf("Qwen3.5-9B layout: Hqk/Hv = 16/32, K = V = 128, seqlens 1000+300, bf16, l2norm in kernel\n");
   std::printf("  GPU vs fp64 reference: rel L2 o = %.2e, final state = %.2e (limit 1e-2) -> %s\n", eo, eh,

@@ -92,6 +92,11 @@ __global__ void __launch_bounds__(256, 1) recurrence_kernel(FwdArgs a) {
   // ---- state warps: initial state -> registers (fp32) and its operand copy sS[0] ----
   float S[kSM][kNT][4];
   const int srow0 = (warp & 3) * (KD / 4);
+  // Global offset of this thread's state element (mt, nt, e) in row `row` of a state tensor.
+  auto state_offset = [&](int64_t row, int64_t row_stride, int mt, int nt, int e) {
+    const int i = srow0 + mt * 16 + acc_row(lane, e), j = v0 + nt * 8 + acc_col(lane, e);
+    return row * row_stride + static_cast<int64_t>(h) * a.K * a.V + state_elem(a.v_first, a.K, a.V, i, j);
+  };
   auto store_s_operand = [&](T* dstS) {
 #pragma unroll
     for (int mt = 0; mt < kSM; ++mt)
@@ -112,9 +117,7 @@ __global__ void __launch_bounds__(256, 1) recurrence_kernel(FwdArgs a) {
         for (int e = 0; e < 4; ++e) {
           float x = 0.f;
           if (src != nullptr) {
-            const int i = srow0 + mt * 16 + acc_row(lane, e), j = v0 + nt * 8 + acc_col(lane, e);
-            const int64_t off = src_row * a.h0_row_stride + static_cast<int64_t>(h) * a.K * a.V +
-                                state_elem(a.v_first, a.K, a.V, i, j);
+            const int64_t off = state_offset(src_row, a.h0_row_stride, mt, nt, e);
             x = a.h0_bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(src)[off])
                           : static_cast<const float*>(src)[off];
           }
@@ -241,9 +244,7 @@ __global__ void __launch_bounds__(256, 1) recurrence_kernel(FwdArgs a) {
       for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int i = srow0 + mt * 16 + acc_row(lane, e), j = v0 + nt * 8 + acc_col(lane, e);
-          const int64_t off = dst_row * a.ht_row_stride + static_cast<int64_t>(h) * a.K * a.V +
-                              state_elem(a.v_first, a.K, a.V, i, j);
+          const int64_t off = state_offset(dst_row, a.ht_row_stride, mt, nt, e);
           if (a.ht_bf16) {
             static_cast<__nv_bfloat16*>(dst)[off] = __float2bfloat16_rn(S[mt][nt][e]);
           } else {
