@@ -1,0 +1,114 @@
+// FlashGDN's thin PTX layer, sm_90a part: wgmma, warpgroup fences, setmaxnreg, async-proxy fence.
+// TMA and mbarrier come from CCCL's cuda::ptx (shipped with the CUDA toolkit); thin typed helpers are
+// below. Every wrapper cites the PTX ISA (9.0) section by chapter and instruction name. Only meaningful
+// when compiled for sm_90a (the kernels that include it are built with -gencode arch=compute_90a).
+#pragma once
+
+#include <cuda/ptx>
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "device/ptx.cuh"
+#include "device/smem_desc.hpp"
+
+namespace flashgdn::device::sm90 {
+
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define FLASHGDN_SM90A 1
+#endif
+
+// ---- warpgroup ordering (PTX ISA, "Asynchronous Warpgroup Level Matrix Instructions: wgmma.fence,
+//      wgmma.commit_group, wgmma.wait_group") ----
+__device__ __forceinline__ void wgmma_fence() {
+#ifdef FLASHGDN_SM90A
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_commit() {
+#ifdef FLASHGDN_SM90A
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+#ifdef FLASHGDN_SM90A
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+// Keeps the compiler from moving accumulator reads/writes across an asynchronous wgmma.
+template <int N>
+__device__ __forceinline__ void fence_regs(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// ---- D (64 x 64, fp32) (+)= A (64 x 16, smem desc) * B (16 x 64, smem desc), bf16 operands ----
+// PTX ISA, "Asynchronous Warpgroup Level Matrix Instructions: wgmma.mma_async", shape m64n64k16,
+// .f32.bf16.bf16; imm-trans-a / imm-trans-b select MN-major (1) or K-major (0) smem operands.
+// Accumulator fragment: thread t of the warpgroup holds d[4 * j + {0,1,2,3}] at rows
+// 16 * (t / 32) + (t % 32) / 4 (+8 for {2,3}), cols 8 * j + 2 * (t % 4) (+1).
+template <int TransA, int TransB>
+__device__ __forceinline__ void wgmma_m64n64k16_bf16(float (&d)[32], uint64_t desc_a, uint64_t desc_b, int scale_d) {
+#ifdef FLASHGDN_SM90A
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "%32, %33, p, 1, 1, %35, %36;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(desc_a), "l"(desc_b), "r"(scale_d), "n"(TransA), "n"(TransB));
+#endif
+}
+
+// ---- register budgets (PTX ISA, "Miscellaneous Instructions: setmaxnreg") ----
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() {
+#ifdef FLASHGDN_SM90A
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() {
+#ifdef FLASHGDN_SM90A
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+
+// ---- generic-proxy smem writes -> async proxy (wgmma / TMA) readers
+//      (PTX ISA, "Parallel Synchronization and Communication Instructions: membar / fence",
+//      fence.proxy.async) ----
+__device__ __forceinline__ void fence_proxy_async_smem() {
+#ifdef FLASHGDN_SM90A
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
+// ---- mbarrier and TMA through CCCL cuda::ptx ----
+// PTX ISA, "Parallel Synchronization and Communication Instructions: mbarrier" (init, arrive.expect_tx,
+// try_wait.parity).
+__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) { cuda::ptx::mbarrier_init(bar, count); }
+
+__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, uint32_t bytes) {
+  cuda::ptx::mbarrier_arrive_expect_tx(cuda::ptx::sem_release, cuda::ptx::scope_cta, cuda::ptx::space_shared, bar,
+                                       bytes);
+}
+
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t phase) {
+  while (!cuda::ptx::mbarrier_try_wait_parity(bar, phase)) {
+  }
+}
+
+// 2-D tile load: box at coordinates (c0 innermost, c1) of `map` into smem, completing on `bar`.
+__device__ __forceinline__ void tma_load_2d(void* smem, const void* map, int32_t c0, int32_t c1, uint64_t* bar) {
+  const int32_t coords[2] = {c0, c1};
+  // PTX ISA, "Data Movement and Conversion Instructions: cp.async.bulk.tensor" (.shared::cluster dst on sm_90).
+  cuda::ptx::cp_async_bulk_tensor(cuda::ptx::space_cluster, cuda::ptx::space_global, smem, map, coords, bar);
+}
+
+}  // namespace flashgdn::device::sm90
