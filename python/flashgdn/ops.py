@@ -1,8 +1,12 @@
-"""torch integration: the ``flashgdn::chunk_fwd`` and ``flashgdn::chunk_fwd_pool`` custom ops.
+"""torch integration: the ``flashgdn::chunk_fwd``, ``flashgdn::chunk_fwd_pool`` and ``flashgdn::chunk_bwd``
+custom ops, and autograd for ``chunk_fwd``.
 
 Each op runs libflashgdn on the current CUDA stream for CUDA tensors (outputs and workspace come from
 torch's caching allocator; nothing synchronises), and the fp64 CPU reference for CPU tensors. Fake
 implementations make them traceable by ``torch.compile(fullgraph=True)``.
+
+Low-level entry points (FLA / FlashQLA style): ``chunk_fwd(...) -> (o, final_state)`` and
+``chunk_bwd(...) -> (dq, dk, dv, dg, dbeta, dh0)``.
 """
 from __future__ import annotations
 
@@ -26,6 +30,11 @@ def _num_seqs(q: torch.Tensor, cu_seqlens: Optional[torch.Tensor]) -> int:
 
 def _state_shape(n, hv, kd, vd, v_first):
     return (n, hv, vd, kd) if v_first else (n, hv, kd, vd)
+
+
+def _state_dtype(q: torch.Tensor) -> torch.dtype:
+    # fp32 final states (as FLA); fp64 only for the CPU reference on fp64 inputs.
+    return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
 def _launch_fwd(q, k, v, g, beta, o, scale, initial_state, final_state, cu_seqlens, state_indices,
@@ -63,10 +72,10 @@ def chunk_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Ten
     o = torch.empty(v.shape, dtype=q.dtype, device=q.device)
     if output_final_state:
         n = _num_seqs(q, cu_seqlens)
-        ht = torch.empty(_state_shape(n, v.shape[2], q.shape[3], v.shape[3], v_first), dtype=torch.float32,
+        ht = torch.empty(_state_shape(n, v.shape[2], q.shape[3], v.shape[3], v_first), dtype=_state_dtype(q),
                          device=q.device)
     else:
-        ht = torch.empty(0, dtype=torch.float32, device=q.device)
+        ht = torch.empty(0, dtype=_state_dtype(q), device=q.device)
     _launch_fwd(q, k, v, g, beta, o, scale, initial_state, ht if output_final_state else None, cu_seqlens, None,
                 has_initial_state, l2norm, v_first, cp_mode)
     return o, ht
@@ -78,9 +87,9 @@ def _(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, ha
     o = q.new_empty(v.shape)
     if output_final_state:
         n = _num_seqs(q, cu_seqlens)
-        ht = q.new_empty(_state_shape(n, v.shape[2], q.shape[3], v.shape[3], v_first), dtype=torch.float32)
+        ht = q.new_empty(_state_shape(n, v.shape[2], q.shape[3], v.shape[3], v_first), dtype=_state_dtype(q))
     else:
-        ht = q.new_empty(0, dtype=torch.float32)
+        ht = q.new_empty(0, dtype=_state_dtype(q))
     return o, ht
 
 
@@ -98,3 +107,114 @@ def chunk_fwd_pool_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torc
 @chunk_fwd_pool_op.register_fake
 def _(q, k, v, g, beta, scale, pool, state_indices, cu_seqlens, has_initial_state, l2norm, v_first, cp_mode):
     return q.new_empty(v.shape)
+
+
+def _launch_bwd(q, k, v, g, beta, scale, initial_state, cu_seqlens, do, dht, dq, dk, dv, dg, dbeta, dh0, l2norm,
+                v_first):
+    p = _lib.new_bwd_params()
+    for name, t in (("q", q), ("k", k), ("v", v), ("g", g), ("beta", beta), ("initial_state", initial_state),
+                    ("cu_seqlens", cu_seqlens), ("d_o", do), ("d_final_state", dht), ("dq", dq), ("dk", dk),
+                    ("dv", dv), ("dg", dg), ("dbeta", dbeta), ("d_initial_state", dh0)):
+        setattr(p, name, from_torch(t, name))
+    p.scale = float(scale)
+    p.use_qk_l2norm = int(l2norm)
+    p.state_v_first = int(v_first)
+    p.check_inputs = int(_check_env())
+    if q.device.type == "cpu":
+        _lib.check(_lib.lib.flashgdn_reference_bwd(ctypes.byref(p)))
+        return
+    nbytes = ctypes.c_size_t(0)
+    _lib.check(_lib.lib.flashgdn_chunk_bwd_workspace_size(ctypes.byref(p), ctypes.byref(nbytes)))
+    ws = torch.empty(nbytes.value, dtype=torch.uint8, device=q.device) if nbytes.value else None
+    stream = torch.cuda.current_stream(q.device).cuda_stream
+    _lib.check(_lib.lib.flashgdn_chunk_bwd(ctypes.byref(p), ws.data_ptr() if ws is not None else None,
+                                           nbytes.value, stream))
+
+
+@torch.library.custom_op("flashgdn::chunk_bwd", mutates_args=())
+def chunk_bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+                 scale: float, initial_state: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],
+                 do: torch.Tensor, dht: Optional[torch.Tensor], l2norm: bool,
+                 v_first: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                         torch.Tensor]:
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dg = torch.empty_like(g)  # fp32 on the GPU (g is fp32 there); the CPU reference also takes fp64
+    dbeta = torch.empty_like(beta)
+    if initial_state is not None:
+        dh0 = torch.empty(initial_state.shape, dtype=torch.float64 if initial_state.dtype == torch.float64
+                          else torch.float32, device=q.device)
+    else:
+        dh0 = torch.empty(0, dtype=torch.float32, device=q.device)
+    _launch_bwd(q, k, v, g, beta, scale, initial_state, cu_seqlens, do.contiguous(),
+                None if dht is None else dht.to(_state_dtype(q)).contiguous(), dq, dk, dv, dg, dbeta,
+                dh0 if initial_state is not None else None, l2norm, v_first)
+    return dq, dk, dv, dg, dbeta, dh0
+
+
+@chunk_bwd_op.register_fake
+def _(q, k, v, g, beta, scale, initial_state, cu_seqlens, do, dht, l2norm, v_first):
+    dh0 = (q.new_empty(initial_state.shape, dtype=torch.float64 if initial_state.dtype == torch.float64
+                       else torch.float32) if initial_state is not None
+           else q.new_empty(0, dtype=torch.float32))
+    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(g),
+            torch.empty_like(beta), dh0)
+
+
+def _fwd_setup_context(ctx, inputs, output):
+    (q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, has_initial_state, l2norm, v_first,
+     cp_mode) = inputs
+    if initial_state is not None and has_initial_state is not None:
+        # Sequences whose mask is False start from zeros: their initial state takes no part in the result.
+        mask = has_initial_state.view(-1, *([1] * (initial_state.dim() - 1)))
+        initial_state = torch.where(mask, initial_state, torch.zeros_like(initial_state))
+    else:
+        mask = None
+    ctx.save_for_backward(q, k, v, g, beta, initial_state, cu_seqlens, mask)
+    ctx.scale, ctx.l2norm, ctx.v_first, ctx.output_final_state = scale, l2norm, v_first, output_final_state
+    ctx.initial_state_dtype = None if initial_state is None else initial_state.dtype
+
+
+def _fwd_backward(ctx, do, dht):
+    q, k, v, g, beta, initial_state, cu_seqlens, mask = ctx.saved_tensors
+    if do is None:
+        do = torch.zeros(v.shape, dtype=q.dtype, device=q.device)
+    if not ctx.output_final_state or dht is None or dht.numel() == 0:
+        dht = None
+    dq, dk, dv, dg, dbeta, dh0 = chunk_bwd_op(q, k, v, g, beta, ctx.scale, initial_state, cu_seqlens, do, dht,
+                                              ctx.l2norm, ctx.v_first)
+    if initial_state is None:
+        dh0 = None
+    else:
+        if mask is not None:
+            dh0 = torch.where(mask, dh0, torch.zeros_like(dh0))
+        dh0 = dh0.to(ctx.initial_state_dtype)
+    return dq, dk, dv, dg, dbeta, None, dh0, None, None, None, None, None, None
+
+
+chunk_fwd_op.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
+
+
+def _default_scale(q: torch.Tensor, scale: Optional[float]) -> float:
+    return float(scale) if scale is not None else q.shape[-1] ** -0.5
+
+
+def chunk_fwd(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
+              use_qk_l2norm_in_kernel=False, state_v_first=False, has_initial_state=None, cp="auto"):
+    """Low-level forward without autograd bookkeeping: returns ``(o, final_state or None)``."""
+    o, ht = chunk_fwd_op(q, k, v, g, beta, _default_scale(q, scale), initial_state, bool(output_final_state),
+                         cu_seqlens, has_initial_state, bool(use_qk_l2norm_in_kernel), bool(state_v_first),
+                         _lib.CP_MODES[cp])
+    return o, (ht if output_final_state else None)
+
+
+def chunk_bwd(q, k, v, g, beta, do, dht=None, scale=None, initial_state=None, cu_seqlens=None,
+              use_qk_l2norm_in_kernel=False, state_v_first=False):
+    """Low-level backward of :func:`chunk_fwd`: gradients of ``sum(o * do) + sum(final_state * dht)``.
+
+    Returns ``(dq, dk, dv, dg, dbeta, dh0)``: dq/dk/dv in q's dtype (dq, dk summed over the value heads of
+    each group, w.r.t. the un-normalised q/k when l2norm is on), dg fp32 w.r.t. the raw per-token g,
+    dbeta in beta's dtype, dh0 fp32 (None without an initial state).
+    """
+    dq, dk, dv, dg, dbeta, dh0 = chunk_bwd_op(q, k, v, g, beta, _default_scale(q, scale), initial_state, cu_seqlens,
+                                              do, dht, bool(use_qk_l2norm_in_kernel), bool(state_v_first))
+    return dq, dk, dv, dg, dbeta, (dh0 if initial_state is not None else None)

@@ -145,3 +145,11 @@ def test_every_output_element_is_written(lens, hqk, hv):
         if fill == 3.0:
             assert torch.equal(o, o_nan) and torch.equal(ht, ht_nan), "result depends on output contents"
         o_nan, ht_nan = o.clone(), ht.clone()
+
+
+def test_gpu_backward_not_yet_available_is_a_clear_error():
+    q, k, v, g, beta, cu, h0 = inputs([16])
+    q.requires_grad_(True)
+    o, _ = flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, cu_seqlens=cu)
+    with pytest.raises(flashgdn.FlashGDNError, match="GPU backward is not implemented yet"):
+        o.float().sum().backward()
