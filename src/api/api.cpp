@@ -85,7 +85,8 @@ flashgdn_status_t flashgdn_chunk_fwd(const flashgdn_chunk_fwd_params_t* params, 
   FLASHGDN_TRY(validate_fwd(params, Target::kGpu, fn, &pr));
   FLASHGDN_TRY(check_workspace<flashgdn_chunk_fwd_params_t>(fn, fwd_workspace_bytes(pr), workspace, workspace_bytes));
   if (pr.check)
-    FLASHGDN_TRY(check_device_inputs(pr, params->cu_seqlens, pr.pool ? &params->state_indices : nullptr, fn, stream));
+    FLASHGDN_TRY(check_device_inputs(pr, params->cu_seqlens, pr.pool ? &params->state_indices : nullptr, params->g, fn,
+                                      stream));
   return launch_fwd(pr, *params, workspace, stream);
 }
 
@@ -104,7 +105,7 @@ flashgdn_status_t flashgdn_chunk_bwd(const flashgdn_chunk_bwd_params_t* params, 
   Problem pr;
   FLASHGDN_TRY(validate_bwd(params, Target::kGpu, fn, &pr));
   FLASHGDN_TRY(check_workspace<flashgdn_chunk_bwd_params_t>(fn, bwd_workspace_bytes(pr), workspace, workspace_bytes));
-  if (pr.check) FLASHGDN_TRY(check_device_inputs(pr, params->cu_seqlens, nullptr, fn, stream));
+  if (pr.check) FLASHGDN_TRY(check_device_inputs(pr, params->cu_seqlens, nullptr, params->g, fn, stream));
   return launch_bwd(pr, *params, workspace, stream);
 }
 

@@ -41,7 +41,7 @@ flashgdn_status_t copy_indices(const flashgdn_tensor_t& t, int64_t n, const char
 }  // namespace
 
 flashgdn_status_t check_device_inputs(const Problem& pr, const flashgdn_tensor_t& cu, const flashgdn_tensor_t* idx,
-                                      const char* fn, flashgdn_stream_t stream) {
+                                      const flashgdn_tensor_t& g, const char* fn, flashgdn_stream_t stream) {
   cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
   cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
   cudaError_t e = cudaStreamIsCapturing(s, &cap);
@@ -81,6 +81,23 @@ flashgdn_status_t check_device_inputs(const Problem& pr, const flashgdn_tensor_t
         owner[v[n]] = n;
       }
     }
+  }
+  // g: the per-token log decay must be finite and <= 0 (the kernels only ever scale by exp(<= 0)).
+  if (pr.B * pr.T * pr.Hv > 0) {
+    const int64_t span = (pr.B - 1) * g.stride[0] + (pr.T - 1) * g.stride[1] + (pr.Hv - 1) * g.stride[2] + 1;
+    std::vector<float> hg(span);
+    cudaError_t e2 = cudaMemcpyAsync(hg.data(), g.data, span * sizeof(float), cudaMemcpyDeviceToHost, s);
+    if (e2 == cudaSuccess) e2 = cudaStreamSynchronize(s);
+    if (e2 != cudaSuccess) return cuda_fail(fn, "checking mode: copying g to the host failed", e2);
+    for (int64_t b = 0; b < pr.B; ++b)
+      for (int64_t t = 0; t < pr.T; ++t)
+        for (int64_t h = 0; h < pr.Hv; ++h) {
+          const float x = hg[b * g.stride[0] + t * g.stride[1] + h * g.stride[2]];
+          if (!(x <= 0.f))
+            return fail(FLASHGDN_ERROR_INVALID_DATA,
+                        "%s: g[%lld, %lld, %lld] = %g; the log decay must be finite and <= 0", fn, (long long)b,
+                        (long long)t, (long long)h, static_cast<double>(x));
+        }
   }
   return FLASHGDN_SUCCESS;
 }

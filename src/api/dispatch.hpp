@@ -15,11 +15,12 @@ bool gpu_built();
 size_t fwd_workspace_bytes(const Problem& pr);
 size_t bwd_workspace_bytes(const Problem& pr);
 
-// Checking mode: copies cu_seqlens / state_indices to the host (synchronising `stream`) and reports
-// non-monotone or out-of-range contents as FLASHGDN_ERROR_INVALID_DATA.
+// Checking mode: copies cu_seqlens / state_indices / g to the host (synchronising `stream`) and reports
+// non-monotone or out-of-range indices, duplicate pool slots and positive or non-finite g as
+// FLASHGDN_ERROR_INVALID_DATA.
 flashgdn_status_t check_device_inputs(const Problem& pr, const flashgdn_tensor_t& cu_seqlens,
-                                      const flashgdn_tensor_t* state_indices, const char* fn,
-                                      flashgdn_stream_t stream);
+                                      const flashgdn_tensor_t* state_indices, const flashgdn_tensor_t& g,
+                                      const char* fn, flashgdn_stream_t stream);
 
 flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, void* workspace,
                              flashgdn_stream_t stream);

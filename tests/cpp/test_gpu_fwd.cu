@@ -438,8 +438,22 @@ TEST(GpuForwardChecking, ReportsBadCuSeqlensAndDuplicateSlots) {
   p.check_inputs = 0;
   EXPECT_EQ(flashgdn_chunk_fwd(&p, ws.p, bytes, nullptr), FLASHGDN_SUCCESS) << flashgdn_get_last_error();
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  // Duplicate pool slots.
+  // A positive log decay.
   cu = {0, 4, 6, 8};
+  ASSERT_EQ(cudaMemcpy(dcu.p, cu.data(), 16, cudaMemcpyHostToDevice), cudaSuccess);
+  std::vector<float> g(8, -0.1f);
+  g[5] = 0.5f;
+  ASSERT_EQ(cudaMemcpy(b + 4096, g.data(), 32, cudaMemcpyHostToDevice), cudaSuccess);
+  std::vector<float> beta(8, 0.5f);
+  ASSERT_EQ(cudaMemcpy(b + 8192, beta.data(), 32, cudaMemcpyHostToDevice), cudaSuccess);
+  p.check_inputs = 1;
+  EXPECT_EQ(flashgdn_chunk_fwd(&p, ws.p, bytes, nullptr), FLASHGDN_ERROR_INVALID_DATA);
+  EXPECT_NE(std::string(flashgdn_get_last_error()).find("g[0, 5, 0] = 0.5; the log decay must be finite and <= 0"),
+            std::string::npos)
+      << flashgdn_get_last_error();
+  g[5] = -0.2f;
+  ASSERT_EQ(cudaMemcpy(b + 4096, g.data(), 32, cudaMemcpyHostToDevice), cudaSuccess);
+  // Duplicate pool slots.
   ASSERT_EQ(cudaMemcpy(dcu.p, cu.data(), 16, cudaMemcpyHostToDevice), cudaSuccess);
   std::vector<int32_t> idx = {1, -1, 1};
   DevBuf didx(12);
