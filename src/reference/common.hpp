@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "api/error.hpp"
 #include "api/tensor.hpp"
@@ -72,5 +73,32 @@ inline double l2norm(double* x, int64_t n) {
   return r;
 }
 
+
+// Writes dq, dk from gradients w.r.t. the (normalised) q̂, k̂ accumulated over the value heads of each
+// group, laid out [B, T, Hqk, K]: with l2norm, dx = (dx̂ - x̂ (x̂ . dx̂)) * rsqrt(|x|^2 + eps).
+inline void write_qk_grads(const flashgdn_chunk_bwd_params_t& p, const Problem& pr, const std::vector<double>& dqh,
+                           const std::vector<double>& dkh) {
+  const HostView q{&p.q}, k{&p.k}, dq{&p.dq}, dk{&p.dk};
+  const int64_t K = pr.K;
+  for (int64_t b = 0; b < pr.B; ++b)
+    for (int64_t t = 0; t < pr.T; ++t)
+      for (int64_t hk = 0; hk < pr.Hqk; ++hk) {
+        const int64_t base = ((b * pr.T + t) * pr.Hqk + hk) * K;
+        for (int pass = 0; pass < 2; ++pass) {
+          const HostView& x = pass == 0 ? q : k;
+          const HostView& dx = pass == 0 ? dq : dk;
+          const double* da = (pass == 0 ? dqh : dkh).data() + base;
+          if (!pr.l2norm) {
+            for (int64_t i = 0; i < K; ++i) dx.set(da[i], b, t, hk, i);
+            continue;
+          }
+          double ss = 0, dot = 0;
+          for (int64_t i = 0; i < K; ++i) ss += x.get(b, t, hk, i) * x.get(b, t, hk, i);
+          const double rn = 1.0 / std::sqrt(ss + 1e-6);
+          for (int64_t i = 0; i < K; ++i) dot += x.get(b, t, hk, i) * rn * da[i];
+          for (int64_t i = 0; i < K; ++i) dx.set((da[i] - x.get(b, t, hk, i) * rn * dot) * rn, b, t, hk, i);
+        }
+      }
+}
 
 }  // namespace flashgdn::reference

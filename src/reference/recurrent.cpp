@@ -98,7 +98,7 @@ flashgdn_status_t recurrent_bwd(const flashgdn_chunk_bwd_params_t& p, const Prob
   std::vector<SeqRange> seqs;
   FLASHGDN_TRY(sequence_ranges(pr, p.cu_seqlens, fn, &seqs));
   const HostView q{&p.q}, k{&p.k}, v{&p.v}, g{&p.g}, beta{&p.beta}, dO{&p.d_o};
-  const HostView dq{&p.dq}, dk{&p.dk}, dv{&p.dv}, dg{&p.dg}, dbeta{&p.dbeta};
+  const HostView dv{&p.dv}, dg{&p.dg}, dbeta{&p.dbeta};
   const int64_t K = pr.K, V = pr.V;
   // dq_hat / dk_hat accumulated over the value heads of each group, per (b, t, hk).
   std::vector<double> dqh(pr.B * pr.T * pr.Hqk * K, 0.0), dkh(pr.B * pr.T * pr.Hqk * K, 0.0);
@@ -204,27 +204,7 @@ flashgdn_status_t recurrent_bwd(const flashgdn_chunk_bwd_params_t& p, const Prob
       if (pr.has_h0) store_state(pr, &p.d_initial_state, n, h, dS.data());
     }
   }
-  // Positions of no sequence (cannot occur with valid cu_seqlens) stay zero; write dq/dk with the l2norm backward.
-  for (int64_t b = 0; b < pr.B; ++b)
-    for (int64_t t = 0; t < pr.T; ++t)
-      for (int64_t hk = 0; hk < pr.Hqk; ++hk) {
-        const double* dqa = &dqh[acc_idx(b, t, hk)];
-        const double* dka = &dkh[acc_idx(b, t, hk)];
-        for (int pass = 0; pass < 2; ++pass) {
-          const HostView& x = pass == 0 ? q : k;
-          const HostView& dx = pass == 0 ? dq : dk;
-          const double* da = pass == 0 ? dqa : dka;
-          if (!pr.l2norm) {
-            for (int64_t i = 0; i < K; ++i) dx.set(da[i], b, t, hk, i);
-            continue;
-          }
-          double ss = 0, dot = 0;
-          for (int64_t i = 0; i < K; ++i) ss += x.get(b, t, hk, i) * x.get(b, t, hk, i);
-          const double rn = 1.0 / std::sqrt(ss + 1e-6);
-          for (int64_t i = 0; i < K; ++i) dot += x.get(b, t, hk, i) * rn * da[i];
-          for (int64_t i = 0; i < K; ++i) dx.set((da[i] - x.get(b, t, hk, i) * rn * dot) * rn, b, t, hk, i);
-        }
-      }
+  write_qk_grads(p, pr, dqh, dkh);
   return FLASHGDN_SUCCESS;
 }
 
