@@ -27,6 +27,8 @@ flashgdn_status_t sequence_ranges(const Problem& pr, const flashgdn_tensor_t& cu
 flashgdn_status_t recurrent_fwd(const flashgdn_chunk_fwd_params_t& p, const Problem& pr);
 flashgdn_status_t chunked_fwd(const flashgdn_chunk_fwd_params_t& p, const Problem& pr);
 flashgdn_status_t recurrent_bwd(const flashgdn_chunk_bwd_params_t& p, const Problem& pr);
+// The same gradients through the chunk-64 decomposition the GPU backward follows (chunked_bwd.cpp).
+flashgdn_status_t chunked_bwd(const flashgdn_chunk_bwd_params_t& p, const Problem& pr);
 
 // ---- stages of the chunked algorithm (one chunk of L <= 64 tokens, one value head) ----
 // gamma[i] = sum_{j<=i} g[j]                                        (fp32 prefix sum)

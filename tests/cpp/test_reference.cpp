@@ -6,6 +6,7 @@
 #include <random>
 #include <vector>
 
+#include "api/problem.hpp"
 #include "host_problem.hpp"
 #include "reference/reference.hpp"
 
@@ -114,6 +115,36 @@ INSTANTIATE_TEST_SUITE_P(
         ChunkCase{"vfirst_strong", with(mk({7}, 2, 2, 3, 5), [](Shape& s) { s.v_first = true; s.g_lo = -5; })},
         ChunkCase{"no_state_g0", with(mk({6}, 1, 1, 4, 4), [](Shape& s) { s.h0 = false; s.ht = false; s.g_lo = s.g_hi = 0; })},
         ChunkCase{"batched", with(mk({4, 4}, 1, 2, 3, 3), [](Shape& s) { s.varlen = false; })}),
+    [](const ::testing::TestParamInfo<ChunkCase>& i) { return std::string(i.param.name); });
+
+class ChunkedBackwardMatchesRecurrent : public ::testing::TestWithParam<ChunkCase> {};
+
+TEST_P(ChunkedBackwardMatchesRecurrent, AllGradients) {
+  HostProblem a(GetParam().s, 4321), b(GetParam().s, 4321);
+  auto pa = a.bwd();
+  auto pb = b.bwd();
+  flashgdn::Problem pr;
+  ASSERT_EQ(flashgdn::validate_bwd(&pb, flashgdn::Target::kReference, "test", &pr), FLASHGDN_SUCCESS)
+      << flashgdn_get_last_error();
+  flashgdn::reference_bwd(pa);
+  ASSERT_EQ(flashgdn::reference::chunked_bwd(pb, pr), FLASHGDN_SUCCESS) << flashgdn_get_last_error();
+  EXPECT_LT(rel_l2(b.dq, a.dq), 1e-10) << "dq";
+  EXPECT_LT(rel_l2(b.dk, a.dk), 1e-10) << "dk";
+  EXPECT_LT(rel_l2(b.dv, a.dv), 1e-10) << "dv";
+  EXPECT_LT(rel_l2(b.dg, a.dg), 1e-9) << "dg";
+  EXPECT_LT(rel_l2(b.dbeta, a.dbeta), 1e-10) << "dbeta";
+  if (a.s.h0) EXPECT_LT(rel_l2(b.dh0, a.dh0), 1e-10) << "dh0";
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, ChunkedBackwardMatchesRecurrent,
+    ::testing::Values(
+        ChunkCase{"tails", mk({1, 63, 64, 65, 0, 130}, 1, 2, 8, 8)},
+        ChunkCase{"gva3_l2norm", with(mk({100, 7}, 2, 6, 8, 4), [](Shape& s) { s.l2norm = true; s.beta_hi = 2; })},
+        ChunkCase{"strong_decay", with(mk({129}, 1, 2, 8, 8), [](Shape& s) { s.g_lo = -20; })},
+        ChunkCase{"g_zero_vfirst", with(mk({70, 5}, 1, 1, 8, 16), [](Shape& s) { s.g_lo = s.g_hi = 0; s.v_first = true; })},
+        ChunkCase{"no_state", with(mk({90}, 1, 2, 8, 8), [](Shape& s) { s.h0 = false; s.ht = false; })},
+        ChunkCase{"batched", with(mk({65, 65}, 1, 2, 8, 8), [](Shape& s) { s.varlen = false; })}),
     [](const ::testing::TestParamInfo<ChunkCase>& i) { return std::string(i.param.name); });
 
 TEST(Reference, VarlenEqualsSequencesOneByOne) {
