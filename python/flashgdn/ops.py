@@ -37,6 +37,16 @@ def _state_dtype(q: torch.Tensor) -> torch.dtype:
     return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
+def _launch_on_gpu(kind: str, p, device: torch.device) -> None:
+    """Workspace from torch's caching allocator, launch on the current stream (no synchronisation)."""
+    nbytes = ctypes.c_size_t(0)
+    _lib.check(getattr(_lib.lib, f"flashgdn_chunk_{kind}_workspace_size")(ctypes.byref(p), ctypes.byref(nbytes)))
+    ws = torch.empty(nbytes.value, dtype=torch.uint8, device=device) if nbytes.value else None
+    stream = torch.cuda.current_stream(device).cuda_stream
+    _lib.check(getattr(_lib.lib, f"flashgdn_chunk_{kind}")(ctypes.byref(p), ws.data_ptr() if ws is not None else None,
+                                                          nbytes.value, stream))
+
+
 def _launch_fwd(q, k, v, g, beta, o, scale, initial_state, final_state, cu_seqlens, state_indices,
                 has_initial_state, l2norm, v_first, cp_mode):
     p = _lib.new_fwd_params()
@@ -56,12 +66,7 @@ def _launch_fwd(q, k, v, g, beta, o, scale, initial_state, final_state, cu_seqle
                     ("has_initial_state", has_initial_state), ("initial_state", initial_state)):
         if t is not None and t.device != q.device:
             raise ValueError(f"flashgdn: argument '{name}' is on {t.device}, expected {q.device} (the device of 'q')")
-    nbytes = ctypes.c_size_t(0)
-    _lib.check(_lib.lib.flashgdn_chunk_fwd_workspace_size(ctypes.byref(p), ctypes.byref(nbytes)))
-    ws = torch.empty(nbytes.value, dtype=torch.uint8, device=q.device) if nbytes.value else None
-    stream = torch.cuda.current_stream(q.device).cuda_stream
-    _lib.check(_lib.lib.flashgdn_chunk_fwd(ctypes.byref(p), ws.data_ptr() if ws is not None else None,
-                                           nbytes.value, stream))
+    _launch_on_gpu("fwd", p, q.device)
 
 
 @torch.library.custom_op("flashgdn::chunk_fwd", mutates_args=())
@@ -123,12 +128,7 @@ def _launch_bwd(q, k, v, g, beta, scale, initial_state, cu_seqlens, do, dht, dq,
     if q.device.type == "cpu":
         _lib.check(_lib.lib.flashgdn_reference_bwd(ctypes.byref(p)))
         return
-    nbytes = ctypes.c_size_t(0)
-    _lib.check(_lib.lib.flashgdn_chunk_bwd_workspace_size(ctypes.byref(p), ctypes.byref(nbytes)))
-    ws = torch.empty(nbytes.value, dtype=torch.uint8, device=q.device) if nbytes.value else None
-    stream = torch.cuda.current_stream(q.device).cuda_stream
-    _lib.check(_lib.lib.flashgdn_chunk_bwd(ctypes.byref(p), ws.data_ptr() if ws is not None else None,
-                                           nbytes.value, stream))
+    _launch_on_gpu("bwd", p, q.device)
 
 
 @torch.library.custom_op("flashgdn::chunk_bwd", mutates_args=())
