@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "api/tensor_map.hpp"
@@ -78,7 +79,100 @@ __global__ void tma_kernel(const __grid_constant__ CUtensorMap map, int c0, int 
   for (int e = threadIdx.x; e < 32 * 64; e += blockDim.x) out[e] = tile[e];
 }
 
+// The layout the Hopper kernels use: TMA loads (64 rows x 64 bf16 = 128 B) tiles with the 128-byte
+// swizzle into 1024-byte-aligned shared memory; K-major descriptors with SBO = 1024 B (8 rows of 128 B);
+// the k-th 16-wide slice starts 32 * k bytes further (the hardware applies the swizzle to the address).
+__global__ void tma_wgmma_sw128_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
+                                       float* D) {
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  // The 128-byte swizzle pattern repeats every 1024 bytes: align the tiles to it explicitly.
+  unsigned char* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+  __nv_bfloat16* sA = reinterpret_cast<__nv_bfloat16*>(smem);           // (64, 64)
+  __nv_bfloat16* sB = reinterpret_cast<__nv_bfloat16*>(smem + 8192);    // (64 n, 64 k)
+  uint64_t* bar = reinterpret_cast<uint64_t*>(smem + 16384);
+  const int t = threadIdx.x;
+  if (t == 0) {
+    sm90::mbar_init(bar, 1);
+    cuda::ptx::fence_mbarrier_init(cuda::ptx::sem_release, cuda::ptx::scope_cluster);
+  }
+  __syncthreads();
+  if (t == 0) {
+    sm90::mbar_expect_tx(bar, 2 * 8192);
+    sm90::tma_load_2d(sA, &map_a, 0, 0, bar);
+    sm90::tma_load_2d(sB, &map_b, 0, 0, bar);
+  }
+  sm90::mbar_wait(bar, 0);
+  float d[32];
+  for (int i = 0; i < 32; ++i) d[i] = 0.f;
+  sm90::wgmma_fence();
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const uint64_t da = make_smem_desc(smem_u32(sA) + 32 * k, 16, 1024, Swizzle::k128B);
+    const uint64_t db = make_smem_desc(smem_u32(sB) + 32 * k, 16, 1024, Swizzle::k128B);
+    sm90::wgmma_m64n64k16_bf16<0, 0>(d, da, db, 1);
+  }
+  sm90::wgmma_commit();
+  sm90::wgmma_wait<0>();
+  sm90::fence_regs(d);
+  const int row = 16 * (t / 32) + (t % 32) / 4, col = 2 * (t % 4);
+  for (int j = 0; j < 8; ++j) {
+    D[row * 64 + 8 * j + col] = d[4 * j];
+    D[row * 64 + 8 * j + col + 1] = d[4 * j + 1];
+    D[(row + 8) * 64 + 8 * j + col] = d[4 * j + 2];
+    D[(row + 8) * 64 + 8 * j + col + 1] = d[4 * j + 3];
+  }
+}
+
 }  // namespace
+
+TEST(GpuSm90, TmaSwizzle128WgmmaK64MatchesCpu) {
+  REQUIRE_SM90();
+  std::mt19937 rng(2);
+  std::normal_distribution<float> nd;
+  std::vector<__nv_bfloat16> a(64 * 64), b(64 * 64);
+  for (auto& x : a) x = __float2bfloat16(nd(rng));
+  for (auto& x : b) x = __float2bfloat16(nd(rng));
+  __nv_bfloat16 *dA, *dB;
+  float* dD;
+  ASSERT_EQ(cudaMalloc(&dA, a.size() * 2), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dB, b.size() * 2), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dD, 64 * 64 * 4), cudaSuccess);
+  cudaMemcpy(dA, a.data(), a.size() * 2, cudaMemcpyHostToDevice);
+  cudaMemcpy(dB, b.data(), b.size() * 2, cudaMemcpyHostToDevice);
+  cudaMemset(dD, 0xff, 64 * 64 * 4);
+  alignas(64) CUtensorMap map_a, map_b;
+  for (auto [map, ptr] : {std::pair<CUtensorMap*, void*>{&map_a, dA}, {&map_b, dB}}) {
+    flashgdn::TmaTile2d t;
+    t.base = ptr;
+    t.dtype = FLASHGDN_DTYPE_BFLOAT16;
+    t.dim0 = 64;
+    t.dim1 = 64;
+    t.row_stride_bytes = 128;
+    t.box0 = 64;
+    t.box1 = 64;
+    t.swizzle = Swizzle::k128B;
+    ASSERT_EQ(flashgdn::encode_tma_tile_2d(map, t, "test", "tile"), FLASHGDN_SUCCESS) << flashgdn_get_last_error();
+  }
+  const int smem = 16384 + 64;
+  ASSERT_EQ(cudaFuncSetAttribute(tma_wgmma_sw128_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem + 1024),
+            cudaSuccess);
+  tma_wgmma_sw128_kernel<<<1, 128, smem + 1024>>>(map_a, map_b, dD);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  std::vector<float> d(64 * 64);
+  cudaMemcpy(d.data(), dD, d.size() * 4, cudaMemcpyDeviceToHost);
+  double err = 0, ref_norm = 0;
+  for (int m = 0; m < 64; ++m)
+    for (int n = 0; n < 64; ++n) {
+      double r = 0;
+      for (int k = 0; k < 64; ++k) r += double(__bfloat162float(a[m * 64 + k])) * __bfloat162float(b[n * 64 + k]);
+      err += (d[m * 64 + n] - r) * (d[m * 64 + n] - r);
+      ref_norm += r * r;
+    }
+  EXPECT_LT(std::sqrt(err / ref_norm), 1e-5);
+  cudaFree(dA);
+  cudaFree(dB);
+  cudaFree(dD);
+}
 
 TEST(GpuSm90, WgmmaM64N64K16NoSwizzleMatchesCpu) {
   REQUIRE_SM90();
