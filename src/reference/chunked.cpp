@@ -38,6 +38,52 @@ void stage_kkt_solve(const float* k, int64_t ldk, const float* beta, int L, int 
   }
 }
 
+void stage_kkt_solve_blocked(const float* k, int64_t ldk, const float* beta, int L, int Kd, float* A) {
+  constexpr int kB = 16, kNB = kChunk / kB;
+  // T = I + StrictLower(diag(beta) K Kᵀ), zero-padded to 64 (padded rows/columns stay identity).
+  std::vector<float> T(kChunk * kChunk, 0.f);
+  for (int i = 0; i < kChunk; ++i) T[i * kChunk + i] = 1.f;
+  for (int i = 0; i < L; ++i)
+    for (int j = 0; j < i; ++j) {
+      float d = 0.f;
+      for (int e = 0; e < Kd; ++e) d += k[i * ldk + e] * k[j * ldk + e];
+      T[i * kChunk + j] = beta[i] * d;
+    }
+  auto at = [](std::vector<float>& M, int bi, int bj, int r, int c) -> float& {
+    return M[(bi * kB + r) * kChunk + bj * kB + c];
+  };
+  std::vector<float> X(kChunk * kChunk, 0.f);
+  // Diagonal blocks: column c of D_b by forward substitution.
+  for (int b = 0; b < kNB; ++b)
+    for (int c = 0; c < kB; ++c)
+      for (int r = 0; r < kB; ++r) {
+        float acc = (r == c) ? 1.f : 0.f;
+        for (int m = 0; m < r; ++m) acc -= at(T, b, b, r, m) * at(X, b, b, m, c);
+        at(X, b, b, r, c) = acc;
+      }
+  // Off-diagonal blocks by distance d = i - j.
+  for (int d = 1; d < kNB; ++d)
+    for (int j = 0; j + d < kNB; ++j) {
+      const int i = j + d;
+      float Y[kB][kB] = {};
+      for (int m = j; m < i; ++m)
+        for (int r = 0; r < kB; ++r)
+          for (int c = 0; c < kB; ++c) {
+            float acc = 0.f;
+            for (int s = 0; s < kB; ++s) acc += at(T, i, m, r, s) * at(X, m, j, s, c);
+            Y[r][c] += acc;
+          }
+      for (int r = 0; r < kB; ++r)
+        for (int c = 0; c < kB; ++c) {
+          float acc = 0.f;
+          for (int s = 0; s < kB; ++s) acc += at(X, i, i, r, s) * Y[s][c];
+          at(X, i, j, r, c) = -acc;
+        }
+    }
+  for (int i = 0; i < kChunk; ++i)
+    for (int j = 0; j < kChunk; ++j) A[i * kChunk + j] = (i < L && j < L) ? X[i * kChunk + j] : 0.f;
+}
+
 void stage_chunk_step(const float* q, int64_t ldq, const float* k, int64_t ldk, const float* v, int64_t ldv,
                       const float* gamma, const float* beta, const float* A, int L, int Kd, int Vd, float scale,
                       float* S, float* o, int64_t ldo, float* v_new_out) {

@@ -36,6 +36,10 @@ void stage_chunk_cumsum(const float* g, int L, float* gamma);
 // A = (I + StrictLower(diag(beta) K K^T))^-1, a unit lower-triangular L x L matrix (row-major, ld 64).
 // Gate-free: the gated inverse is (Gamma o A) with Gamma_ij = exp(gamma_i - gamma_j), i >= j.
 void stage_kkt_solve(const float* k, int64_t ldk, const float* beta, int L, int Kd, float* A);
+// The same inverse by 16 x 16 blocks, the order a GPU can run in parallel: the four diagonal blocks by
+// forward substitution (one column per thread), then X_ij = -D_i sum_{m=j}^{i-1} T_im X_mj for the
+// off-diagonal blocks in three dependency levels (i - j = 1, 2, 3), T = I + Lm, D_i = T_ii^-1.
+void stage_kkt_solve_blocked(const float* k, int64_t ldk, const float* beta, int L, int Kd, float* A);
 // One chunk of the recurrence given the state S (Kd x Vd, row-major) at its start:
 //   W     = V - exp(gamma) o (K S)
 //   v_new = (Gamma o A) diag(beta) W

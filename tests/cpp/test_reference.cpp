@@ -256,6 +256,25 @@ TEST(Stages, KktSolveIsTheInverse) {
   }
 }
 
+TEST(Stages, BlockedSolveEqualsSubstitution) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.f, 0.25f);
+  for (int L : {1, 15, 16, 17, 33, 50, 64}) {
+    const int Kd = 32;
+    std::vector<float> k(64 * Kd), beta(64), A(64 * 64), B(64 * 64);
+    for (float& e : k) e = nd(rng);
+    for (float& e : beta) e = std::abs(nd(rng)) * 8;  // up to ~2
+    flashgdn::reference::stage_kkt_solve(k.data(), Kd, beta.data(), L, Kd, A.data());
+    flashgdn::reference::stage_kkt_solve_blocked(k.data(), Kd, beta.data(), L, Kd, B.data());
+    double num = 0, den = 0;
+    for (int i = 0; i < 64 * 64; ++i) {
+      num += double(A[i] - B[i]) * (A[i] - B[i]);
+      den += double(A[i]) * A[i];
+    }
+    EXPECT_LT(std::sqrt(num / den), 1e-5) << "L = " << L;
+  }
+}
+
 TEST(Stages, CumsumAndNoPositiveExponent) {
   const float g[5] = {-1.f, -0.5f, 0.f, -2.f, -0.25f};
   float gam[5];
