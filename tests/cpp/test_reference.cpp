@@ -8,6 +8,7 @@
 
 #include "api/problem.hpp"
 #include "host_problem.hpp"
+#include "kernels/portable/fwd/blocked_solve.hpp"
 #include "reference/reference.hpp"
 
 using flashgdn::test::HostProblem;
@@ -271,6 +272,44 @@ TEST(Stages, BlockedSolveEqualsSubstitution) {
       num += double(A[i] - B[i]) * (A[i] - B[i]);
       den += double(A[i]) * A[i];
     }
+    EXPECT_LT(std::sqrt(num / den), 1e-5) << "L = " << L;
+  }
+}
+
+// The GPU's thread-partitioned phases, run on the CPU thread by thread with a barrier between phases.
+TEST(Stages, BlockedSolvePhasesAsTheGpuRunsThem) {
+  namespace bs = flashgdn::portable::blocked_solve;
+  std::mt19937 rng(9);
+  std::normal_distribution<float> nd(0.f, 0.25f);
+  for (int L : {1, 16, 40, 64}) {
+    const int Kd = 16;
+    std::vector<float> k(64 * Kd, 0.f), beta(64, 0.f), A(64 * 64);
+    for (int i = 0; i < L; ++i) {
+      for (int e = 0; e < Kd; ++e) k[i * Kd + e] = nd(rng);
+      beta[i] = std::abs(nd(rng)) * 8;
+    }
+    flashgdn::reference::stage_kkt_solve(k.data(), Kd, beta.data(), L, Kd, A.data());
+    std::vector<float> T(64 * bs::kLd, 0.f), X(64 * bs::kLd, NAN), Y(bs::kScratch, NAN);
+    for (int i = 0; i < 64; ++i) {
+      T[i * bs::kLd + i] = 1.f;
+      for (int j = 0; j < i; ++j) {
+        float d = 0.f;
+        for (int e = 0; e < Kd; ++e) d += k[i * Kd + e] * k[j * Kd + e];
+        T[i * bs::kLd + j] = beta[i] * d;
+      }
+    }
+    for (int tid = 0; tid < 64; ++tid) bs::diag(tid, T.data(), X.data());
+    for (int d = 1; d < bs::kNB; ++d) {
+      for (int tid = 0; tid < 128; ++tid) bs::level_y(tid, 128, d, T.data(), X.data(), Y.data());
+      for (int tid = 0; tid < 128; ++tid) bs::level_x(tid, 128, d, X.data(), Y.data());
+    }
+    double num = 0, den = 0;
+    for (int i = 0; i < L; ++i)
+      for (int j = 0; j <= i; ++j) {
+        const double a = A[i * 64 + j], x = X[i * bs::kLd + j];
+        num += (a - x) * (a - x);
+        den += a * a;
+      }
     EXPECT_LT(std::sqrt(num / den), 1e-5) << "L = " << L;
   }
 }

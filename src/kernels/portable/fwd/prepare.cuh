@@ -18,6 +18,7 @@
 #include <type_traits>
 
 #include "device/warp_mma.cuh"
+#include "kernels/portable/fwd/blocked_solve.hpp"
 #include "kernels/portable/fwd/params.hpp"
 #include "kernels/portable/fwd/scheduler.cuh"
 
@@ -29,7 +30,15 @@ struct PrepareSmem {
   static constexpr int kLdV = VD + 8;
   static constexpr int kLdF = 68;     // fp32 rows, 16-byte aligned for float4 broadcasts
   static constexpr int kLdA = kChunk + 8;
-  T q[kChunk * (kLd > kLdV ? kLd : kLdV)];  // Q, later the staging buffer of W and U
+  union {
+    T q[kChunk * (kLd > kLdV ? kLd : kLdV)];  // Q, later the staging buffer of W and U
+#ifdef FLASHGDN_BLOCKED_SOLVE
+    float x[kChunk * kLdF];  // blocked solve: A = T⁻¹ (Q is no longer needed then)
+#endif
+  };
+#ifdef FLASHGDN_BLOCKED_SOLVE
+  float yb[blocked_solve::kScratch];
+#endif
   T k[kChunk * kLd];
   T v[kChunk * kLdV];
   float qk[kChunk * kLdF];  // rq_i rk_j (Q Kᵀ)_ij
@@ -155,12 +164,22 @@ __global__ void __launch_bounds__(128) prepare_kernel(FwdArgs a) {
     // L = StrictLower(diag(beta) K̂ K̂ᵀ), fp32.
     for (int e = tid; e < kChunk * kChunk; e += 128) {
       const int i = e >> 6, j = e & 63;
+#ifdef FLASHGDN_BLOCKED_SOLVE
+      sm.u.lm[i * S::kLdF + j] = j < i ? sm.beta[i] * sm.kk[i * S::kLdF + j] : (i == j ? 1.f : 0.f);  // T = I + L
+#else
       sm.u.lm[i * S::kLdF + j] = j < i ? sm.beta[i] * sm.kk[i * S::kLdF + j] : 0.f;
+#endif
     }
     __syncthreads();
     const float gl = sm.gam[L - 1];
+#ifdef FLASHGDN_BLOCKED_SOLVE
+    static_assert(S::kLdF == blocked_solve::kLd, "blocked solve stride");
+    if (tid < 64) blocked_solve::diag(tid, sm.u.lm, sm.x);
+#else
     float x[kChunk];  // warps 0-1: column j of A
+#endif
     if (tid < 64) {
+#ifndef FLASHGDN_BLOCKED_SOLVE
       // x_i = delta_ij - sum_{m<i} L_im x_m.
       // NOTE: fully unrolled so x stays in registers; L rows are read as float4 broadcasts.
       const int j = tid;
@@ -182,6 +201,7 @@ __global__ void __launch_bounds__(128) prepare_kernel(FwdArgs a) {
         for (int m = (i / 4) * 4; m < i; ++m) p0 = fmaf(-sm.u.lm[i * S::kLdF + m], x[m], p0);
         x[i] = (p0 + p1) + (p2 + p3);
       }
+#endif
     } else {
       const int j = tid - 64;
       const float gj = sm.gam[j];
@@ -196,7 +216,25 @@ __global__ void __launch_bounds__(128) prepare_kernel(FwdArgs a) {
       aux[kChunk + j] = sm.rq[j];
       aux[2 * kChunk + j] = sm.rk[j];
     }
-    __syncthreads();  // the solve is done with sL: its space becomes sAw / sAb
+    __syncthreads();
+#ifdef FLASHGDN_BLOCKED_SOLVE
+    for (int d = 1; d < blocked_solve::kNB; ++d) {
+      blocked_solve::level_y(tid, 128, d, sm.u.lm, sm.x, sm.yb);
+      __syncthreads();
+      blocked_solve::level_x(tid, 128, d, sm.x, sm.yb);
+      __syncthreads();
+    }
+    // The solve is done with sL: its space becomes sAw / sAb.
+    for (int e = tid; e < kChunk * kChunk; e += 128) {
+      const int i = e >> 6, j = e & 63;
+      const bool in = i >= j && i < L;
+      const float a = in ? sm.x[i * S::kLdF + j] * sm.beta[j] : 0.f;
+      // exp(gamma_i - gamma_j) <= 1 and exp(gamma_i) <= 1: no positive exponent.
+      sm.u.prod.ab[i * S::kLdA + j] = from_float<T>(in ? __expf(fminf(sm.gam[i] - sm.gam[j], 0.f)) * a : 0.f);
+      sm.u.prod.aw[i * S::kLdA + j] = from_float<T>(in ? __expf(fminf(sm.gam[i], 0.f)) * a * sm.rk[j] : 0.f);
+    }
+#else
+    // The solve is done with sL: its space becomes sAw / sAb.
     if (tid < 64) {
       const int j = tid;
       const float gj = sm.gam[j], bj = sm.beta[j], wj = bj * sm.rk[j];
@@ -208,6 +246,7 @@ __global__ void __launch_bounds__(128) prepare_kernel(FwdArgs a) {
         sm.u.prod.aw[i * S::kLdA + j] = from_float<T>(in ? __expf(fminf(sm.gam[i], 0.f)) * x[i] * wj : 0.f);
       }
     }
+#endif
     cp_async_wait<0>();
     __syncthreads();
     // W = Aw K (64, K) and U = Ab V (64, V): 16 rows per warp, staged through sQ, then 16-byte stores.
