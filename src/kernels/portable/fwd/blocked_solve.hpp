@@ -13,8 +13,10 @@
 
 #if defined(__CUDACC__)
 #define FLASHGDN_HD_SOLVE __host__ __device__ __forceinline__
+#define FLASHGDN_SOLVE_UNROLL _Pragma("unroll")
 #else
 #define FLASHGDN_HD_SOLVE inline
+#define FLASHGDN_SOLVE_UNROLL
 #endif
 
 namespace flashgdn::portable::blocked_solve {
@@ -27,14 +29,14 @@ inline constexpr int kScratch = 3 * kB * kB;  // Y for the widest level (3 block
 FLASHGDN_HD_SOLVE void diag(int tid, const float* T, float* X) {
   const int b = tid / kB, c = tid % kB, o = b * kB;
   float x[kB];
-#pragma unroll
+FLASHGDN_SOLVE_UNROLL
   for (int r = 0; r < kB; ++r) {
     float acc = (r == c) ? 1.f : 0.f;
-#pragma unroll
+FLASHGDN_SOLVE_UNROLL
     for (int m = 0; m < r; ++m) acc -= T[(o + r) * kLd + o + m] * x[m];
     x[r] = acc;
   }
-#pragma unroll
+FLASHGDN_SOLVE_UNROLL
   for (int r = 0; r < kB; ++r) X[(o + r) * kLd + o + c] = x[r];
 }
 
@@ -45,7 +47,7 @@ FLASHGDN_HD_SOLVE void level_y(int tid, int nthreads, int d, const float* T, con
     const int j = e / (kB * kB), r = (e / kB) % kB, c = e % kB, i = j + d;
     float acc = 0.f;
     for (int m = j; m < i; ++m)
-#pragma unroll
+FLASHGDN_SOLVE_UNROLL
       for (int t = 0; t < kB; ++t) acc += T[(i * kB + r) * kLd + m * kB + t] * X[(m * kB + t) * kLd + j * kB + c];
     Y[e] = acc;
   }
@@ -57,7 +59,7 @@ FLASHGDN_HD_SOLVE void level_x(int tid, int nthreads, int d, float* X, const flo
   for (int e = tid; e < nb * kB * kB; e += nthreads) {
     const int j = e / (kB * kB), r = (e / kB) % kB, c = e % kB, i = j + d;
     float acc = 0.f;
-#pragma unroll
+FLASHGDN_SOLVE_UNROLL
     for (int s = 0; s < kB; ++s) acc += X[(i * kB + r) * kLd + i * kB + s] * Y[j * kB * kB + s * kB + c];
     X[(i * kB + r) * kLd + j * kB + c] = -acc;
   }
