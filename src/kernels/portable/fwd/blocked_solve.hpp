@@ -13,9 +13,12 @@
 
 #if defined(__CUDACC__)
 #define FLASHGDN_HD_SOLVE __host__ __device__ __forceinline__
-#define FLASHGDN_SOLVE_UNROLL _Pragma("unroll")
 #else
 #define FLASHGDN_HD_SOLVE inline
+#endif
+#if defined(__CUDA_ARCH__)
+#define FLASHGDN_SOLVE_UNROLL _Pragma("unroll")
+#else
 #define FLASHGDN_SOLVE_UNROLL
 #endif
 
