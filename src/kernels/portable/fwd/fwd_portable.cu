@@ -46,15 +46,28 @@ flashgdn_status_t cuda_error(const char* what, cudaError_t e) {
   return fail(FLASHGDN_ERROR_CUDA, "flashgdn_chunk_fwd: %s: %s", what, cudaGetErrorString(e));
 }
 
-template <class T, int KD, int BV>
-flashgdn_status_t launch_recurrence(const FwdArgs& a, int v_tiles, cudaStream_t stream) {
-  auto kernel = recurrence_kernel<T, KD, BV>;
-  const int smem = static_cast<int>(sizeof(RecurrenceSmem<T, KD, BV>));
+template <class T, int KD, int BV, int STAGES>
+flashgdn_status_t launch_recurrence_stages(const FwdArgs& a, int v_tiles, cudaStream_t stream) {
+  auto kernel = recurrence_kernel<T, KD, BV, STAGES>;
+  const int smem = static_cast<int>(sizeof(RecurrenceSmem<T, KD, BV, STAGES>));
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(recurrence)", e);
   kernel<<<dim3(a.N, a.Hv, v_tiles), 256, smem, stream>>>(a);
   e = cudaGetLastError();
   return e == cudaSuccess ? FLASHGDN_SUCCESS : cuda_error("recurrence kernel launch", e);
+}
+
+template <class T, int KD, int BV>
+flashgdn_status_t launch_recurrence(const FwdArgs& a, int v_tiles, int max_smem, cudaStream_t stream) {
+#ifdef FLASHGDN_DEEP_PIPELINE
+  // NOTE: a third input stage hides the HBM latency of the first touch of a chunk's Q/K/W when the
+  // per-chunk work is small (narrow V slices); with K = 128 it fits for BV = 16 (212 KB).
+  if (static_cast<int>(sizeof(RecurrenceSmem<T, KD, BV, 3>)) <= max_smem)
+    return launch_recurrence_stages<T, KD, BV, 3>(a, v_tiles, stream);
+#else
+  (void)max_smem;
+#endif
+  return launch_recurrence_stages<T, KD, BV, 2>(a, v_tiles, stream);
 }
 
 template <class T, int KD, int VD>
@@ -74,9 +87,9 @@ flashgdn_status_t launch_all(const FwdArgs& a, int bv, int max_smem, cudaStream_
   if (bv == 32 && static_cast<int>(sizeof(RecurrenceSmem<T, KD, 32>)) > max_smem) bv = 16;
   const int v_tiles = a.V / bv;
   switch (bv) {
-    case 64: return launch_recurrence<T, KD, 64>(a, v_tiles, stream);
-    case 32: return launch_recurrence<T, KD, 32>(a, v_tiles, stream);
-    default: return launch_recurrence<T, KD, 16>(a, v_tiles, stream);
+    case 64: return launch_recurrence<T, KD, 64>(a, v_tiles, max_smem, stream);
+    case 32: return launch_recurrence<T, KD, 32>(a, v_tiles, max_smem, stream);
+    default: return launch_recurrence<T, KD, 16>(a, v_tiles, max_smem, stream);
   }
 }
 

@@ -12,8 +12,8 @@
 // The critical path per chunk is two products (W S, Kᵀ Vd); the output products run beside it.
 // Every exponent is <= 0. The state operand copy sS is in the input dtype, as in FLA/FlashQLA.
 //
-// Pipeline: chunk c + 1 (Q, K, W, U slice, Pm, aux) is prefetched with cp.async into the other of two
-// stages while chunk c computes.
+// Pipeline: STAGES input stages (2 by default; 3 with FLASHGDN_DEEP_PIPELINE where the tile fits, BV = 16):
+// chunk c + STAGES - 1 (Q, K, W, U slice, Pm, aux) is prefetched with cp.async while chunk c computes.
 // Barriers:
 //   0 (__syncthreads, 256): top of each chunk: stage c landed, chunk c - 1 finished by everyone, so
 //                           stage (c + 1) & 1, sVn, sVd, sO and sS[c & 1]'s readers are free.
@@ -33,7 +33,7 @@ namespace flashgdn::portable {
 
 enum RecurrenceBarrier : int { kBarVn = 1, kBarState = 2 };
 
-template <class T, int KD, int BV>
+template <class T, int KD, int BV, int STAGES = 2>
 struct RecurrenceSmem {
   static constexpr int kLdK = KD + 8;  // NOTE: +16 bytes per row: conflict-free ldmatrix
   static constexpr int kLdV = BV + 8;
@@ -46,7 +46,7 @@ struct RecurrenceSmem {
     T pm[kChunk * kLdA];
     float aux[3 * kChunk];  // gamma, rq, rk
   };
-  Stage st[2];
+  Stage st[STAGES];
   T s[2][KD * kLdV];
   T vn[kChunk * kLdV];
   T vd[kChunk * kLdV];
@@ -58,10 +58,11 @@ __device__ __forceinline__ int64_t state_elem(int v_first, int K, int V, int i, 
   return v_first ? static_cast<int64_t>(j) * K + i : static_cast<int64_t>(i) * V + j;
 }
 
-template <class T, int KD, int BV>
+template <class T, int KD, int BV, int STAGES>
 __global__ void __launch_bounds__(256, 1) recurrence_kernel(FwdArgs a) {
   using namespace device;
-  using Sm = RecurrenceSmem<T, KD, BV>;
+  using Sm = RecurrenceSmem<T, KD, BV, STAGES>;
+  static_assert(STAGES >= 2, "at least double buffering");
   constexpr int kNT = BV / 8;   // n-tiles of a (., BV) accumulator
   constexpr int kSM = KD / 64;  // m-tiles of the state per state warp (K/4 rows)
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -158,16 +159,21 @@ __global__ void __launch_bounds__(256, 1) recurrence_kernel(FwdArgs a) {
     for (int i = tid; i < 3 * kChunk / 4; i += 256) cp_async_16(&X.aux[i * 4], aux + i * 4, true);
   };
 
-  if (nchunks > 0) load_chunk(0, 0);
-  cp_async_commit();
+  // Prologue: chunks 0 .. STAGES - 2 in flight, one commit group each (empty groups keep the count).
+#pragma unroll
+  for (int p = 0; p < STAGES - 1; ++p) {
+    if (p < nchunks) load_chunk(p, p);
+    cp_async_commit();
+  }
   T* og = static_cast<T*>(a.o) + s.b * a.o_s[0] + h * a.o_s[2] + v0;
   for (int64_t c = 0; c < nchunks; ++c) {
-    cp_async_wait<0>();
+    cp_async_wait<STAGES - 2>();  // chunk c's group is complete
     __syncthreads();
-    const int st = static_cast<int>(c & 1);
-    if (c + 1 < nchunks) load_chunk(c + 1, st ^ 1);
+    const int64_t next = c + STAGES - 1;  // its stage was last read by chunk c - 1, finished by all
+    if (next < nchunks) load_chunk(next, static_cast<int>(next % STAGES));
     cp_async_commit();
-    const typename Sm::Stage& X = sm.st[st];
+    const int st = static_cast<int>(c & 1);  // state operand double buffer sS[c & 1]
+    const typename Sm::Stage& X = sm.st[static_cast<int>(c % STAGES)];
     const float* gam = X.aux;
     const float* rq = X.aux + kChunk;
     const float* rk = X.aux + 2 * kChunk;
