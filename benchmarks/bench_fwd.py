@@ -158,6 +158,8 @@ def main():
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--rows", default="", help="only rows whose name contains this")
+    ap.add_argument("--tag", default=os.environ.get("FLASHGDN_BENCH_TAG", ""),
+                    help="suffix of the output file names (e.g. the build variant)")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     prop = torch.cuda.get_device_properties(0)
@@ -255,7 +257,8 @@ def main():
               f"rows slower than FLA: {meta['rows_slower_than_fla']}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{gpu.replace(' ', '_')}-{meta['date']}-fwd"
+    stem = f"{gpu.replace(' ', '_')}-{meta['date']}-fwd" + (f"-{args.tag}" if args.tag else "")
+    meta["variant"] = args.tag or "default"
     (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     md = [f"# Forward benchmark: {gpu}, commit {commit}, {meta['date']}", "",
           f"torch {meta['torch']}, triton {meta['triton']}, FLA {fla_ver}, CUDA {meta['cuda']}. "
