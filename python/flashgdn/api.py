@@ -26,6 +26,12 @@ def chunk_gated_delta_rule(
     state_indices: Optional[torch.Tensor] = None,
     has_initial_state: Optional[torch.Tensor] = None,
     cp: str = "auto",
+    use_beta_sigmoid_in_kernel: bool = False,
+    allow_neg_eigval: bool = False,
+    cu_seqlens_cpu: Optional[torch.Tensor] = None,
+    chunk_indices: Optional[torch.Tensor] = None,
+    cp_context=None,
+    **kwargs,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Chunked gated delta rule forward.
 
@@ -43,9 +49,30 @@ def chunk_gated_delta_rule(
         has_initial_state: ``[N]`` bool; False starts that sequence from zeros.
         cp: intra-card context parallelism, "auto" | "on" | "off" (Hopper path).
 
+    FLA compatibility (keyword-only): ``use_beta_sigmoid_in_kernel`` (beta are logits: sigmoid applied
+    first), ``allow_neg_eigval`` (with it, ``2 * sigmoid(beta)``), ``cu_seqlens_cpu`` and ``chunk_indices``
+    (accepted and unused: nothing here needs them), ``transpose_state_layout`` (FLA's deprecated name of
+    ``state_v_first``). ``cp_context`` (FLA's multi-GPU context parallelism) and ``head_first`` are
+    rejected with an error, as are unknown keyword arguments.
+
     Returns ``(o, final_state or None)``; ``o`` has q's dtype. Set ``FLASHGDN_CHECK=1`` to validate the
-    contents of ``cu_seqlens`` / ``state_indices`` (synchronises; not for CUDA graphs).
+    contents of ``cu_seqlens`` / ``state_indices`` and g (synchronises; not for CUDA graphs).
     """
+    if "transpose_state_layout" in kwargs:
+        if state_v_first:
+            raise ValueError("flashgdn: pass either 'state_v_first' or the deprecated 'transpose_state_layout'")
+        state_v_first = bool(kwargs.pop("transpose_state_layout"))
+    if "head_first" in kwargs:
+        raise ValueError("flashgdn: 'head_first' is not supported: inputs are sequence-first [B, T, H, D]")
+    if kwargs:
+        raise TypeError(f"flashgdn: unexpected keyword arguments {sorted(kwargs)}")
+    if cp_context is not None:
+        raise NotImplementedError("flashgdn: 'cp_context' (FLA's multi-GPU context parallelism) is not supported")
+    del cu_seqlens_cpu, chunk_indices  # accepted for drop-in compatibility; not needed
+    if use_beta_sigmoid_in_kernel:
+        beta = beta.float().sigmoid().to(beta.dtype) * (2.0 if allow_neg_eigval else 1.0)
+    elif allow_neg_eigval:
+        raise ValueError("flashgdn: 'allow_neg_eigval' takes effect only with 'use_beta_sigmoid_in_kernel=True'")
     if cp not in _lib.CP_MODES:
         raise ValueError(f"flashgdn: argument 'cp' must be one of 'auto', 'on', 'off', got {cp!r}")
     kd = q.shape[-1] if q.dim() > 0 else 0

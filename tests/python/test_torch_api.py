@@ -72,3 +72,28 @@ def test_torch_compile_fullgraph_traces_the_op():
     eager = f(q, k, v, g, beta, h0)
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")(q, k, v, g, beta, h0)
     assert torch.equal(eager[0], compiled[0]) and torch.equal(eager[1], compiled[1])
+
+
+def test_fla_compatibility_keywords():
+    q, k, v, g, beta, cu, h0 = inputs([7, 9])
+    logits = torch.randn_like(beta)
+    o1, _ = flashgdn.chunk_gated_delta_rule(q, k, v, g, logits.sigmoid(), cu_seqlens=cu)
+    o2, _ = flashgdn.chunk_gated_delta_rule(q, k, v, g, logits, cu_seqlens=cu, use_beta_sigmoid_in_kernel=True,
+                                            cu_seqlens_cpu=cu.cpu(), chunk_indices=torch.zeros(3, 2))
+    assert torch.allclose(o1, o2)
+    o3, _ = flashgdn.chunk_gated_delta_rule(q, k, v, g, 2 * logits.sigmoid(), cu_seqlens=cu)
+    o4, _ = flashgdn.chunk_gated_delta_rule(q, k, v, g, logits, cu_seqlens=cu, use_beta_sigmoid_in_kernel=True,
+                                            allow_neg_eigval=True)
+    assert torch.allclose(o3, o4)
+    hv = h0.transpose(-1, -2).contiguous()
+    _, ht_a = flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=hv, output_final_state=True,
+                                              cu_seqlens=cu, state_v_first=True)
+    _, ht_b = flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=hv, output_final_state=True,
+                                              cu_seqlens=cu, transpose_state_layout=True)
+    assert torch.equal(ht_a, ht_b)
+    with pytest.raises(ValueError, match="'head_first' is not supported"):
+        flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, cu_seqlens=cu, head_first=True)
+    with pytest.raises(TypeError, match="unexpected keyword arguments"):
+        flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, cu_seqlens=cu, bogus=1)
+    with pytest.raises(NotImplementedError, match="cp_context"):
+        flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, cu_seqlens=cu, cp_context=object())
