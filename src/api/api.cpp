@@ -13,7 +13,6 @@ namespace {
 
 constexpr size_t kWorkspaceAlign = 256;
 
-template <class Params>
 flashgdn_status_t check_workspace(const char* fn, size_t need, void* ws, size_t bytes) {
   if (need == 0) return FLASHGDN_SUCCESS;
   if (ws == nullptr)
@@ -83,7 +82,7 @@ flashgdn_status_t flashgdn_chunk_fwd(const flashgdn_chunk_fwd_params_t* params, 
   static const char* fn = "flashgdn_chunk_fwd";
   Problem pr;
   FLASHGDN_TRY(validate_fwd(params, Target::kGpu, fn, &pr));
-  FLASHGDN_TRY(check_workspace<flashgdn_chunk_fwd_params_t>(fn, fwd_workspace_bytes(pr), workspace, workspace_bytes));
+  FLASHGDN_TRY(check_workspace(fn, fwd_workspace_bytes(pr), workspace, workspace_bytes));
   if (pr.check)
     FLASHGDN_TRY(check_device_inputs(pr, params->cu_seqlens, pr.pool ? &params->state_indices : nullptr, params->g, fn,
                                       stream));
@@ -104,7 +103,7 @@ flashgdn_status_t flashgdn_chunk_bwd(const flashgdn_chunk_bwd_params_t* params, 
   static const char* fn = "flashgdn_chunk_bwd";
   Problem pr;
   FLASHGDN_TRY(validate_bwd(params, Target::kGpu, fn, &pr));
-  FLASHGDN_TRY(check_workspace<flashgdn_chunk_bwd_params_t>(fn, bwd_workspace_bytes(pr), workspace, workspace_bytes));
+  FLASHGDN_TRY(check_workspace(fn, bwd_workspace_bytes(pr), workspace, workspace_bytes));
   if (pr.check) FLASHGDN_TRY(check_device_inputs(pr, params->cu_seqlens, nullptr, params->g, fn, stream));
   return launch_bwd(pr, *params, workspace, stream);
 }
