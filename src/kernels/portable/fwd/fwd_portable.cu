@@ -1,6 +1,11 @@
 // Host launcher of the portable (sm_80+) chunked forward: workspace layout, tile choice, launches.
 #include <cuda_runtime.h>
 
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+#include <unordered_map>
+
 #include "api/error.hpp"
 #include "api/tensor.hpp"
 #include "kernels/portable/fwd/fwd_portable.hpp"
@@ -40,6 +45,23 @@ void strides3(const flashgdn_tensor_t& t, int64_t (&s)[3]) {
   for (int i = 0; i < 3; ++i) s[i] = t.stride[i];
 }
 
+// Per-device attributes, read once (the launch path stays free of repeated driver queries).
+struct DeviceInfo {
+  int num_sms = 0, max_smem = 0;
+};
+
+flashgdn_status_t device_info(int dev, DeviceInfo* out);
+
+// cudaFuncSetAttribute(MaxDynamicSharedMemorySize) once per kernel and device (bit `dev` of `done`).
+template <class Kernel>
+cudaError_t raise_smem_limit_once(Kernel kernel, int smem, int dev, std::atomic<uint64_t>& done) {
+  const uint64_t bit = dev < 64 ? (uint64_t(1) << dev) : 0;
+  if (bit && (done.load(std::memory_order_acquire) & bit)) return cudaSuccess;
+  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (e == cudaSuccess && bit) done.fetch_or(bit, std::memory_order_acq_rel);
+  return e;
+}
+
 flashgdn_status_t cuda_error(const char* what, cudaError_t e) {
   if (e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver)
     return fail(FLASHGDN_ERROR_NO_DEVICE, "flashgdn_chunk_fwd: %s: %s", what, cudaGetErrorString(e));
@@ -47,10 +69,11 @@ flashgdn_status_t cuda_error(const char* what, cudaError_t e) {
 }
 
 template <class T, int KD, int BV, int STAGES>
-flashgdn_status_t launch_recurrence_stages(const FwdArgs& a, int v_tiles, cudaStream_t stream) {
+flashgdn_status_t launch_recurrence_stages(const FwdArgs& a, int v_tiles, int dev, cudaStream_t stream) {
   auto kernel = recurrence_kernel<T, KD, BV, STAGES>;
   const int smem = static_cast<int>(sizeof(RecurrenceSmem<T, KD, BV, STAGES>));
-  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  static std::atomic<uint64_t> done{0};
+  cudaError_t e = raise_smem_limit_once(kernel, smem, dev, done);
   if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(recurrence)", e);
   kernel<<<dim3(a.N, a.Hv, v_tiles), 256, smem, stream>>>(a);
   e = cudaGetLastError();
@@ -58,25 +81,26 @@ flashgdn_status_t launch_recurrence_stages(const FwdArgs& a, int v_tiles, cudaSt
 }
 
 template <class T, int KD, int BV>
-flashgdn_status_t launch_recurrence(const FwdArgs& a, int v_tiles, int max_smem, cudaStream_t stream) {
+flashgdn_status_t launch_recurrence(const FwdArgs& a, int v_tiles, int max_smem, int dev, cudaStream_t stream) {
 #ifdef FLASHGDN_DEEP_PIPELINE
   // NOTE: a third input stage hides the HBM latency of the first touch of a chunk's Q/K/W when the
   // per-chunk work is small (narrow V slices); with K = 128 it fits for BV = 16 (212 KB).
   if (static_cast<int>(sizeof(RecurrenceSmem<T, KD, BV, 3>)) <= max_smem)
-    return launch_recurrence_stages<T, KD, BV, 3>(a, v_tiles, stream);
+    return launch_recurrence_stages<T, KD, BV, 3>(a, v_tiles, dev, stream);
 #else
   (void)max_smem;
 #endif
-  return launch_recurrence_stages<T, KD, BV, 2>(a, v_tiles, stream);
+  return launch_recurrence_stages<T, KD, BV, 2>(a, v_tiles, dev, stream);
 }
 
 template <class T, int KD, int VD>
-flashgdn_status_t launch_all(const FwdArgs& a, int bv, int max_smem, cudaStream_t stream) {
+flashgdn_status_t launch_all(const FwdArgs& a, int bv, int max_smem, int dev, cudaStream_t stream) {
   // Stage 1: prepare (parallel over chunks and q/k heads).
   {
     auto kernel = prepare_kernel<T, KD, VD>;
     const int smem = static_cast<int>(sizeof(PrepareSmem<T, KD, VD>));
-    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    static std::atomic<uint64_t> done{0};
+    cudaError_t e = raise_smem_limit_once(kernel, smem, dev, done);
     if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(prepare)", e);
     if (a.max_chunks > 0) kernel<<<dim3(static_cast<unsigned>(a.max_chunks), a.Hqk), 128, smem, stream>>>(a);
     e = cudaGetLastError();
@@ -87,10 +111,31 @@ flashgdn_status_t launch_all(const FwdArgs& a, int bv, int max_smem, cudaStream_
   if (bv == 32 && static_cast<int>(sizeof(RecurrenceSmem<T, KD, 32>)) > max_smem) bv = 16;
   const int v_tiles = a.V / bv;
   switch (bv) {
-    case 64: return launch_recurrence<T, KD, 64>(a, v_tiles, max_smem, stream);
-    case 32: return launch_recurrence<T, KD, 32>(a, v_tiles, max_smem, stream);
-    default: return launch_recurrence<T, KD, 16>(a, v_tiles, max_smem, stream);
+    case 64: return launch_recurrence<T, KD, 64>(a, v_tiles, max_smem, dev, stream);
+    case 32: return launch_recurrence<T, KD, 32>(a, v_tiles, max_smem, dev, stream);
+    default: return launch_recurrence<T, KD, 16>(a, v_tiles, max_smem, dev, stream);
   }
+}
+
+flashgdn_status_t device_info(int dev, DeviceInfo* out) {
+  static std::mutex mu;
+  static std::unordered_map<int, DeviceInfo> cache;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = cache.find(dev);
+    if (it != cache.end()) {
+      *out = it->second;
+      return FLASHGDN_SUCCESS;
+    }
+  }
+  DeviceInfo info;
+  cudaError_t e = cudaDeviceGetAttribute(&info.num_sms, cudaDevAttrMultiProcessorCount, dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&info.max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  if (e != cudaSuccess) return cuda_error("cudaDeviceGetAttribute", e);
+  std::lock_guard<std::mutex> lock(mu);
+  cache[dev] = info;
+  *out = info;
+  return FLASHGDN_SUCCESS;
 }
 
 }  // namespace
@@ -122,10 +167,9 @@ flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_
   int dev = 0;
   cudaError_t e = cudaGetDevice(&dev);
   if (e != cudaSuccess) return cuda_error("cudaGetDevice", e);
-  int num_sms = 0, max_smem = 0;
-  e = cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev);
-  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-  if (e != cudaSuccess) return cuda_error("cudaDeviceGetAttribute", e);
+  DeviceInfo info;
+  FLASHGDN_TRY(device_info(dev, &info));
+  const int num_sms = info.num_sms, max_smem = info.max_smem;
 
   const Layout l = layout(pr);
   unsigned char* ws = static_cast<unsigned char*>(workspace);
@@ -192,8 +236,8 @@ flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_
   const bool bf16 = pr.io_dtype == FLASHGDN_DTYPE_BFLOAT16;
 #define FLASHGDN_DISPATCH(KD_, VD_)                                                          \
   if (pr.K == KD_ && pr.V == VD_)                                                            \
-    return bf16 ? launch_all<__nv_bfloat16, KD_, VD_>(a, bv, max_smem, stream)               \
-                : launch_all<__half, KD_, VD_>(a, bv, max_smem, stream);
+    return bf16 ? launch_all<__nv_bfloat16, KD_, VD_>(a, bv, max_smem, dev, stream)          \
+                : launch_all<__half, KD_, VD_>(a, bv, max_smem, dev, stream);
   FLASHGDN_DISPATCH(128, 128)
   FLASHGDN_DISPATCH(128, 64)
   FLASHGDN_DISPATCH(64, 128)
