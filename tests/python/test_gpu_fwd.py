@@ -153,3 +153,12 @@ def test_gpu_backward_not_yet_available_is_a_clear_error():
     o, _ = flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, cu_seqlens=cu)
     with pytest.raises(flashgdn.FlashGDNError, match="GPU backward is not implemented yet"):
         o.float().sum().backward()
+
+
+def test_check_mode_reports_positive_g(monkeypatch):
+    q, k, v, g, beta, cu, h0 = inputs([8, 8])
+    g = g.clone()
+    g[0, 5, 1] = 0.25
+    monkeypatch.setenv("FLASHGDN_CHECK", "1")
+    with pytest.raises(flashgdn.FlashGDNError, match=r"g\[0, 5, 1\] = 0.25; the log decay must be finite and <= 0"):
+        flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, cu_seqlens=cu)
