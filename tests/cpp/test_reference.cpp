@@ -314,6 +314,50 @@ TEST(Stages, BlockedSolvePhasesAsTheGpuRunsThem) {
   }
 }
 
+// The chunk's map on the state is affine with linear part T_c = e^{gamma_L} (I - Kᵀ A diag(beta) K):
+// the gates factor out (the basis of exact context parallelism).
+TEST(Stages, ChunkTransitionIsGateSeparable) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  const int L = 50, Kd = 16, Vd = 8;
+  std::vector<float> q(L * Kd), k(L * Kd), v(L * Vd), g(L), gam(L), beta(L), A(64 * 64), o(L * Vd);
+  for (float& e : q) e = nd(rng) * 0.25f;
+  for (float& e : k) e = nd(rng) * 0.25f;
+  for (float& e : v) e = nd(rng);
+  for (int i = 0; i < L; ++i) {
+    g[i] = -0.05f * std::abs(nd(rng));
+    beta[i] = 1.f / (1.f + std::exp(-nd(rng)));
+  }
+  flashgdn::reference::stage_chunk_cumsum(g.data(), L, gam.data());
+  flashgdn::reference::stage_kkt_solve(k.data(), Kd, beta.data(), L, Kd, A.data());
+  std::vector<float> S(Kd * Vd), S1(Kd * Vd), S0(Kd * Vd, 0.f);
+  for (float& e : S) e = nd(rng);
+  S1 = S;
+  flashgdn::reference::stage_chunk_step(q.data(), Kd, k.data(), Kd, v.data(), Vd, gam.data(), beta.data(), A.data(), L,
+                                        Kd, Vd, 0.5f, S1.data(), o.data(), Vd, nullptr);
+  flashgdn::reference::stage_chunk_step(q.data(), Kd, k.data(), Kd, v.data(), Vd, gam.data(), beta.data(), A.data(), L,
+                                        Kd, Vd, 0.5f, S0.data(), o.data(), Vd, nullptr);
+  // M = Kᵀ A diag(beta) K  (Kd x Kd)
+  std::vector<double> AbK(L * Kd, 0.0), M(Kd * Kd, 0.0);
+  for (int i = 0; i < L; ++i)
+    for (int e = 0; e < Kd; ++e)
+      for (int j = 0; j <= i; ++j) AbK[i * Kd + e] += double(A[i * 64 + j]) * beta[j] * k[j * Kd + e];
+  for (int a = 0; a < Kd; ++a)
+    for (int b = 0; b < Kd; ++b)
+      for (int i = 0; i < L; ++i) M[a * Kd + b] += double(k[i * Kd + a]) * AbK[i * Kd + b];
+  const double egl = std::exp(double(gam[L - 1]));
+  double num = 0, den = 0;
+  for (int a = 0; a < Kd; ++a)
+    for (int c = 0; c < Vd; ++c) {
+      double ts = egl * S[a * Vd + c];
+      for (int b = 0; b < Kd; ++b) ts -= egl * M[a * Kd + b] * S[b * Vd + c];
+      const double lin = double(S1[a * Vd + c]) - S0[a * Vd + c];
+      num += (lin - ts) * (lin - ts);
+      den += ts * ts;
+    }
+  EXPECT_LT(std::sqrt(num / den), 1e-5);
+}
+
 TEST(Stages, CumsumAndNoPositiveExponent) {
   const float g[5] = {-1.f, -0.5f, 0.f, -2.f, -0.25f};
   float gam[5];
