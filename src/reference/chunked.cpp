@@ -132,45 +132,138 @@ void stage_chunk_step(const float* q, int64_t ldq, const float* k, int64_t ldk, 
   if (v_new_out) std::copy(vn.begin(), vn.end(), v_new_out);
 }
 
-flashgdn_status_t chunked_fwd(const flashgdn_chunk_fwd_params_t& p, const Problem& pr) {
+namespace {
+
+// Inputs of one chunk (tokens [c0, c0 + L) of a sequence, value head h) and its gate-free inverse.
+struct ChunkIn {
+  int L = 0;
+  std::vector<float> q, k, v, gam, beta, A;
+};
+
+ChunkIn load_chunk(const flashgdn_chunk_fwd_params_t& p, const Problem& pr, const SeqRange& sr, int64_t h,
+                   int64_t c0) {
+  const HostView q{&p.q}, k{&p.k}, v{&p.v}, g{&p.g}, beta{&p.beta};
+  const int Kd = static_cast<int>(pr.K), Vd = static_cast<int>(pr.V);
+  const int64_t hk = h / pr.group;
+  ChunkIn c;
+  c.L = static_cast<int>(std::min<int64_t>(kChunk, sr.eos - c0));
+  c.q.assign(kChunk * Kd, 0.f);
+  c.k.assign(kChunk * Kd, 0.f);
+  c.v.assign(kChunk * Vd, 0.f);
+  c.gam.assign(kChunk, 0.f);
+  c.beta.assign(kChunk, 0.f);
+  c.A.assign(kChunk * kChunk, 0.f);
+  std::vector<double> xd(Kd);
+  std::vector<float> gc(kChunk, 0.f);
+  for (int i = 0; i < c.L; ++i) {
+    const int64_t t = c0 + i;
+    for (int pass = 0; pass < 2; ++pass) {
+      const HostView& x = pass ? k : q;
+      for (int e = 0; e < Kd; ++e) xd[e] = x.get(sr.b, t, hk, e);
+      if (pr.l2norm) l2norm(xd.data(), Kd);
+      float* dst = pass ? &c.k[i * Kd] : &c.q[i * Kd];
+      for (int e = 0; e < Kd; ++e) dst[e] = static_cast<float>(xd[e]);
+    }
+    for (int j = 0; j < Vd; ++j) c.v[i * Vd + j] = static_cast<float>(v.get(sr.b, t, h, j));
+    gc[i] = static_cast<float>(g.get(sr.b, t, h));
+    c.beta[i] = static_cast<float>(beta.get(sr.b, t, h));
+  }
+  stage_chunk_cumsum(gc.data(), c.L, c.gam.data());
+  stage_kkt_solve(c.k.data(), Kd, c.beta.data(), c.L, Kd, c.A.data());
+  return c;
+}
+
+// Runs chunks [c_begin, c_end) of a sequence from state S (updated in place); writes o when `o` is set.
+void run_chunks(const flashgdn_chunk_fwd_params_t& p, const Problem& pr, const SeqRange& sr, int64_t h,
+                int64_t c_begin, int64_t c_end, std::vector<float>& S, bool write_o) {
+  const HostView o{&p.o};
+  const int Kd = static_cast<int>(pr.K), Vd = static_cast<int>(pr.V);
+  std::vector<float> oc(kChunk * Vd);
+  for (int64_t c = c_begin; c < c_end; ++c) {
+    const int64_t c0 = sr.bos + c * kChunk;
+    const ChunkIn ci = load_chunk(p, pr, sr, h, c0);
+    stage_chunk_step(ci.q.data(), Kd, ci.k.data(), Kd, ci.v.data(), Vd, ci.gam.data(), ci.beta.data(), ci.A.data(),
+                     ci.L, Kd, Vd, pr.scale, S.data(), oc.data(), Vd, nullptr);
+    if (write_o)
+      for (int i = 0; i < ci.L; ++i)
+        for (int j = 0; j < Vd; ++j) o.set(oc[i * Vd + j], sr.b, c0 + i, h, j);
+  }
+}
+
+// Linear part of the state map of chunks [c_begin, c_end): M = T_last ... T_first with
+// T_c = e^{gamma_L} (I - Kᵀ A diag(beta) K)  (Kd x Kd, fp64).
+std::vector<double> segment_transition(const flashgdn_chunk_fwd_params_t& p, const Problem& pr, const SeqRange& sr,
+                                       int64_t h, int64_t c_begin, int64_t c_end) {
+  const int Kd = static_cast<int>(pr.K);
+  std::vector<double> M(Kd * Kd, 0.0), T(Kd * Kd), P(Kd * Kd);
+  for (int a = 0; a < Kd; ++a) M[a * Kd + a] = 1.0;
+  for (int64_t c = c_begin; c < c_end; ++c) {
+    const ChunkIn ci = load_chunk(p, pr, sr, h, sr.bos + c * kChunk);
+    std::vector<double> AbK(ci.L * Kd, 0.0);  // A diag(beta) K
+    for (int i = 0; i < ci.L; ++i)
+      for (int j = 0; j <= i; ++j)
+        for (int e = 0; e < Kd; ++e) AbK[i * Kd + e] += double(ci.A[i * kChunk + j]) * ci.beta[j] * ci.k[j * Kd + e];
+    const double egl = std::exp(double(ci.gam[ci.L - 1]));
+    for (int a = 0; a < Kd; ++a)
+      for (int b = 0; b < Kd; ++b) {
+        double m = (a == b) ? 1.0 : 0.0;
+        for (int i = 0; i < ci.L; ++i) m -= double(ci.k[i * Kd + a]) * AbK[i * Kd + b];
+        T[a * Kd + b] = egl * m;
+      }
+    for (int a = 0; a < Kd; ++a)
+      for (int b = 0; b < Kd; ++b) {
+        double acc = 0;
+        for (int e = 0; e < Kd; ++e) acc += T[a * Kd + e] * M[e * Kd + b];
+        P[a * Kd + b] = acc;
+      }
+    M.swap(P);
+  }
+  return M;
+}
+
+}  // namespace
+
+flashgdn_status_t chunked_fwd(const flashgdn_chunk_fwd_params_t& p, const Problem& pr, int64_t segment_chunks) {
   static const char* fn = "flashgdn_reference_fwd";
   std::vector<SeqRange> seqs;
   FLASHGDN_TRY(sequence_ranges(pr, p.cu_seqlens, fn, &seqs));
   std::vector<StateIO> io(pr.N);
   for (int64_t n = 0; n < pr.N; ++n) FLASHGDN_TRY(state_io(p, pr, n, fn, &io[n]));
-  const HostView q{&p.q}, k{&p.k}, v{&p.v}, g{&p.g}, beta{&p.beta}, o{&p.o};
   const int Kd = static_cast<int>(pr.K), Vd = static_cast<int>(pr.V);
-  std::vector<float> qc(kChunk * Kd), kc(kChunk * Kd), vc(kChunk * Vd), gc(kChunk), gam(kChunk), bc(kChunk),
-      A(kChunk * kChunk), oc(kChunk * Vd), S(Kd * Vd);
   std::vector<double> Sd(Kd * Vd), finals(pr.N * pr.Hv * Kd * Vd);
-  std::vector<double> xd(Kd);
+  std::vector<float> S(Kd * Vd);
   for (int64_t n = 0; n < pr.N; ++n) {
     const SeqRange sr = seqs[n];
+    const int64_t nchunks = (sr.eos - sr.bos + kChunk - 1) / kChunk;
     for (int64_t h = 0; h < pr.Hv; ++h) {
-      const int64_t hk = h / pr.group;
       load_state(pr, io[n].src, io[n].src_row, h, Sd.data());
       for (int e = 0; e < Kd * Vd; ++e) S[e] = static_cast<float>(Sd[e]);
-      for (int64_t c0 = sr.bos; c0 < sr.eos; c0 += kChunk) {
-        const int L = static_cast<int>(std::min<int64_t>(kChunk, sr.eos - c0));
-        for (int i = 0; i < L; ++i) {
-          const int64_t t = c0 + i;
-          for (int pass = 0; pass < 2; ++pass) {
-            const HostView& x = pass ? k : q;
-            for (int e = 0; e < Kd; ++e) xd[e] = x.get(sr.b, t, hk, e);
-            if (pr.l2norm) l2norm(xd.data(), Kd);
-            float* dst = pass ? &kc[i * Kd] : &qc[i * Kd];
-            for (int e = 0; e < Kd; ++e) dst[e] = static_cast<float>(xd[e]);
-          }
-          for (int j = 0; j < Vd; ++j) vc[i * Vd + j] = static_cast<float>(v.get(sr.b, t, h, j));
-          gc[i] = static_cast<float>(g.get(sr.b, t, h));
-          bc[i] = static_cast<float>(beta.get(sr.b, t, h));
+      if (segment_chunks <= 0 || nchunks <= segment_chunks) {
+        run_chunks(p, pr, sr, h, 0, nchunks, S, true);
+      } else {
+        // Exact context parallelism: (1) every segment from a zero state -> local end state E_j, and its
+        // transition M_j; (2) scan S_{j+1} = M_j S_j + E_j; (3) every segment again from its true S_j.
+        const int64_t nseg = (nchunks + segment_chunks - 1) / segment_chunks;
+        std::vector<std::vector<float>> start(nseg + 1);
+        start[0] = S;
+        for (int64_t j = 0; j < nseg; ++j) {
+          const int64_t cb = j * segment_chunks, ce = std::min(nchunks, cb + segment_chunks);
+          std::vector<float> E(Kd * Vd, 0.f);
+          run_chunks(p, pr, sr, h, cb, ce, E, false);
+          const std::vector<double> M = segment_transition(p, pr, sr, h, cb, ce);
+          start[j + 1].assign(Kd * Vd, 0.f);
+          for (int a = 0; a < Kd; ++a)
+            for (int c = 0; c < Vd; ++c) {
+              double acc = E[a * Vd + c];
+              for (int b = 0; b < Kd; ++b) acc += M[a * Kd + b] * start[j][b * Vd + c];
+              start[j + 1][a * Vd + c] = static_cast<float>(acc);
+            }
         }
-        stage_chunk_cumsum(gc.data(), L, gam.data());
-        stage_kkt_solve(kc.data(), Kd, bc.data(), L, Kd, A.data());
-        stage_chunk_step(qc.data(), Kd, kc.data(), Kd, vc.data(), Vd, gam.data(), bc.data(), A.data(), L, Kd, Vd,
-                         pr.scale, S.data(), oc.data(), Vd, nullptr);
-        for (int i = 0; i < L; ++i)
-          for (int j = 0; j < Vd; ++j) o.set(oc[i * Vd + j], sr.b, c0 + i, h, j);
+        for (int64_t j = 0; j < nseg; ++j) {
+          std::vector<float> Sj = start[j];
+          run_chunks(p, pr, sr, h, j * segment_chunks, std::min(nchunks, (j + 1) * segment_chunks), Sj, true);
+        }
+        S = start[nseg];
       }
       for (int e = 0; e < Kd * Vd; ++e) finals[(n * pr.Hv + h) * Kd * Vd + e] = S[e];
     }

@@ -25,7 +25,10 @@ flashgdn_status_t sequence_ranges(const Problem& pr, const flashgdn_tensor_t& cu
                                   std::vector<SeqRange>* out);
 
 flashgdn_status_t recurrent_fwd(const flashgdn_chunk_fwd_params_t& p, const Problem& pr);
-flashgdn_status_t chunked_fwd(const flashgdn_chunk_fwd_params_t& p, const Problem& pr);
+// segment_chunks > 0: exact intra-sequence context parallelism with segments of that many chunks (local
+// end states and transitions per segment, a scan over segments, then every segment from its true
+// initial state) — the decomposition of the planned CP kernels; 0: chunk after chunk.
+flashgdn_status_t chunked_fwd(const flashgdn_chunk_fwd_params_t& p, const Problem& pr, int64_t segment_chunks = 0);
 flashgdn_status_t recurrent_bwd(const flashgdn_chunk_bwd_params_t& p, const Problem& pr);
 // The same gradients through the chunk-64 decomposition the GPU backward follows (chunked_bwd.cpp).
 flashgdn_status_t chunked_bwd(const flashgdn_chunk_bwd_params_t& p, const Problem& pr);

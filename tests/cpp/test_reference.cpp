@@ -118,6 +118,25 @@ INSTANTIATE_TEST_SUITE_P(
         ChunkCase{"batched", with(mk({4, 4}, 1, 2, 3, 3), [](Shape& s) { s.varlen = false; })}),
     [](const ::testing::TestParamInfo<ChunkCase>& i) { return std::string(i.param.name); });
 
+TEST(Reference, ContextParallelChunkedEqualsSequential) {
+  for (int seg : {1, 2, 3}) {
+    Shape sh = mk({200, 64, 1, 333}, 1, 4, 16, 8);
+    sh.g_lo = -0.3;
+    HostProblem a(sh, 77), b(sh, 77);
+    // Mixed gate regimes across heads: head 3 has g = 0 (no decay at all).
+    for (HostProblem* hp : {&a, &b})
+      for (size_t i = 3; i < hp->g.size(); i += 4) hp->g[i] = 0.0;
+    auto pa = a.fwd();
+    auto pb = b.fwd();
+    flashgdn::Problem pr;
+    ASSERT_EQ(flashgdn::validate_fwd(&pb, flashgdn::Target::kReference, "test", &pr), FLASHGDN_SUCCESS);
+    ASSERT_EQ(flashgdn::reference::chunked_fwd(pa, pr, 0), FLASHGDN_SUCCESS);
+    ASSERT_EQ(flashgdn::reference::chunked_fwd(pb, pr, seg), FLASHGDN_SUCCESS);
+    EXPECT_LT(rel_l2(b.o, a.o), 1e-5) << "segments of " << seg;
+    EXPECT_LT(rel_l2(b.ht, a.ht), 1e-5) << "segments of " << seg;
+  }
+}
+
 class ChunkedBackwardMatchesRecurrent : public ::testing::TestWithParam<ChunkCase> {};
 
 TEST_P(ChunkedBackwardMatchesRecurrent, AllGradients) {
