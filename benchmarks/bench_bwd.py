@@ -1,0 +1,159 @@
+"""Backward benchmark: FlashGDN vs FLA in the same run on FlashQLA's backward layouts (Hqk/Hv 16/32, 8/16,
+4/8, 2/4, 16/16, 8/8, 4/4; 32768 tokens as 1, 2, 4 and 8 sequences; K = V = 128), backward alone and
+forward + backward, with the floor and FlashQLA's published H200 backward time per row.
+
+FLA refuses its Triton backward on Hopper with Triton < 3.7.1 (wrong dg/dβ, its issue #640); to time it
+this script sets ``fla.ops.common.chunk_o.TRITON_ABOVE_3_7_1 = True`` and records that in the JSON —
+FLA's gradients are then timed, not trusted. While FlashGDN has no GPU backward, its columns say so.
+
+  python benchmarks/bench_bwd.py --out DIR [--reps 10] [--rows substring] [--tag variant]
+writes DIR/<gpu>-<date>-bwd[-tag].json and .md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "python"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import flashgdn  # noqa: E402
+from bench_fwd import Timer, measure_ceilings  # noqa: E402
+
+HEADS = [(16, 32), (8, 16), (4, 8), (2, 4), (16, 16), (8, 8), (4, 4)]
+NSEQS = [1, 2, 4, 8]
+TOKENS = 32768
+D = 128
+
+
+def make(hqk, hv, nseq, seed=0):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    T, dev = TOKENS, "cuda"
+    q = F.normalize(torch.randn(1, T, hqk, D, device=dev, generator=gen), dim=-1).to(torch.bfloat16)
+    k = F.normalize(torch.randn(1, T, hqk, D, device=dev, generator=gen), dim=-1).to(torch.bfloat16)
+    v = torch.randn(1, T, hv, D, device=dev, generator=gen).to(torch.bfloat16)
+    g = F.logsigmoid(torch.randn(1, T, hv, device=dev, generator=gen)) / 16
+    beta = torch.sigmoid(torch.randn(1, T, hv, device=dev, generator=gen))
+    h0 = torch.randn(nseq, hv, D, D, device=dev, generator=gen)
+    cu = torch.arange(0, T + 1, T // nseq, dtype=torch.int32, device=dev)
+    do = torch.randn_like(v)
+    dht = torch.randn(nseq, hv, D, D, device=dev, generator=gen) / 8
+    ins = [q, k, v, g, beta, h0]
+    for t in ins:
+        t.requires_grad_(True)
+    return ins, cu, do, dht
+
+
+def floor_ms(hqk, hv, nseq, bw, rate):
+    chunks = TOKENS // 64
+    # backward ~2.5x the forward's products (recompute + gradients of each product)
+    flops = 2.5 * 2 * chunks * hv * (2 * 64 * 64 * D + 3 * 64 * D * D + 2 * 64 * 64 * D)
+    nbytes = TOKENS * (2 * hqk * D * 2 * 2 + 3 * hv * D * 2 * 2 + 4 * hv * 4) + 3 * nseq * hv * D * D * 4
+    return max(flops / rate, nbytes / bw) * 1e3
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--rows", default="")
+    ap.add_argument("--tag", default=os.environ.get("FLASHGDN_BENCH_TAG", ""))
+    args = ap.parse_args()
+    prop = torch.cuda.get_device_properties(0)
+    bw, rate = measure_ceilings()
+    try:
+        import fla  # noqa: F401
+        import fla.ops.common.chunk_o as fla_chunk_o
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_gdr
+        fla_chunk_o.TRITON_ABOVE_3_7_1 = True  # see the module docstring
+        fla_ver = getattr(fla, "__version__", "unknown")
+    except Exception as e:  # noqa: BLE001
+        print(f"FLA unavailable: {e!r}")
+        fla_gdr, fla_ver = None, None
+    import triton
+    published = {(r["hqk"], r["hv"], r["nseq"]): r
+                 for r in json.load(open(ROOT / "benchmarks" / "published_h200_bwd.json"))["rows"]}
+    meta = {"gpu": prop.name, "commit": os.environ.get("FLASHGDN_COMMIT", "unknown"),
+            "date": datetime.date.today().isoformat(), "torch": torch.__version__, "triton": triton.__version__,
+            "fla": fla_ver, "flashgdn": flashgdn.__version__, "variant": args.tag or "default",
+            "copy_bandwidth_GBps": bw / 1e9, "bf16_matmul_TFLOPs": rate / 1e12,
+            "fla_note": "fla.ops.common.chunk_o.TRITON_ABOVE_3_7_1 forced True to time FLA's Triton backward on "
+                        "Triton < 3.7.1 (its issue #640: wrong dg/dbeta there); FLA gradients are not checked",
+            "timing": f"median of {args.reps} runs, L2 flushed before each; backward alone = autograd.grad on a "
+                      "retained graph; fwd+bwd = forward and backward of the autograd op"}
+    timer = Timer(args.reps)
+    rows = []
+    print(f"GPU {prop.name}; FLA {fla_ver}; copy {bw / 1e9:.0f} GB/s, bf16 {rate / 1e12:.0f} TFLOP/s")
+    for hqk, hv in HEADS:
+        for nseq in NSEQS:
+            name = f"{hqk}/{hv} 32k x{nseq}"
+            if args.rows and args.rows not in name:
+                continue
+            ins, cu, do, dht = make(hqk, hv, nseq)
+            row = {"name": name, "hqk": hqk, "hv": hv, "seqlens": f"{nseq}x{TOKENS // nseq}",
+                   "floor_ms": floor_ms(hqk, hv, nseq, bw, rate)}
+
+            def run(fn):
+                def fwdbwd():
+                    o, ht = fn()
+                    torch.autograd.backward([o, ht], [do, dht])
+                o, ht = fn()
+
+                def bwd():
+                    torch.autograd.grad([o, ht], ins, [do, dht], retain_graph=True)
+                return timer.eager(bwd), timer.eager(fwdbwd)
+
+            def gdn():
+                return flashgdn.chunk_gated_delta_rule(*ins[:5], initial_state=ins[5], output_final_state=True,
+                                                       cu_seqlens=cu)
+            try:
+                row["flashgdn_bwd_ms"], row["flashgdn_fwdbwd_ms"] = run(gdn)
+            except flashgdn.FlashGDNError as e:
+                row["flashgdn_bwd_ms"] = row["flashgdn_fwdbwd_ms"] = None
+                row["flashgdn_error"] = str(e)[:200]
+            if fla_gdr is not None:
+                cu64 = cu.long()
+
+                def fla():
+                    return fla_gdr(*ins[:5], initial_state=ins[5], output_final_state=True, cu_seqlens=cu64)
+                row["fla_bwd_ms"], row["fla_fwdbwd_ms"] = run(fla)
+                if row.get("flashgdn_bwd_ms"):
+                    row["speedup_bwd_vs_fla"] = row["fla_bwd_ms"] / row["flashgdn_bwd_ms"]
+            pub = published.get((hqk, hv, nseq))
+            if pub:
+                row["flashqla_h200_bwd_ms"] = pub["flashqla_ms"]
+                row["fla_h200_bwd_ms_published"] = pub["fla_ms"]
+            rows.append(row)
+            fmt = lambda k: f"{row[k]:8.3f}" if isinstance(row.get(k), float) else f"{'n/a':>8}"  # noqa: E731
+            print(f"{name:<16} floor {fmt('floor_ms')}  gdn bwd {fmt('flashgdn_bwd_ms')} fwd+bwd "
+                  f"{fmt('flashgdn_fwdbwd_ms')}  fla bwd {fmt('fla_bwd_ms')} fwd+bwd {fmt('fla_fwdbwd_ms')}  "
+                  f"QLA h200 bwd {fmt('flashqla_h200_bwd_ms')}", flush=True)
+            del ins, do, dht
+            torch.cuda.empty_cache()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{prop.name.replace(' ', '_')}-{meta['date']}-bwd" + (f"-{args.tag}" if args.tag else "")
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    md = [f"# Backward benchmark: {prop.name}, commit {meta['commit']}, {meta['date']}", "", meta["fla_note"] + ".",
+          meta["timing"] + ".", "",
+          "| row | floor ms | FlashGDN bwd ms | FlashGDN fwd+bwd ms | FLA bwd ms | FLA fwd+bwd ms | FlashQLA H200 bwd ms |",
+          "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        g = lambda k: f"{r[k]:.3f}" if isinstance(r.get(k), float) else "n/a"  # noqa: E731
+        md.append(f"| {r['name']} | {g('floor_ms')} | {g('flashgdn_bwd_ms')} | {g('flashgdn_fwdbwd_ms')} | "
+                  f"{g('fla_bwd_ms')} | {g('fla_fwdbwd_ms')} | {g('flashqla_h200_bwd_ms')} |")
+    (out / f"{stem}.md").write_text("\n".join(md) + "\n")
+    print(f"wrote {out / stem}.json and .md")
+
+
+if __name__ == "__main__":
+    main()
