@@ -37,6 +37,13 @@ def _state_dtype(q: torch.Tensor) -> torch.dtype:
     return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
+def _require_same_device(q: torch.Tensor, named) -> None:
+    """Every tensor must live where q lives: the CPU reference would otherwise read device memory."""
+    for name, t in named:
+        if t is not None and t.device != q.device:
+            raise ValueError(f"flashgdn: argument '{name}' is on {t.device}, expected {q.device} (the device of 'q')")
+
+
 def _launch_on_gpu(kind: str, p, device: torch.device) -> None:
     """Workspace from torch's caching allocator, launch on the current stream (no synchronisation)."""
     nbytes = ctypes.c_size_t(0)
@@ -49,10 +56,12 @@ def _launch_on_gpu(kind: str, p, device: torch.device) -> None:
 
 def _launch_fwd(q, k, v, g, beta, o, scale, initial_state, final_state, cu_seqlens, state_indices,
                 has_initial_state, l2norm, v_first, cp_mode):
+    named = (("q", q), ("k", k), ("v", v), ("g", g), ("beta", beta), ("o", o), ("initial_state", initial_state),
+             ("final_state", final_state), ("cu_seqlens", cu_seqlens), ("state_indices", state_indices),
+             ("has_initial_state", has_initial_state))
+    _require_same_device(q, named)
     p = _lib.new_fwd_params()
-    for name, t in (("q", q), ("k", k), ("v", v), ("g", g), ("beta", beta), ("o", o),
-                    ("initial_state", initial_state), ("final_state", final_state), ("cu_seqlens", cu_seqlens),
-                    ("state_indices", state_indices), ("has_initial_state", has_initial_state)):
+    for name, t in named:
         setattr(p, name, from_torch(t, name))
     p.scale = float(scale)
     p.use_qk_l2norm = int(l2norm)
@@ -62,10 +71,6 @@ def _launch_fwd(q, k, v, g, beta, o, scale, initial_state, final_state, cu_seqle
     if q.device.type == "cpu":
         _lib.check(_lib.lib.flashgdn_reference_fwd(ctypes.byref(p), _lib.REFERENCE_RECURRENT_FP64))
         return
-    for name, t in (("cu_seqlens", cu_seqlens), ("state_indices", state_indices),
-                    ("has_initial_state", has_initial_state), ("initial_state", initial_state)):
-        if t is not None and t.device != q.device:
-            raise ValueError(f"flashgdn: argument '{name}' is on {t.device}, expected {q.device} (the device of 'q')")
     _launch_on_gpu("fwd", p, q.device)
 
 
@@ -116,10 +121,12 @@ def _(q, k, v, g, beta, scale, pool, state_indices, cu_seqlens, has_initial_stat
 
 def _launch_bwd(q, k, v, g, beta, scale, initial_state, cu_seqlens, do, dht, dq, dk, dv, dg, dbeta, dh0, l2norm,
                 v_first):
+    named = (("q", q), ("k", k), ("v", v), ("g", g), ("beta", beta), ("initial_state", initial_state),
+             ("cu_seqlens", cu_seqlens), ("d_o", do), ("d_final_state", dht), ("dq", dq), ("dk", dk), ("dv", dv),
+             ("dg", dg), ("dbeta", dbeta), ("d_initial_state", dh0))
+    _require_same_device(q, named)
     p = _lib.new_bwd_params()
-    for name, t in (("q", q), ("k", k), ("v", v), ("g", g), ("beta", beta), ("initial_state", initial_state),
-                    ("cu_seqlens", cu_seqlens), ("d_o", do), ("d_final_state", dht), ("dq", dq), ("dk", dk),
-                    ("dv", dv), ("dg", dg), ("dbeta", dbeta), ("d_initial_state", dh0)):
+    for name, t in named:
         setattr(p, name, from_torch(t, name))
     p.scale = float(scale)
     p.use_qk_l2norm = int(l2norm)

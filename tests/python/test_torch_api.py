@@ -97,3 +97,12 @@ def test_fla_compatibility_keywords():
         flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, cu_seqlens=cu, bogus=1)
     with pytest.raises(NotImplementedError, match="cp_context"):
         flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, cu_seqlens=cu, cp_context=object())
+
+
+def test_tensors_on_another_device_are_rejected_before_any_access():
+    # (through the launcher: torch's dispatcher sends mixed cpu/meta calls to the fake kernel)
+    from flashgdn.ops import _launch_fwd
+    q, k, v, g, beta, cu, h0 = inputs([4, 4])
+    o = torch.empty_like(v)
+    with pytest.raises(ValueError, match="argument 'g' is on meta, expected cpu"):
+        _launch_fwd(q, k, v, g.to("meta"), beta, o, 0.25, None, None, cu, None, None, False, False, 0)
