@@ -1,5 +1,7 @@
 // The C ABI: info, parameter initialisation, workspace queries, GPU entry points and the CPU reference.
 #include <cstring>
+#include <initializer_list>
+#include <utility>
 
 #include "api/dispatch.hpp"
 #include "api/error.hpp"
@@ -22,6 +24,15 @@ flashgdn_status_t check_workspace(const char* fn, size_t need, void* ws, size_t 
                 bytes, need);
   if (reinterpret_cast<uintptr_t>(ws) % kWorkspaceAlign != 0)
     return fail(FLASHGDN_ERROR_WORKSPACE, "%s: argument 'workspace' must be %zu-byte aligned", fn, kWorkspaceAlign);
+  return FLASHGDN_SUCCESS;
+}
+
+// The CPU reference dereferences every pointer on the host: device memory would crash it.
+flashgdn_status_t check_host_tensors(const char* fn, std::initializer_list<std::pair<const char*, const flashgdn_tensor_t*>> ts) {
+  for (const auto& [name, t] : ts)
+    if (t->data != nullptr && is_device_only_pointer(t->data))
+      return fail(FLASHGDN_ERROR_INVALID_ARGUMENT,
+                  "%s: argument '%s' is device memory; the CPU reference takes host memory", fn, name);
   return FLASHGDN_SUCCESS;
 }
 
@@ -112,6 +123,12 @@ flashgdn_status_t flashgdn_reference_fwd(const flashgdn_chunk_fwd_params_t* para
   static const char* fn = "flashgdn_reference_fwd";
   Problem pr;
   FLASHGDN_TRY(validate_fwd(params, Target::kReference, fn, &pr));
+  const flashgdn_chunk_fwd_params_t& p = *params;
+  FLASHGDN_TRY(check_host_tensors(fn, {{"q", &p.q}, {"k", &p.k}, {"v", &p.v}, {"g", &p.g}, {"beta", &p.beta},
+                                       {"o", &p.o}, {"initial_state", &p.initial_state},
+                                       {"final_state", &p.final_state}, {"cu_seqlens", &p.cu_seqlens},
+                                       {"state_indices", &p.state_indices},
+                                       {"has_initial_state", &p.has_initial_state}}));
   switch (algo) {
     case FLASHGDN_REFERENCE_RECURRENT_FP64: return reference::recurrent_fwd(*params, pr);
     case FLASHGDN_REFERENCE_CHUNKED_FP32: return reference::chunked_fwd(*params, pr);
@@ -124,6 +141,12 @@ flashgdn_status_t flashgdn_reference_bwd(const flashgdn_chunk_bwd_params_t* para
   static const char* fn = "flashgdn_reference_bwd";
   Problem pr;
   FLASHGDN_TRY(validate_bwd(params, Target::kReference, fn, &pr));
+  const flashgdn_chunk_bwd_params_t& p = *params;
+  FLASHGDN_TRY(check_host_tensors(fn, {{"q", &p.q}, {"k", &p.k}, {"v", &p.v}, {"g", &p.g}, {"beta", &p.beta},
+                                       {"initial_state", &p.initial_state}, {"cu_seqlens", &p.cu_seqlens},
+                                       {"d_o", &p.d_o}, {"d_final_state", &p.d_final_state}, {"dq", &p.dq},
+                                       {"dk", &p.dk}, {"dv", &p.dv}, {"dg", &p.dg}, {"dbeta", &p.dbeta},
+                                       {"d_initial_state", &p.d_initial_state}}));
   return reference::recurrent_bwd(*params, pr);
 }
 

@@ -12,6 +12,16 @@ namespace flashgdn {
 
 bool gpu_built() { return true; }
 
+bool is_device_only_pointer(const void* p) {
+  if (p == nullptr) return false;
+  cudaPointerAttributes attr{};
+  if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
+    cudaGetLastError();  // no driver / unregistered host pointer: not device memory
+    return false;
+  }
+  return attr.type == cudaMemoryTypeDevice;
+}
+
 size_t fwd_workspace_bytes(const Problem& pr) { return portable::workspace_bytes(pr); }
 size_t bwd_workspace_bytes(const Problem&) { return 0; }
 

@@ -11,6 +11,9 @@ namespace flashgdn {
 
 bool gpu_built();
 
+// True if `p` is device (not host-accessible) memory; false without a driver or in host-only builds.
+bool is_device_only_pointer(const void* p);
+
 // Workspace bytes of a validated problem (shape-only: never reads device memory).
 size_t fwd_workspace_bytes(const Problem& pr);
 size_t bwd_workspace_bytes(const Problem& pr);

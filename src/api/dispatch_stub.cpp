@@ -5,6 +5,7 @@
 namespace flashgdn {
 
 bool gpu_built() { return false; }
+bool is_device_only_pointer(const void*) { return false; }
 size_t fwd_workspace_bytes(const Problem&) { return 0; }
 size_t bwd_workspace_bytes(const Problem&) { return 0; }
 

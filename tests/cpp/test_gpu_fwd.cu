@@ -498,3 +498,23 @@ TEST(GpuForwardSanitize, SmallVarlenPool) {
 }
 
 }  // namespace
+
+namespace {
+TEST(GpuReference, RefusesDeviceMemory) {
+  REQUIRE_GPU();
+  DevBuf buf(1 << 16);
+  using flashgdn::tensor;
+  unsigned char* b = static_cast<unsigned char*>(buf.p);
+  std::vector<float> host(4096);
+  flashgdn::ChunkFwdParams p;
+  p.q = tensor(host.data(), FLASHGDN_DTYPE_FLOAT32, {1, 4, 1, 8});
+  p.k = tensor(b, FLASHGDN_DTYPE_FLOAT32, {1, 4, 1, 8});  // device memory
+  p.v = tensor(host.data(), FLASHGDN_DTYPE_FLOAT32, {1, 4, 1, 8});
+  p.g = tensor(host.data(), FLASHGDN_DTYPE_FLOAT32, {1, 4, 1});
+  p.beta = tensor(host.data(), FLASHGDN_DTYPE_FLOAT32, {1, 4, 1});
+  p.o = tensor(host.data() + 1024, FLASHGDN_DTYPE_FLOAT32, {1, 4, 1, 8});
+  EXPECT_EQ(flashgdn_reference_fwd(&p, FLASHGDN_REFERENCE_RECURRENT_FP64), FLASHGDN_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(flashgdn_get_last_error()).find("argument 'k' is device memory"), std::string::npos)
+      << flashgdn_get_last_error();
+}
+}  // namespace
