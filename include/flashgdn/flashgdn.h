@@ -171,7 +171,10 @@ FLASHGDN_API flashgdn_status_t flashgdn_chunk_bwd_workspace_size(const flashgdn_
 FLASHGDN_API flashgdn_status_t flashgdn_chunk_bwd(const flashgdn_chunk_bwd_params_t* params, void* workspace,
                                                   size_t workspace_bytes, flashgdn_stream_t stream);
 
-/* ---- CPU reference (host memory; any floating dtype incl. float64 for inputs and outputs) ---- */
+/* ---- CPU reference (host memory; any floating dtype incl. float64 for inputs and outputs) ----
+ * In GPU builds every pointer is first checked with cudaPointerGetAttributes (device memory is an
+ * FLASHGDN_ERROR_INVALID_ARGUMENT naming the argument); that call initialises the CUDA runtime if a driver
+ * is present. */
 typedef enum flashgdn_reference_algo {
   FLASHGDN_REFERENCE_RECURRENT_FP64 = 0, /* token-by-token recurrence in fp64 */
   FLASHGDN_REFERENCE_CHUNKED_FP32 = 1    /* chunked (64) fp32, mirrors the GPU decomposition */
