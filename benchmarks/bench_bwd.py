@@ -21,13 +21,12 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import flashgdn  # noqa: E402
-from bench_fwd import Timer, measure_ceilings  # noqa: E402
+from bench_fwd import Timer, make_inputs, measure_ceilings  # noqa: E402
 
 HEADS = [(16, 32), (8, 16), (4, 8), (2, 4), (16, 16), (8, 8), (4, 4)]
 NSEQS = [1, 2, 4, 8]
@@ -36,17 +35,10 @@ D = 128
 
 
 def make(hqk, hv, nseq, seed=0):
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    T, dev = TOKENS, "cuda"
-    q = F.normalize(torch.randn(1, T, hqk, D, device=dev, generator=gen), dim=-1).to(torch.bfloat16)
-    k = F.normalize(torch.randn(1, T, hqk, D, device=dev, generator=gen), dim=-1).to(torch.bfloat16)
-    v = torch.randn(1, T, hv, D, device=dev, generator=gen).to(torch.bfloat16)
-    g = F.logsigmoid(torch.randn(1, T, hv, device=dev, generator=gen)) / 16
-    beta = torch.sigmoid(torch.randn(1, T, hv, device=dev, generator=gen))
-    h0 = torch.randn(nseq, hv, D, D, device=dev, generator=gen)
-    cu = torch.arange(0, T + 1, T // nseq, dtype=torch.int32, device=dev)
-    do = torch.randn_like(v)
-    dht = torch.randn(nseq, hv, D, D, device=dev, generator=gen) / 8
+    q, k, v, g, beta, h0, cu = make_inputs(hqk, hv, [TOKENS // nseq] * nseq, seed)
+    gen = torch.Generator(device="cuda").manual_seed(seed + 1)
+    do = torch.randn(v.shape, device="cuda", generator=gen).to(v.dtype)
+    dht = torch.randn(h0.shape, device="cuda", generator=gen) / 8
     ins = [q, k, v, g, beta, h0]
     for t in ins:
         t.requires_grad_(True)

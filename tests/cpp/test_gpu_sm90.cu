@@ -35,6 +35,17 @@ bool have_sm90() {
 // (SBO = 256 B).
 __host__ __device__ int core_offset(int r, int k) { return ((r / 8) * 2 + k / 8) * 64 + (r % 8) * 8 + (k % 8); }
 
+// The m64n64 accumulator of thread t of the warpgroup into a row-major (64, 64) fp32 matrix.
+__device__ void store_acc_64x64(const float (&d)[32], float* D, int t) {
+  const int row = 16 * (t / 32) + (t % 32) / 4, col = 2 * (t % 4);
+  for (int j = 0; j < 8; ++j) {
+    D[row * 64 + 8 * j + col] = d[4 * j];
+    D[row * 64 + 8 * j + col + 1] = d[4 * j + 1];
+    D[(row + 8) * 64 + 8 * j + col] = d[4 * j + 2];
+    D[(row + 8) * 64 + 8 * j + col + 1] = d[4 * j + 3];
+  }
+}
+
 __global__ void wgmma_kernel(const __nv_bfloat16* A, const __nv_bfloat16* B, float* D) {
   __shared__ alignas(128) __nv_bfloat16 sA[64 * 16];
   __shared__ alignas(128) __nv_bfloat16 sB[64 * 16];
@@ -54,13 +65,7 @@ __global__ void wgmma_kernel(const __nv_bfloat16* A, const __nv_bfloat16* B, flo
   sm90::wgmma_commit();
   sm90::wgmma_wait<0>();
   sm90::fence_regs(d);
-  const int row = 16 * (t / 32) + (t % 32) / 4, col = 2 * (t % 4);
-  for (int j = 0; j < 8; ++j) {
-    D[row * 64 + 8 * j + col] = d[4 * j];
-    D[row * 64 + 8 * j + col + 1] = d[4 * j + 1];
-    D[(row + 8) * 64 + 8 * j + col] = d[4 * j + 2];
-    D[(row + 8) * 64 + 8 * j + col + 1] = d[4 * j + 3];
-  }
+  store_acc_64x64(d, D, t);
 }
 
 __global__ void tma_kernel(const __grid_constant__ CUtensorMap map, int c0, int c1, __nv_bfloat16* out) {
@@ -114,13 +119,7 @@ __global__ void tma_wgmma_sw128_kernel(const __grid_constant__ CUtensorMap map_a
   sm90::wgmma_commit();
   sm90::wgmma_wait<0>();
   sm90::fence_regs(d);
-  const int row = 16 * (t / 32) + (t % 32) / 4, col = 2 * (t % 4);
-  for (int j = 0; j < 8; ++j) {
-    D[row * 64 + 8 * j + col] = d[4 * j];
-    D[row * 64 + 8 * j + col + 1] = d[4 * j + 1];
-    D[(row + 8) * 64 + 8 * j + col] = d[4 * j + 2];
-    D[(row + 8) * 64 + 8 * j + col + 1] = d[4 * j + 3];
-  }
+  store_acc_64x64(d, D, t);
 }
 
 }  // namespace
