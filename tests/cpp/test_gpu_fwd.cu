@@ -411,6 +411,19 @@ TEST(GpuForwardGraph, CaptureReplayAndDeterminism) {
   ASSERT_EQ(0, std::memcmp(eager1.ht.data(), graph.ht.data(), eager1.ht.size() * sizeof(double)));
 }
 
+// A tiny valid problem (B = 1, T = 8, one head, K = V = 64) laid out in device buffer b; o at o_off.
+flashgdn::ChunkFwdParams tiny_params(unsigned char* b, size_t o_off) {
+  using flashgdn::tensor;
+  flashgdn::ChunkFwdParams p;
+  p.q = tensor(b, FLASHGDN_DTYPE_BFLOAT16, {1, 8, 1, 64});
+  p.k = tensor(b, FLASHGDN_DTYPE_BFLOAT16, {1, 8, 1, 64});
+  p.v = tensor(b, FLASHGDN_DTYPE_BFLOAT16, {1, 8, 1, 64});
+  p.g = tensor(b + 4096, FLASHGDN_DTYPE_FLOAT32, {1, 8, 1});
+  p.beta = tensor(b + 8192, FLASHGDN_DTYPE_FLOAT32, {1, 8, 1});
+  p.o = tensor(b + o_off, FLASHGDN_DTYPE_BFLOAT16, {1, 8, 1, 64});
+  return p;
+}
+
 TEST(GpuForwardChecking, ReportsBadCuSeqlensAndDuplicateSlots) {
   REQUIRE_GPU();
   DevBuf buf(1 << 20);
@@ -418,14 +431,8 @@ TEST(GpuForwardChecking, ReportsBadCuSeqlensAndDuplicateSlots) {
   DevBuf dcu(16);
   ASSERT_EQ(cudaMemcpy(dcu.p, cu.data(), 16, cudaMemcpyHostToDevice), cudaSuccess);
   using flashgdn::tensor;
-  flashgdn::ChunkFwdParams p;
   unsigned char* b = static_cast<unsigned char*>(buf.p);
-  p.q = tensor(b, FLASHGDN_DTYPE_BFLOAT16, {1, 8, 1, 64});
-  p.k = tensor(b, FLASHGDN_DTYPE_BFLOAT16, {1, 8, 1, 64});
-  p.v = tensor(b, FLASHGDN_DTYPE_BFLOAT16, {1, 8, 1, 64});
-  p.g = tensor(b + 4096, FLASHGDN_DTYPE_FLOAT32, {1, 8, 1});
-  p.beta = tensor(b + 8192, FLASHGDN_DTYPE_FLOAT32, {1, 8, 1});
-  p.o = tensor(b + 65536, FLASHGDN_DTYPE_BFLOAT16, {1, 8, 1, 64});
+  flashgdn::ChunkFwdParams p = tiny_params(b, 65536);
   p.cu_seqlens = tensor(dcu.p, FLASHGDN_DTYPE_INT32, {4});
   p.check_inputs = 1;
   size_t bytes = 0;
@@ -469,16 +476,9 @@ TEST(GpuForwardChecking, ReportsBadCuSeqlensAndDuplicateSlots) {
 
 TEST(GpuForwardWorkspace, TooSmallIsAnError) {
   REQUIRE_GPU();
-  using flashgdn::tensor;
   DevBuf buf(1 << 16);
-  flashgdn::ChunkFwdParams p;
   unsigned char* b = static_cast<unsigned char*>(buf.p);
-  p.q = tensor(b, FLASHGDN_DTYPE_BFLOAT16, {1, 8, 1, 64});
-  p.k = tensor(b, FLASHGDN_DTYPE_BFLOAT16, {1, 8, 1, 64});
-  p.v = tensor(b, FLASHGDN_DTYPE_BFLOAT16, {1, 8, 1, 64});
-  p.g = tensor(b + 4096, FLASHGDN_DTYPE_FLOAT32, {1, 8, 1});
-  p.beta = tensor(b + 8192, FLASHGDN_DTYPE_FLOAT32, {1, 8, 1});
-  p.o = tensor(b + 16384, FLASHGDN_DTYPE_BFLOAT16, {1, 8, 1, 64});
+  flashgdn::ChunkFwdParams p = tiny_params(b, 16384);
   size_t bytes = 0;
   ASSERT_EQ(flashgdn_chunk_fwd_workspace_size(&p, &bytes), FLASHGDN_SUCCESS);
   ASSERT_GT(bytes, 0u);

@@ -122,6 +122,22 @@ __global__ void tma_wgmma_sw128_kernel(const __grid_constant__ CUtensorMap map_a
   store_acc_64x64(d, D, t);
 }
 
+// Relative L2 error of the device product dD (64 x 64, fp32) against A (64 x kd) Bᵀ (B: 64 x kd) on the CPU.
+double rel_err_vs_cpu(const std::vector<__nv_bfloat16>& a, const std::vector<__nv_bfloat16>& b, int kd,
+                      const float* dD) {
+  std::vector<float> d(64 * 64);
+  cudaMemcpy(d.data(), dD, d.size() * 4, cudaMemcpyDeviceToHost);
+  double err = 0, ref_norm = 0;
+  for (int m = 0; m < 64; ++m)
+    for (int n = 0; n < 64; ++n) {
+      double r = 0;
+      for (int k = 0; k < kd; ++k) r += double(__bfloat162float(a[m * kd + k])) * __bfloat162float(b[n * kd + k]);
+      err += (d[m * 64 + n] - r) * (d[m * 64 + n] - r);
+      ref_norm += r * r;
+    }
+  return std::sqrt(err / ref_norm);
+}
+
 }  // namespace
 
 TEST(GpuSm90, TmaSwizzle128WgmmaK64MatchesCpu) {
@@ -157,17 +173,8 @@ TEST(GpuSm90, TmaSwizzle128WgmmaK64MatchesCpu) {
             cudaSuccess);
   tma_wgmma_sw128_kernel<<<1, 128, smem + 1024>>>(map_a, map_b, dD);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  std::vector<float> d(64 * 64);
-  cudaMemcpy(d.data(), dD, d.size() * 4, cudaMemcpyDeviceToHost);
-  double err = 0, ref_norm = 0;
-  for (int m = 0; m < 64; ++m)
-    for (int n = 0; n < 64; ++n) {
-      double r = 0;
-      for (int k = 0; k < 64; ++k) r += double(__bfloat162float(a[m * 64 + k])) * __bfloat162float(b[n * 64 + k]);
-      err += (d[m * 64 + n] - r) * (d[m * 64 + n] - r);
-      ref_norm += r * r;
-    }
-  EXPECT_LT(std::sqrt(err / ref_norm), 1e-5);
+  const double rel = rel_err_vs_cpu(a, b, 64, dD);
+  EXPECT_LT(rel, 1e-5);
   cudaFree(dA);
   cudaFree(dB);
   cudaFree(dD);
@@ -190,19 +197,10 @@ TEST(GpuSm90, WgmmaM64N64K16NoSwizzleMatchesCpu) {
   cudaMemset(dD, 0xff, 64 * 64 * 4);
   wgmma_kernel<<<1, 128>>>(dA, dB, dD);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  std::vector<float> d(64 * 64);
-  cudaMemcpy(d.data(), dD, d.size() * 4, cudaMemcpyDeviceToHost);
-  double err = 0, ref_norm = 0;
-  for (int m = 0; m < 64; ++m)
-    for (int n = 0; n < 64; ++n) {
-      double r = 0;
-      for (int k = 0; k < 16; ++k) r += double(__bfloat162float(a[m * 16 + k])) * __bfloat162float(b[n * 16 + k]);
-      err += (d[m * 64 + n] - r) * (d[m * 64 + n] - r);
-      ref_norm += r * r;
-    }
+  const double rel = rel_err_vs_cpu(a, b, 16, dD);
   // NOTE: if this fails with a permuted result, LBO and SBO of the no-swizzle K-major layout are the
   // first suspects (the encoder's field positions are checked on the host).
-  EXPECT_LT(std::sqrt(err / ref_norm), 1e-5);
+  EXPECT_LT(rel, 1e-5);
   cudaFree(dA);
   cudaFree(dB);
   cudaFree(dD);
