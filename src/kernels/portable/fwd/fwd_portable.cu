@@ -2,6 +2,8 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
+#include <cstdio>
+#include <cstdlib>
 #include <cstdint>
 #include <mutex>
 #include <unordered_map>
@@ -75,40 +77,41 @@ flashgdn_status_t launch_recurrence_stages(const FwdArgs& a, int v_tiles, int de
   static std::atomic<uint64_t> done{0};
   cudaError_t e = raise_smem_limit_once(kernel, smem, dev, done);
   if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(recurrence)", e);
-  kernel<<<dim3(a.N, a.Hv, v_tiles), 256, smem, stream>>>(a);
+  kernel<<<dim3(a.N, a.Hv, v_tiles), kRecThreads, smem, stream>>>(a);
   e = cudaGetLastError();
   return e == cudaSuccess ? FLASHGDN_SUCCESS : cuda_error("recurrence kernel launch", e);
 }
 
+// The largest shared-memory block any supported GPU grants (sm_90: 227 KB); deeper variants are not built.
+constexpr size_t kMaxSmemAnyGpu = 227 * 1024;
+
 template <class T, int KD, int BV>
 flashgdn_status_t launch_recurrence(const FwdArgs& a, int v_tiles, int max_smem, int dev, cudaStream_t stream) {
-#ifdef FLASHGDN_DEEP_PIPELINE
-  // NOTE: a third input stage hides the HBM latency of the first touch of a chunk's Q/K/W when the
-  // per-chunk work is small (narrow V slices); with K = 128 it fits for BV = 16 (212 KB).
-  if (static_cast<int>(sizeof(RecurrenceSmem<T, KD, BV, 3>)) <= max_smem)
-    return launch_recurrence_stages<T, KD, BV, 3>(a, v_tiles, dev, stream);
-#else
-  (void)max_smem;
-#endif
+  // NOTE: a third input stage hides the latency of the first touch of a chunk's Q/K/W when the
+  // per-chunk work is small (narrow V slices); taken wherever it fits.
+  if constexpr (sizeof(RecurrenceSmem<T, KD, BV, 3>) <= kMaxSmemAnyGpu) {
+    if (static_cast<int>(sizeof(RecurrenceSmem<T, KD, BV, 3>)) <= max_smem)
+      return launch_recurrence_stages<T, KD, BV, 3>(a, v_tiles, dev, stream);
+  }
   return launch_recurrence_stages<T, KD, BV, 2>(a, v_tiles, dev, stream);
 }
 
 template <class T, int KD, int VD>
 flashgdn_status_t launch_all(const FwdArgs& a, int bv, int max_smem, int dev, cudaStream_t stream) {
-  // Stage 1: prepare (parallel over chunks and q/k heads).
+  // Stage 1: prepare (parallel over chunks and value heads).
   {
     auto kernel = prepare_kernel<T, KD, VD>;
     const int smem = static_cast<int>(sizeof(PrepareSmem<T, KD, VD>));
     static std::atomic<uint64_t> done{0};
     cudaError_t e = raise_smem_limit_once(kernel, smem, dev, done);
     if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(prepare)", e);
-    if (a.max_chunks > 0) kernel<<<dim3(static_cast<unsigned>(a.max_chunks), a.Hqk), 128, smem, stream>>>(a);
+    if (a.max_chunks > 0) kernel<<<dim3(static_cast<unsigned>(a.max_chunks), a.Hv), 128, smem, stream>>>(a);
     e = cudaGetLastError();
     if (e != cudaSuccess) return cuda_error("prepare kernel launch", e);
   }
   // Stage 2: recurrence. Shrink BV if the device cannot hold the tile.
-  if (bv == 64 && static_cast<int>(sizeof(RecurrenceSmem<T, KD, 64>)) > max_smem) bv = 32;
-  if (bv == 32 && static_cast<int>(sizeof(RecurrenceSmem<T, KD, 32>)) > max_smem) bv = 16;
+  if (bv == 64 && static_cast<int>(sizeof(RecurrenceSmem<T, KD, 64, 2>)) > max_smem) bv = 32;
+  if (bv == 32 && static_cast<int>(sizeof(RecurrenceSmem<T, KD, 32, 2>)) > max_smem) bv = 16;
   const int v_tiles = a.V / bv;
   switch (bv) {
     case 64: return launch_recurrence<T, KD, 64>(a, v_tiles, max_smem, dev, stream);
@@ -136,6 +139,20 @@ flashgdn_status_t device_info(int dev, DeviceInfo* out) {
   cache[dev] = info;
   *out = info;
   return FLASHGDN_SUCCESS;
+}
+
+// FLASHGDN_PORTABLE_BV=16|32|64 pins the recurrence's V slice (a tuning and benchmarking aid, read once;
+// documented in docs/design.md). Anything else is ignored with a message on stderr.
+int bv_override() {
+  static const int bv = [] {
+    const char* e = std::getenv("FLASHGDN_PORTABLE_BV");
+    if (e == nullptr || *e == 0) return 0;
+    const int v = std::atoi(e);
+    if (v == 16 || v == 32 || v == 64) return v;
+    std::fprintf(stderr, "flashgdn: ignoring FLASHGDN_PORTABLE_BV=%s (expected 16, 32 or 64)\n", e);
+    return 0;
+  }();
+  return bv;
 }
 
 }  // namespace
@@ -232,7 +249,7 @@ flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_
   e = cudaGetLastError();
   if (e != cudaSuccess) return cuda_error("chunk offsets kernel launch", e);
 
-  const int bv = choose_bv(pr, num_sms);
+  const int bv = bv_override() > 0 && bv_override() <= pr.V ? bv_override() : choose_bv(pr, num_sms);
   const bool bf16 = pr.io_dtype == FLASHGDN_DTYPE_BFLOAT16;
 #define FLASHGDN_DISPATCH(KD_, VD_)                                                          \
   if (pr.K == KD_ && pr.V == VD_)                                                            \

@@ -1,18 +1,27 @@
 // Portable forward, stage 1 ("prepare"): everything of a chunk that does not depend on the state.
 //
-// Grid (max_chunks, Hqk); 128 threads = 4 warps. One CTA per (chunk, q/k head): Q Kᵀ and K Kᵀ are
-// computed once and reused by the Hv / Hqk value heads of the group. For each value head h it writes
-//   aux[c, h]  = (gamma, rq, rk)            fp32 (64 each): chunk cumsum of g, l2norm factors (1 if off)
-//   Ab[c, h]   = (Gamma o A) diag(beta)     T, 64 x 64, A = (I + StrictLower(diag(beta) K Kᵀ))⁻¹ (fp32 solve)
-//   Pm[c, h]   = scale * Gamma o tril(Q Kᵀ) T, 64 x 64
-// with Gamma_ij = exp(gamma_i - gamma_j) for i >= j (exponent <= 0), zero above the diagonal and in
-// rows/columns past the chunk's length L.
+// Grid (max_chunks, Hv); 128 threads = 4 warps; one CTA per (chunk, value head), ~73 KB of shared
+// memory so that 3 CTAs (12 warps) share an SM. For value head h (q/k head h / group) it writes
+//   aux[c, h] = (gamma, rq, rk)                   fp32 (64 each): chunk cumsum of g, l2norm factors (1 if off)
+//   Pm[c, h]  = scale * Gamma o tril(Q̂ K̂ᵀ)        T, 64 x 64
+//   W[c, h]   = (Gamma o A) diag(beta) diag(e^gamma) K̂  T, 64 x K   (A = T⁻¹, T = I + StrictLower(diag(beta) K̂ K̂ᵀ))
+//   U[c, h]   = (Gamma o A) diag(beta) V          T, 64 x V
+// with Gamma_ij = exp(gamma_i - gamma_j) for i >= j (exponent <= 0; the exp(gamma_i) on W is <= 1 too),
+// zero above the diagonal and in rows/columns past the chunk's length L. Q̂ = diag(rq) Q, K̂ = diag(rk) K.
+// The q/k head's Q Kᵀ and K Kᵀ are recomputed by each of its value heads (two 64 x 64 x K products on
+// tensor cores, far cheaper than the occupancy a shared-q/k CTA loses).
 //
-// Warp roles: all 4 warps compute Q Kᵀ / K Kᵀ (16 rows each, mma.sync). Per value head, warps 0-1 solve
-// (one thread per column j of A, forward substitution in fp32) and write Ab; warps 2-3 write Pm and aux.
+// Phases (all 4 warps, __syncthreads between them):
+//   0  cp.async Q, K (q/k head) and V rows (zero past L); warp 0 scans g into gamma, warp 1 reads beta
+//   1  rq, rk per row (l2norm or 1; 0 past L)
+//   2  Q Kᵀ and K Kᵀ (16 rows per warp, mma.sync): Pm straight from the accumulators to global memory,
+//      T into sTm (aliases sQ, after a barrier)
+//   3  T⁻¹ by 16 x 16 blocks (blocked_solve.hpp): diagonal blocks on warps 0-1, three levels on all warps
+//   4  Aw, Ab (T) into sProd (aliases sTm: the last level reads only X and Y)
+//   5  W = Aw K and U = Ab V (16 rows per warp) straight from the accumulators to global memory
 //
-// Shared memory (K = 128): sQ, sK (64, K + 8) T = 2 x 17 KB; sQK, sL (64, 68) fp32 = 2 x 17 KB; small
-// vectors. Barriers: __syncthreads only.
+// Shared memory (K = V = 128): sQ | sTm | sProd 18 KB, sX 17 KB, sK 17 KB, sV 17 KB, Y scratch 3 KB,
+// four 64-float vectors 1 KB: ~73 KB.
 #pragma once
 
 #include <type_traits>
@@ -28,28 +37,20 @@ template <class T, int KD, int VD>
 struct PrepareSmem {
   static constexpr int kLd = KD + 8;  // NOTE: +16 bytes per row keeps ldmatrix conflict-free
   static constexpr int kLdV = VD + 8;
-  static constexpr int kLdF = 68;     // fp32 rows, 16-byte aligned for float4 broadcasts
+  static constexpr int kLdF = blocked_solve::kLd;  // fp32 rows
   static constexpr int kLdA = kChunk + 8;
   union {
-    T q[kChunk * (kLd > kLdV ? kLd : kLdV)];  // Q, later the staging buffer of W and U
-#ifdef FLASHGDN_BLOCKED_SOLVE
-    float x[kChunk * kLdF];  // blocked solve: A = T⁻¹ (Q is no longer needed then)
-#endif
-  };
-#ifdef FLASHGDN_BLOCKED_SOLVE
-  float yb[blocked_solve::kScratch];
-#endif
-  T k[kChunk * kLd];
-  T v[kChunk * kLdV];
-  float qk[kChunk * kLdF];  // rq_i rk_j (Q Kᵀ)_ij
-  float kk[kChunk * kLdF];  // rk_i rk_j (K Kᵀ)_ij
-  union {
-    float lm[kChunk * kLdF];  // beta_i (K̂ K̂ᵀ)_ij for j < i (solve phase)
+    T q[kChunk * kLd];        // (64, K) phases 0-2
+    float tm[kChunk * kLdF];  // (64, 64) T, phase 3
     struct {
-      T aw[kChunk * kLdA];
-      T ab[kChunk * kLdA];
-    } prod;  // product phase
-  } u;
+      T aw[kChunk * kLdA];  // (64, 64)
+      T ab[kChunk * kLdA];  // (64, 64)
+    } prod;                 // phases 4-5
+  } a;
+  float x[kChunk * kLdF];  // (64, 64) X = T⁻¹
+  T k[kChunk * kLd];       // (64, K)
+  T v[kChunk * kLdV];      // (64, V)
+  float yb[blocked_solve::kScratch];
   float rq[kChunk], rk[kChunk], gam[kChunk], beta[kChunk];
 };
 
@@ -59,224 +60,173 @@ __device__ __forceinline__ float load_beta(const FwdArgs& a, int64_t off) {
 }
 
 template <class T, int KD, int VD>
-__global__ void __launch_bounds__(128) prepare_kernel(FwdArgs a) {
+__global__ void __launch_bounds__(128, 3) prepare_kernel(FwdArgs a) {
   using namespace device;
   using S = PrepareSmem<T, KD, VD>;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   S& sm = *reinterpret_cast<S*>(smem_raw);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t c = blockIdx.x;
-  const int hk = blockIdx.y;
+  const int h = blockIdx.y, hk = h / a.group;
   if (c >= a.chunk_offsets[a.N]) return;
   const int64_t n = find_sequence(a.chunk_offsets, a.N, c);
   const Seq s = seq_range(a, n);
   const int64_t t0 = s.bos + (c - a.chunk_offsets[n]) * kChunk;
   const int L = static_cast<int>(s.eos - t0 < kChunk ? s.eos - t0 : kChunk);
+  const int64_t ch = c * a.Hv + h;
 
-  // Q and K rows of the chunk (zero past L).
-  const T* qg = static_cast<const T*>(a.q) + s.b * a.q_s[0] + hk * a.q_s[2];
-  const T* kg = static_cast<const T*>(a.k) + s.b * a.k_s[0] + hk * a.k_s[2];
-  constexpr int kVecPerRow = KD * sizeof(T) / 16;
-  for (int i = tid; i < kChunk * kVecPerRow; i += 128) {
-    const int r = i / kVecPerRow, cv = (i % kVecPerRow) * (16 / sizeof(T));
-    const bool ok = r < L;
-    const int64_t t = ok ? t0 + r : t0;
-    cp_async_16(&sm.q[r * S::kLd + cv], qg + t * a.q_s[1] + cv, ok);
-    cp_async_16(&sm.k[r * S::kLd + cv], kg + t * a.k_s[1] + cv, ok);
+  // ---- phase 0: Q, K, V rows (zero past L); gamma and beta ----
+  {
+    const T* qg = static_cast<const T*>(a.q) + s.b * a.q_s[0] + hk * a.q_s[2];
+    const T* kg = static_cast<const T*>(a.k) + s.b * a.k_s[0] + hk * a.k_s[2];
+    const T* vg = static_cast<const T*>(a.v) + s.b * a.v_s[0] + h * a.v_s[2];
+    constexpr int kVK = KD * sizeof(T) / 16, kVV = VD * sizeof(T) / 16, kE = 16 / sizeof(T);
+    for (int i = tid; i < kChunk * kVK; i += 128) {
+      const int r = i / kVK, cv = (i % kVK) * kE;
+      const bool ok = r < L;
+      const int64_t t = ok ? t0 + r : t0;
+      cp_async_16(&sm.a.q[r * S::kLd + cv], qg + t * a.q_s[1] + cv, ok);
+      cp_async_16(&sm.k[r * S::kLd + cv], kg + t * a.k_s[1] + cv, ok);
+    }
+    for (int i = tid; i < kChunk * kVV; i += 128) {
+      const int r = i / kVV, cv = (i % kVV) * kE;
+      const bool ok = r < L;
+      cp_async_16(&sm.v[r * S::kLdV + cv], vg + (ok ? t0 + r : t0) * a.v_s[1] + cv, ok);
+    }
+    cp_async_commit();
   }
-  cp_async_commit();
+  if (warp == 0) {
+    // gamma = inclusive cumsum of g over the chunk; rows past L: gamma[L - 1].
+    const float* gg = a.g + s.b * a.g_s[0] + h * a.g_s[2];
+    const float x0 = 2 * lane < L ? gg[(t0 + 2 * lane) * a.g_s[1]] : 0.f;
+    const float x1 = 2 * lane + 1 < L ? gg[(t0 + 2 * lane + 1) * a.g_s[1]] : 0.f;
+    float incl = x0 + x1;
+#pragma unroll
+    for (int d = 1; d < 32; d <<= 1) {
+      const float y = __shfl_up_sync(0xffffffffu, incl, d);
+      if (lane >= d) incl += y;
+    }
+    sm.gam[2 * lane] = incl - x1;
+    sm.gam[2 * lane + 1] = incl;
+  } else if (warp == 1) {
+    const int64_t boff = s.b * a.beta_s[0] + h * a.beta_s[2];
+    for (int i = lane; i < kChunk; i += 32) sm.beta[i] = i < L ? load_beta<T>(a, boff + (t0 + i) * a.beta_s[1]) : 0.f;
+  }
   cp_async_wait<0>();
   __syncthreads();
 
-  // l2norm factors rsqrt(sum x^2 + 1e-6): warp w handles rows 16w..16w+15 (two lanes... one row per
-  // half-warp pass). Rows past L get 0.
-  for (int r = warp * 16; r < warp * 16 + 16; ++r) {
-    float sq = 0.f, sk = 0.f;
-    for (int e = lane; e < KD; e += 32) {
-      const float xq = to_float(sm.q[r * S::kLd + e]), xk = to_float(sm.k[r * S::kLd + e]);
-      sq += xq * xq;
-      sk += xk * xk;
-    }
+  // ---- phase 1: l2norm factors rsqrt(sum x^2 + 1e-6) (1 when off), 0 past L; warp w: rows 16w .. 16w + 15 ----
+  if (a.l2norm) {
+    for (int r = warp * 16; r < warp * 16 + 16; ++r) {
+      float sq = 0.f, sk = 0.f;
+      for (int e = lane; e < KD; e += 32) {
+        const float xq = to_float(sm.a.q[r * S::kLd + e]), xk = to_float(sm.k[r * S::kLd + e]);
+        sq += xq * xq;
+        sk += xk * xk;
+      }
 #pragma unroll
-    for (int d = 16; d > 0; d >>= 1) {
-      sq += __shfl_xor_sync(0xffffffffu, sq, d);
-      sk += __shfl_xor_sync(0xffffffffu, sk, d);
+      for (int d = 16; d > 0; d >>= 1) {
+        sq += __shfl_xor_sync(0xffffffffu, sq, d);
+        sk += __shfl_xor_sync(0xffffffffu, sk, d);
+      }
+      if (lane == 0) {
+        sm.rq[r] = r < L ? rsqrtf(sq + 1e-6f) : 0.f;
+        sm.rk[r] = r < L ? rsqrtf(sk + 1e-6f) : 0.f;
+      }
     }
-    if (lane == 0) {
-      sm.rq[r] = r < L ? (a.l2norm ? rsqrtf(sq + 1e-6f) : 1.f) : 0.f;
-      sm.rk[r] = r < L ? (a.l2norm ? rsqrtf(sk + 1e-6f) : 1.f) : 0.f;
-    }
+  } else if (tid < kChunk) {
+    sm.rq[tid] = sm.rk[tid] = tid < L ? 1.f : 0.f;
   }
   __syncthreads();
 
-  // Q Kᵀ and K Kᵀ, 16 rows per warp: (16, 64) each.
+  // ---- phase 2: Q Kᵀ -> Pm (global), K Kᵀ -> T (shared); 16 rows per warp ----
   {
-    float qk[1][8][4], kk[1][8][4];
+    float qk[1][8][4], kk[1][8][4];  // (16, 64) each
     zero(qk);
     zero(kk);
-    warp_gemm<1, 8, KD / 16, Major::kMK, BMajor::kNK>(qk, sm.q, S::kLd, warp * 16, sm.k, S::kLd, 0, lane);
+    warp_gemm<1, 8, KD / 16, Major::kMK, BMajor::kNK>(qk, sm.a.q, S::kLd, warp * 16, sm.k, S::kLd, 0, lane);
     warp_gemm<1, 8, KD / 16, Major::kMK, BMajor::kNK>(kk, sm.k, S::kLd, warp * 16, sm.k, S::kLd, 0, lane);
+    T* pm = static_cast<T*>(a.Pm) + ch * kChunk * kChunk;
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
+    for (int hf = 0; hf < 2; ++hf) {
+      const int i = warp * 16 + (lane >> 2) + hf * 8;
+      const float gi = sm.gam[i], fq = a.scale * sm.rq[i];
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int i = warp * 16 + acc_row(lane, e), j = nt * 8 + acc_col(lane, e);
-        sm.qk[i * S::kLdF + j] = qk[0][nt][e] * sm.rq[i] * sm.rk[j];
-        sm.kk[i * S::kLdF + j] = kk[0][nt][e] * sm.rk[i] * sm.rk[j];
+      for (int nt = 0; nt < 8; ++nt) {
+        const int j = nt * 8 + ((lane & 3) << 1);
+        // exp(gamma_i - gamma_j) <= 1 for i >= j; masked elsewhere.
+        const float p0 = (j <= i) ? fq * sm.rk[j] * __expf(fminf(gi - sm.gam[j], 0.f)) * qk[0][nt][2 * hf] : 0.f;
+        const float p1 = (j + 1 <= i) ? fq * sm.rk[j + 1] * __expf(fminf(gi - sm.gam[j + 1], 0.f)) * qk[0][nt][2 * hf + 1] : 0.f;
+        *reinterpret_cast<uint32_t*>(pm + i * kChunk + j) = pack2<T>(p0, p1);
       }
+    }
+    __syncthreads();  // every warp is done reading sQ: sTm may overwrite it
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int i = warp * 16 + (lane >> 2) + hf * 8;
+      const float fi = sm.beta[i] * sm.rk[i];
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        const int j = nt * 8 + ((lane & 3) << 1);
+        sm.a.tm[i * S::kLdF + j] = j < i ? fi * sm.rk[j] * kk[0][nt][2 * hf] : 0.f;
+        sm.a.tm[i * S::kLdF + j + 1] = j + 1 < i ? fi * sm.rk[j + 1] * kk[0][nt][2 * hf + 1] : 0.f;
+      }
+    }
+  }
+  if (tid < kChunk) {
+    float* aux = a.aux + ch * 3 * kChunk;
+    aux[tid] = sm.gam[tid];  // rows past L already hold gamma[L - 1]
+    aux[kChunk + tid] = sm.rq[tid];
+    aux[2 * kChunk + tid] = sm.rk[tid];
   }
   __syncthreads();
 
-  const T* vbase = static_cast<const T*>(a.v) + s.b * a.v_s[0];
-  for (int r = 0; r < a.group; ++r) {
-    const int h = hk * a.group + r;
-    const int64_t ch = c * a.Hv + h;
-    // V rows of this value head (zero past L), in flight during the solve.
-    {
-      constexpr int kVV = VD * sizeof(T) / 16;
-      const T* vg = vbase + h * a.v_s[2];
-      for (int i = tid; i < kChunk * kVV; i += 128) {
-        const int rr = i / kVV, cv = (i % kVV) * (16 / sizeof(T));
-        const bool ok = rr < L;
-        cp_async_16(&sm.v[rr * S::kLdV + cv], vg + (ok ? t0 + rr : t0) * a.v_s[1] + cv, ok);
-      }
-      cp_async_commit();
-    }
-    // gamma (chunk cumsum of g) and beta; rows past L: gamma = gamma[L-1], beta = 0.
-    if (warp == 0) {
-      const float* gg = a.g + s.b * a.g_s[0] + h * a.g_s[2];
-      float x0 = 0.f, x1 = 0.f;
-      if (2 * lane < L) x0 = gg[(t0 + 2 * lane) * a.g_s[1]];
-      if (2 * lane + 1 < L) x1 = gg[(t0 + 2 * lane + 1) * a.g_s[1]];
-      float incl = x0 + x1;
-#pragma unroll
-      for (int d = 1; d < 32; d <<= 1) {
-        const float y = __shfl_up_sync(0xffffffffu, incl, d);
-        if (lane >= d) incl += y;
-      }
-      sm.gam[2 * lane] = incl - x1;
-      sm.gam[2 * lane + 1] = incl;
-    } else if (warp == 1) {
-      const int64_t boff = s.b * a.beta_s[0] + h * a.beta_s[2];
-      for (int i = lane; i < kChunk; i += 32) sm.beta[i] = i < L ? load_beta<T>(a, boff + (t0 + i) * a.beta_s[1]) : 0.f;
-    }
+  // ---- phase 3: X = T⁻¹ ----
+  static_assert(S::kLdF == blocked_solve::kLd, "blocked solve stride");
+  if (tid < 64) blocked_solve::diag(tid, sm.a.tm, sm.x);
+  __syncthreads();
+#pragma unroll 1
+  for (int d = 1; d < blocked_solve::kNB; ++d) {
+    blocked_solve::level_y(tid, 128, d, sm.a.tm, sm.x, sm.yb);
     __syncthreads();
-    // L = StrictLower(diag(beta) K̂ K̂ᵀ), fp32.
-    for (int e = tid; e < kChunk * kChunk; e += 128) {
-      const int i = e >> 6, j = e & 63;
-#ifdef FLASHGDN_BLOCKED_SOLVE
-      sm.u.lm[i * S::kLdF + j] = j < i ? sm.beta[i] * sm.kk[i * S::kLdF + j] : (i == j ? 1.f : 0.f);  // T = I + L
-#else
-      sm.u.lm[i * S::kLdF + j] = j < i ? sm.beta[i] * sm.kk[i * S::kLdF + j] : 0.f;
-#endif
-    }
-    __syncthreads();
-    const float gl = sm.gam[L - 1];
-#ifdef FLASHGDN_BLOCKED_SOLVE
-    static_assert(S::kLdF == blocked_solve::kLd, "blocked solve stride");
-    if (tid < 64) blocked_solve::diag(tid, sm.u.lm, sm.x);
-#else
-    float x[kChunk];  // warps 0-1: column j of A
-#endif
-    if (tid < 64) {
-#ifndef FLASHGDN_BLOCKED_SOLVE
-      // x_i = delta_ij - sum_{m<i} L_im x_m.
-      // NOTE: fully unrolled so x stays in registers; L rows are read as float4 broadcasts.
-      const int j = tid;
-      // NOTE: four independent partial sums per row: the only serial dependency left is on the last
-      // few x_m, so the unrolled rows overlap instead of forming one 2016-FMA latency chain.
-#pragma unroll
-      for (int i = 0; i < kChunk; ++i) {
-        float p0 = (i == j) ? 1.f : 0.f, p1 = 0.f, p2 = 0.f, p3 = 0.f;
-        const float4* row = reinterpret_cast<const float4*>(&sm.u.lm[i * S::kLdF]);
-#pragma unroll
-        for (int m4 = 0; m4 < i / 4; ++m4) {
-          const float4 l4 = row[m4];
-          p0 = fmaf(-l4.x, x[4 * m4], p0);
-          p1 = fmaf(-l4.y, x[4 * m4 + 1], p1);
-          p2 = fmaf(-l4.z, x[4 * m4 + 2], p2);
-          p3 = fmaf(-l4.w, x[4 * m4 + 3], p3);
-        }
-#pragma unroll
-        for (int m = (i / 4) * 4; m < i; ++m) p0 = fmaf(-sm.u.lm[i * S::kLdF + m], x[m], p0);
-        x[i] = (p0 + p1) + (p2 + p3);
-      }
-#endif
-    } else {
-      const int j = tid - 64;
-      const float gj = sm.gam[j];
-      T* pm = static_cast<T*>(a.Pm) + ch * kChunk * kChunk;
-      for (int i = 0; i < kChunk; ++i) {
-        const float v =
-            (i >= j && i < L) ? a.scale * __expf(fminf(sm.gam[i] - gj, 0.f)) * sm.qk[i * S::kLdF + j] : 0.f;
-        pm[i * kChunk + j] = from_float<T>(v);
-      }
-      float* aux = a.aux + ch * 3 * kChunk;
-      aux[j] = j < L ? sm.gam[j] : gl;
-      aux[kChunk + j] = sm.rq[j];
-      aux[2 * kChunk + j] = sm.rk[j];
-    }
-    __syncthreads();
-#ifdef FLASHGDN_BLOCKED_SOLVE
-    for (int d = 1; d < blocked_solve::kNB; ++d) {
-      blocked_solve::level_y(tid, 128, d, sm.u.lm, sm.x, sm.yb);
-      __syncthreads();
-      blocked_solve::level_x(tid, 128, d, sm.x, sm.yb);
-      __syncthreads();
-    }
-    // The solve is done with sL: its space becomes sAw / sAb.
-    for (int e = tid; e < kChunk * kChunk; e += 128) {
-      const int i = e >> 6, j = e & 63;
-      const bool in = i >= j && i < L;
-      const float a = in ? sm.x[i * S::kLdF + j] * sm.beta[j] : 0.f;
-      // exp(gamma_i - gamma_j) <= 1 and exp(gamma_i) <= 1: no positive exponent.
-      sm.u.prod.ab[i * S::kLdA + j] = from_float<T>(in ? __expf(fminf(sm.gam[i] - sm.gam[j], 0.f)) * a : 0.f);
-      sm.u.prod.aw[i * S::kLdA + j] = from_float<T>(in ? __expf(fminf(sm.gam[i], 0.f)) * a * sm.rk[j] : 0.f);
-    }
-#else
-    // The solve is done with sL: its space becomes sAw / sAb.
-    if (tid < 64) {
-      const int j = tid;
-      const float gj = sm.gam[j], bj = sm.beta[j], wj = bj * sm.rk[j];
-#pragma unroll
-      for (int i = 0; i < kChunk; ++i) {
-        const bool in = i >= j && i < L;
-        // exp(gamma_i - gamma_j) <= 1 and exp(gamma_i) <= 1: no positive exponent.
-        sm.u.prod.ab[i * S::kLdA + j] = from_float<T>(in ? __expf(fminf(sm.gam[i] - gj, 0.f)) * x[i] * bj : 0.f);
-        sm.u.prod.aw[i * S::kLdA + j] = from_float<T>(in ? __expf(fminf(sm.gam[i], 0.f)) * x[i] * wj : 0.f);
-      }
-    }
-#endif
-    cp_async_wait<0>();
-    __syncthreads();
-    // W = Aw K (64, K) and U = Ab V (64, V): 16 rows per warp, staged through sQ, then 16-byte stores.
-    auto product = [&](const T* amat, const T* bmat, int ldb, auto dim_tag, T* out) {
-      constexpr int D = decltype(dim_tag)::value;
-      constexpr int kLdS = D + 8;
-      float acc[1][D / 8][4];
-      zero(acc);
-      warp_gemm<1, D / 8, kChunk / 16, Major::kMK, BMajor::kKN>(acc, amat, S::kLdA, warp * 16, bmat, ldb, 0, lane);
-#pragma unroll
-      for (int nt = 0; nt < D / 8; ++nt)
-#pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-          const int i = warp * 16 + (lane >> 2) + hf * 8, jj = nt * 8 + ((lane & 3) << 1);
-          *reinterpret_cast<uint32_t*>(&sm.q[i * kLdS + jj]) = pack2<T>(acc[0][nt][2 * hf], acc[0][nt][2 * hf + 1]);
-        }
-      __syncwarp();
-      constexpr int kVec = D * sizeof(T) / 16;
-      for (int i = lane; i < 16 * kVec; i += 32) {
-        const int rr = warp * 16 + i / kVec, cv = (i % kVec) * (16 / sizeof(T));
-        *reinterpret_cast<uint4*>(out + rr * D + cv) = *reinterpret_cast<const uint4*>(&sm.q[rr * kLdS + cv]);
-      }
-      __syncwarp();
-    };
-    product(sm.u.prod.aw, sm.k, S::kLd, std::integral_constant<int, KD>{},
-            static_cast<T*>(a.W) + ch * kChunk * KD);
-    product(sm.u.prod.ab, sm.v, S::kLdV, std::integral_constant<int, VD>{},
-            static_cast<T*>(a.U) + ch * kChunk * VD);
-    __syncthreads();
+    blocked_solve::level_x(tid, 128, d, sm.x, sm.yb);
+    __syncthreads();  // after the last level sTm is dead: sProd may overwrite it
   }
+
+  // ---- phase 4: Ab = Gamma o X diag(beta), Aw = diag(e^gamma) Gamma o X diag(beta rk) (T) ----
+  for (int e = tid; e < kChunk * kChunk / 2; e += 128) {
+    const int i = e >> 5, j = (e & 31) * 2;
+    const float gi = sm.gam[i], egi = __expf(fminf(gi, 0.f));
+    float ab[2], aw[2];
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      const int jj = j + u;
+      const bool in = jj <= i && i < L;
+      const float xb = in ? sm.x[i * S::kLdF + jj] * sm.beta[jj] : 0.f;
+      ab[u] = xb * __expf(fminf(gi - sm.gam[jj], 0.f));  // (Gamma o A)_ij beta_j
+      aw[u] = xb * egi * sm.rk[jj];                       // e^{gamma_i} A_ij beta_j rk_j = (Gamma o A)_ij beta_j e^{gamma_j} rk_j
+    }
+    *reinterpret_cast<uint32_t*>(&sm.a.prod.ab[i * S::kLdA + j]) = pack2<T>(ab[0], ab[1]);
+    *reinterpret_cast<uint32_t*>(&sm.a.prod.aw[i * S::kLdA + j]) = pack2<T>(aw[0], aw[1]);
+  }
+  __syncthreads();
+
+  // ---- phase 5: W = Aw K (64, K), U = Ab V (64, V); 16 rows per warp, accumulators -> global ----
+  auto product = [&](const T* amat, const T* bmat, int ldb, auto dim_tag, T* out) {
+    constexpr int D = decltype(dim_tag)::value;
+    float acc[1][D / 8][4];
+    zero(acc);
+    warp_gemm<1, D / 8, kChunk / 16, Major::kMK, BMajor::kKN>(acc, amat, S::kLdA, warp * 16, bmat, ldb, 0, lane);
+#pragma unroll
+    for (int nt = 0; nt < D / 8; ++nt)
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int i = warp * 16 + (lane >> 2) + hf * 8, j = nt * 8 + ((lane & 3) << 1);
+        *reinterpret_cast<uint32_t*>(out + i * D + j) = pack2<T>(acc[0][nt][2 * hf], acc[0][nt][2 * hf + 1]);
+      }
+  };
+  product(sm.a.prod.aw, sm.k, S::kLd, std::integral_constant<int, KD>{}, static_cast<T*>(a.W) + ch * kChunk * KD);
+  product(sm.a.prod.ab, sm.v, S::kLdV, std::integral_constant<int, VD>{}, static_cast<T*>(a.U) + ch * kChunk * VD);
 }
 
 }  // namespace flashgdn::portable

@@ -1,28 +1,33 @@
-// Portable forward, stage 2 ("recurrence"): the inter-chunk state recurrence fused with the output.
+// Portable forward, stage 2 ("recurrence"): the inter-chunk state recurrence fused with the output,
+// warp-specialized.
 //
-// Grid (N, Hv, V / BV); 256 threads = 8 warps in two roles. One CTA per (sequence, value head, V slice
+// Grid (N, Hv, V / BV); 320 threads = 10 warps in three roles. One CTA per (sequence, value head, V slice
 // of width BV) walks the sequence's chunks in order. Per chunk c (W, U, Pm, aux from stage 1):
-//   state warps 0-3  (own the fp32 state slice S (K, BV) in registers; warp w has rows w*K/4 ..):
-//     vn = U - W S_c                        (64, BV), 16 rows per warp   -> sVn (T), signal BAR_VN
-//     Vd = exp(gamma_L - gamma) o rk o vn                                -> sVd (T), BAR_STATE
-//     S  = exp(gamma_L) S + Kᵀ Vd          (raw K; rk folded into Vd)  -> sS[(c + 1) & 1] (T copy)
-//   output warps 4-7 (16 rows of the chunk each):
-//     O  = scale exp(gamma) o rq o (Q S_c)  (reads sS[c & 1] while the state warps work)
-//     wait BAR_VN;  O += Pm vn;  staged through sO, 16-byte stores to o
-// The critical path per chunk is two products (W S, Kᵀ Vd); the output products run beside it.
-// Every exponent is <= 0. The state operand copy sS is in the input dtype, as in FLA/FlashQLA.
+//   state warps 0-3    (own the fp32 state slice S (K, BV) in registers; warp w has rows w*K/4 ..):
+//       vn = U - W S_c                              (64, BV), 16 rows per warp -> sVn[c & 1] (T)
+//       Vd = exp(gamma_L - gamma) o rk o vn                                    -> sVd (T)
+//       S  = exp(gamma_L) S + Kᵀ Vd                 (raw K; rk folded into Vd)  -> sS[(c + 1) & 1] (T copy)
+//   output warps 4-7   (one chunk behind the state warps; 16 rows of the chunk each):
+//       O  = scale exp(gamma) o rq o (Q S_c) + Pm vn_c   staged through sO, 16-byte stores to o
+//   producer warps 8-9 (cp.async of chunk c + STAGES - 1: Q, K, W, the U slice, Pm, aux).
+// The state warps' critical path per chunk is two products (W S, Kᵀ Vd) and never waits for a load
+// issue or for the output. Every exponent is <= 0. The state operand copy sS is in the input dtype, as in
+// FLA/FlashQLA.
 //
-// Pipeline: STAGES input stages (2 by default; 3 with FLASHGDN_DEEP_PIPELINE where the tile fits, BV = 16):
-// chunk c + STAGES - 1 (Q, K, W, U slice, Pm, aux) is prefetched with cp.async while chunk c computes.
-// Barriers:
-//   0 (__syncthreads, 256): top of each chunk: stage c landed, chunk c - 1 finished by everyone, so
-//                           stage (c + 1) & 1, sVn, sVd, sO and sS[c & 1]'s readers are free.
-//   BAR_VN    (1, 256): state warps arrive after writing sVn; output warps sync before reading it.
-//   BAR_STATE (2, 128): state warps only: sVd complete before Kᵀ Vd.
+// Pipelines: STAGES input stages (producer -> state/output, released by both); sVn and sS double
+// buffered (state -> output, released by the output warps).
+// Named barriers (bar.arrive = release, bar.sync = acquire; every arrival is matched by a sync):
+//   kBarState         (128): state warps only: sVd complete; S_{c+1} complete.
+//   kBarHandoff + b   (256): state arrive after chunk c (b = c & 1): vn_c and S_c ready; output sync.
+//   kBarRelease + b   (256): output arrive after chunk c: sVn[b], sS[b] free; state sync before writing
+//                            sS[b] again (end of chunk c + 1) — so the state warps run at most one chunk ahead.
+//   kBarFull + s      (192): producer arrive when stage s has landed (cp.async.wait_group); state sync.
+//                            The output warps see the stage through kBarHandoff (causality is transitive).
+//   kBarEmpty + s     (320): state and output arrive when done with stage s; producer sync before refilling.
 //
-// Shared memory (K = 128, BV = 64): per stage Q, K, W (64, 136) T = 52 KB, U (64, 72) T 9 KB, Pm
-// (64, 72) T 9 KB, aux 768 B = 71 KB; two stages 142 KB; sS x2 (128, 72) T 37 KB; sVn, sVd, sO
-// (64, 72) T 28 KB: ~207 KB (sm_90). Narrower BV for smaller GPUs (the launcher checks the limit).
+// Shared memory (K = 128): per stage Q, K, W (64, 136) T = 52 KB, U (64, BV + 8) T, Pm (64, 72) T 9 KB,
+// aux 768 B; sS x2 (128, BV + 8) T; sVn x2, sVd, sO (64, BV + 8) T. BV = 64, 2 stages: ~217 KB;
+// BV = 16, 3 stages: ~220 KB. The launcher takes 3 stages where they fit and checks the device limit.
 #pragma once
 
 #include "device/warp_mma.cuh"
@@ -31,26 +36,38 @@
 
 namespace flashgdn::portable {
 
-enum RecurrenceBarrier : int { kBarVn = 1, kBarState = 2 };
+inline constexpr int kRecStateWarps = 4, kRecOutputWarps = 4, kRecProducerWarps = 2;
+inline constexpr int kRecThreads = 32 * (kRecStateWarps + kRecOutputWarps + kRecProducerWarps);
+inline constexpr int kRecProducerThreads = 32 * kRecProducerWarps;
 
-template <class T, int KD, int BV, int STAGES = 2>
+template <int STAGES>
+struct RecurrenceBarriers {
+  static constexpr int kState = 1;
+  static constexpr int kHandoff = 2;  // + (c & 1)
+  static constexpr int kRelease = 4;  // + (c & 1)
+  static constexpr int kFull = 6;     // + stage
+  static constexpr int kEmpty = 6 + STAGES;
+  static_assert(kEmpty + STAGES <= 16, "16 named barriers per CTA");
+};
+
+template <class T, int KD, int BV, int STAGES>
 struct RecurrenceSmem {
   static constexpr int kLdK = KD + 8;  // NOTE: +16 bytes per row: conflict-free ldmatrix
   static constexpr int kLdV = BV + 8;
   static constexpr int kLdA = kChunk + 8;
   struct Stage {
-    T q[kChunk * kLdK];
-    T k[kChunk * kLdK];
-    T w[kChunk * kLdK];
-    T u[kChunk * kLdV];
-    T pm[kChunk * kLdA];
+    T q[kChunk * kLdK];   // (64, K)
+    T k[kChunk * kLdK];   // (64, K)
+    T w[kChunk * kLdK];   // (64, K)
+    T u[kChunk * kLdV];   // (64, BV)
+    T pm[kChunk * kLdA];  // (64, 64)
     float aux[3 * kChunk];  // gamma, rq, rk
   };
   Stage st[STAGES];
-  T s[2][KD * kLdV];
-  T vn[kChunk * kLdV];
-  T vd[kChunk * kLdV];
-  T o[kChunk * kLdV];
+  T s[2][KD * kLdV];       // (K, BV) x 2
+  T vn[2][kChunk * kLdV];  // (64, BV) x 2
+  T vd[kChunk * kLdV];     // (64, BV)
+  T o[kChunk * kLdV];      // (64, BV)
 };
 
 // Offset of state element (i over K, j over V) inside one head block.
@@ -59,17 +76,17 @@ __device__ __forceinline__ int64_t state_elem(int v_first, int K, int V, int i, 
 }
 
 template <class T, int KD, int BV, int STAGES>
-__global__ void __launch_bounds__(256, 1) recurrence_kernel(FwdArgs a) {
+__global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
   using namespace device;
   using Sm = RecurrenceSmem<T, KD, BV, STAGES>;
+  using Bar = RecurrenceBarriers<STAGES>;
   static_assert(STAGES >= 2, "at least double buffering");
   constexpr int kNT = BV / 8;   // n-tiles of a (., BV) accumulator
   constexpr int kSM = KD / 64;  // m-tiles of the state per state warp (K/4 rows)
+  constexpr int kFullCount = 128 + kRecProducerThreads, kEmptyCount = 256 + kRecProducerThreads;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   Sm& sm = *reinterpret_cast<Sm*>(smem_raw);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const bool state_role = warp < 4;
-  const int m0 = (warp & 3) * 16;  // this warp's rows of every (64, .) tile
   const int64_t n = blockIdx.x;
   const int h = blockIdx.y, v0 = blockIdx.z * BV;
   const int hk = h / a.group;
@@ -77,39 +94,91 @@ __global__ void __launch_bounds__(256, 1) recurrence_kernel(FwdArgs a) {
   const int64_t nchunks = (s.eos - s.bos + kChunk - 1) / kChunk;
   const int64_t c_base = a.chunk_offsets[n];
 
-  // ---- where the state comes from and goes to ----
-  const void* src = a.h0;
-  int64_t src_row = n, dst_row = n;
-  void* dst = a.ht;
-  if (a.state_indices != nullptr) {
-    const int64_t slot = a.idx_i64 ? static_cast<const int64_t*>(a.state_indices)[n]
-                                   : static_cast<const int32_t*>(a.state_indices)[n];
-    const bool ok = slot >= 0 && slot < a.P;
-    src_row = dst_row = slot;
-    if (!ok) src = dst = nullptr;  // out of range or -1: zeros in, nothing written back
+  if (warp >= kRecStateWarps + kRecOutputWarps) {
+    // ================= producer warps =================
+    const int ptid = tid - 32 * (kRecStateWarps + kRecOutputWarps);
+    const T* qg = static_cast<const T*>(a.q) + s.b * a.q_s[0] + hk * a.q_s[2];
+    const T* kg = static_cast<const T*>(a.k) + s.b * a.k_s[0] + hk * a.k_s[2];
+    auto load_chunk = [&](int64_t c, int st) {
+      typename Sm::Stage& X = sm.st[st];
+      const int64_t t0 = s.bos + c * kChunk;
+      const int L = static_cast<int>(s.eos - t0 < kChunk ? s.eos - t0 : kChunk);
+      constexpr int kVK = KD * sizeof(T) / 16, kVV = BV * sizeof(T) / 16, kVA = kChunk * sizeof(T) / 16;
+      constexpr int kE = 16 / sizeof(T);
+      const int64_t ch = (c_base + c) * a.Hv + h;
+      const T* wg = static_cast<const T*>(a.W) + ch * kChunk * KD;
+      const T* ug = static_cast<const T*>(a.U) + ch * kChunk * a.V + v0;
+      const T* pg = static_cast<const T*>(a.Pm) + ch * kChunk * kChunk;
+      for (int i = ptid; i < kChunk * kVK; i += kRecProducerThreads) {
+        const int r = i / kVK, cv = (i % kVK) * kE;
+        const bool ok = r < L;
+        const int64_t t = ok ? t0 + r : t0;
+        cp_async_16(&X.q[r * Sm::kLdK + cv], qg + t * a.q_s[1] + cv, ok);
+        cp_async_16(&X.k[r * Sm::kLdK + cv], kg + t * a.k_s[1] + cv, ok);
+        cp_async_16(&X.w[r * Sm::kLdK + cv], wg + r * KD + cv, true);
+      }
+      for (int i = ptid; i < kChunk * kVV; i += kRecProducerThreads) {
+        const int r = i / kVV, cv = (i % kVV) * kE;
+        cp_async_16(&X.u[r * Sm::kLdV + cv], ug + r * a.V + cv, true);
+      }
+      for (int i = ptid; i < kChunk * kVA; i += kRecProducerThreads) {
+        const int r = i / kVA, cv = (i % kVA) * kE;
+        cp_async_16(&X.pm[r * Sm::kLdA + cv], pg + r * kChunk + cv, true);
+      }
+      const float* aux = a.aux + ch * 3 * kChunk;
+      for (int i = ptid; i < 3 * kChunk / 4; i += kRecProducerThreads) cp_async_16(&X.aux[i * 4], aux + i * 4, true);
+    };
+    for (int64_t c = 0; c < nchunks + STAGES - 1; ++c) {
+      if (c < nchunks) {
+        const int st = static_cast<int>(c % STAGES);
+        if (c >= STAGES) named_bar_sync(Bar::kEmpty + st, kEmptyCount);  // chunk c - STAGES released
+        load_chunk(c, st);
+      }
+      cp_async_commit();  // one group per iteration (empty at the tail) keeps the wait count uniform
+      const int64_t d = c - (STAGES - 1);
+      if (d >= 0) {
+        cp_async_wait<STAGES - 1>();  // chunk d has landed (for this thread's copies)
+        named_bar_arrive(Bar::kFull + static_cast<int>(d % STAGES), kFullCount);
+      }
+    }
+    // Match the releases of the last chunks (every arrival has its sync).
+    for (int64_t c = nchunks > STAGES ? nchunks : STAGES; c < nchunks + STAGES; ++c)
+      named_bar_sync(Bar::kEmpty + static_cast<int>((c - STAGES) % STAGES), kEmptyCount);
+    return;
   }
-  if (a.has_initial_state != nullptr && a.has_initial_state[n * a.mask_stride] == 0) src = nullptr;
 
-  // ---- state warps: initial state -> registers (fp32) and its operand copy sS[0] ----
-  float S[kSM][kNT][4];
-  const int srow0 = (warp & 3) * (KD / 4);
-  // Global offset of this thread's state element (mt, nt, e) in row `row` of a state tensor.
-  auto state_offset = [&](int64_t row, int64_t row_stride, int mt, int nt, int e) {
-    const int i = srow0 + mt * 16 + acc_row(lane, e), j = v0 + nt * 8 + acc_col(lane, e);
-    return row * row_stride + static_cast<int64_t>(h) * a.K * a.V + state_elem(a.v_first, a.K, a.V, i, j);
-  };
-  auto store_s_operand = [&](T* dstS) {
+  const int m0 = (warp & 3) * 16;  // this warp's rows of every (64, .) tile
+  if (warp < kRecStateWarps) {
+    // ================= state warps =================
+    const void* src = a.h0;
+    int64_t src_row = n, dst_row = n;
+    void* dst = a.ht;
+    if (a.state_indices != nullptr) {
+      const int64_t slot = a.idx_i64 ? static_cast<const int64_t*>(a.state_indices)[n]
+                                     : static_cast<const int32_t*>(a.state_indices)[n];
+      const bool ok = slot >= 0 && slot < a.P;
+      src_row = dst_row = slot;
+      if (!ok) src = dst = nullptr;  // out of range or -1: zeros in, nothing written back
+    }
+    if (a.has_initial_state != nullptr && a.has_initial_state[n * a.mask_stride] == 0) src = nullptr;
+
+    float S[kSM][kNT][4];  // (K/4, BV) fp32 per warp
+    const int srow0 = warp * (KD / 4);
+    auto state_offset = [&](int64_t row, int64_t row_stride, int mt, int nt, int e) {
+      const int i = srow0 + mt * 16 + acc_row(lane, e), j = v0 + nt * 8 + acc_col(lane, e);
+      return row * row_stride + static_cast<int64_t>(h) * a.K * a.V + state_elem(a.v_first, a.K, a.V, i, j);
+    };
+    auto store_s_operand = [&](T* dstS) {
 #pragma unroll
-    for (int mt = 0; mt < kSM; ++mt)
+      for (int mt = 0; mt < kSM; ++mt)
 #pragma unroll
-      for (int nt = 0; nt < kNT; ++nt)
+        for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-          const int i = srow0 + mt * 16 + (lane >> 2) + hf * 8, j = nt * 8 + ((lane & 3) << 1);
-          *reinterpret_cast<uint32_t*>(&dstS[i * Sm::kLdV + j]) = pack2<T>(S[mt][nt][2 * hf], S[mt][nt][2 * hf + 1]);
-        }
-  };
-  if (state_role) {
+          for (int hf = 0; hf < 2; ++hf) {
+            const int i = srow0 + mt * 16 + (lane >> 2) + hf * 8, j = nt * 8 + ((lane & 3) << 1);
+            *reinterpret_cast<uint32_t*>(&dstS[i * Sm::kLdV + j]) = pack2<T>(S[mt][nt][2 * hf], S[mt][nt][2 * hf + 1]);
+          }
+    };
 #pragma unroll
     for (int mt = 0; mt < kSM; ++mt)
 #pragma unroll
@@ -125,79 +194,36 @@ __global__ void __launch_bounds__(256, 1) recurrence_kernel(FwdArgs a) {
           S[mt][nt][e] = x;
         }
     store_s_operand(sm.s[0]);
-  }
+    named_bar_sync(Bar::kState, 128);
 
-  // ---- chunk loader (cp.async into stage st, all 256 threads) ----
-  const T* qg = static_cast<const T*>(a.q) + s.b * a.q_s[0] + hk * a.q_s[2];
-  const T* kg = static_cast<const T*>(a.k) + s.b * a.k_s[0] + hk * a.k_s[2];
-  auto load_chunk = [&](int64_t c, int st) {
-    typename Sm::Stage& X = sm.st[st];
-    const int64_t t0 = s.bos + c * kChunk;
-    const int L = static_cast<int>(s.eos - t0 < kChunk ? s.eos - t0 : kChunk);
-    constexpr int kVK = KD * sizeof(T) / 16, kVV = BV * sizeof(T) / 16, kVA = kChunk * sizeof(T) / 16;
-    const int64_t ch = (c_base + c) * a.Hv + h;
-    const T* wg = static_cast<const T*>(a.W) + ch * kChunk * KD;
-    const T* ug = static_cast<const T*>(a.U) + ch * kChunk * a.V + v0;
-    const T* pg = static_cast<const T*>(a.Pm) + ch * kChunk * kChunk;
-    for (int i = tid; i < kChunk * kVK; i += 256) {
-      const int r = i / kVK, cv = (i % kVK) * (16 / sizeof(T));
-      const bool ok = r < L;
-      const int64_t t = ok ? t0 + r : t0;
-      cp_async_16(&X.q[r * Sm::kLdK + cv], qg + t * a.q_s[1] + cv, ok);
-      cp_async_16(&X.k[r * Sm::kLdK + cv], kg + t * a.k_s[1] + cv, ok);
-      cp_async_16(&X.w[r * Sm::kLdK + cv], wg + r * KD + cv, true);
-    }
-    for (int i = tid; i < kChunk * kVV; i += 256) {
-      const int r = i / kVV, cv = (i % kVV) * (16 / sizeof(T));
-      cp_async_16(&X.u[r * Sm::kLdV + cv], ug + r * a.V + cv, true);
-    }
-    for (int i = tid; i < kChunk * kVA; i += 256) {
-      const int r = i / kVA, cv = (i % kVA) * (16 / sizeof(T));
-      cp_async_16(&X.pm[r * Sm::kLdA + cv], pg + r * kChunk + cv, true);
-    }
-    const float* aux = a.aux + ch * 3 * kChunk;
-    for (int i = tid; i < 3 * kChunk / 4; i += 256) cp_async_16(&X.aux[i * 4], aux + i * 4, true);
-  };
-
-  // Prologue: chunks 0 .. STAGES - 2 in flight, one commit group each (empty groups keep the count).
-#pragma unroll
-  for (int p = 0; p < STAGES - 1; ++p) {
-    if (p < nchunks) load_chunk(p, p);
-    cp_async_commit();
-  }
-  T* og = static_cast<T*>(a.o) + s.b * a.o_s[0] + h * a.o_s[2] + v0;
-  for (int64_t c = 0; c < nchunks; ++c) {
-    cp_async_wait<STAGES - 2>();  // chunk c's group is complete
-    __syncthreads();
-    const int64_t next = c + STAGES - 1;  // its stage was last read by chunk c - 1, finished by all
-    if (next < nchunks) load_chunk(next, static_cast<int>(next % STAGES));
-    cp_async_commit();
-    const int st = static_cast<int>(c & 1);  // state operand double buffer sS[c & 1]
-    const typename Sm::Stage& X = sm.st[static_cast<int>(c % STAGES)];
-    const float* gam = X.aux;
-    const float* rq = X.aux + kChunk;
-    const float* rk = X.aux + 2 * kChunk;
-    const float gl = gam[kChunk - 1];  // = gamma[L - 1] (stage 1 pads gamma)
-    const T* s_cur = sm.s[st];
-
-    if (state_role) {
+    for (int64_t c = 0; c < nchunks; ++c) {
+      const int st = static_cast<int>(c % STAGES), b = static_cast<int>(c & 1);
+      named_bar_sync(Bar::kFull + st, kFullCount);
+      const typename Sm::Stage& X = sm.st[st];
+      const float* gam = X.aux;
+      const float* rk = X.aux + 2 * kChunk;
+      const float gl = gam[kChunk - 1];  // = gamma[L - 1] (stage 1 pads gamma)
       // vn = U - W S_c  (16, BV) per warp.
-      float acc[1][kNT][4];
-      zero(acc);
-      warp_gemm<1, kNT, KD / 16, Major::kMK, BMajor::kKN>(acc, X.w, Sm::kLdK, m0, s_cur, Sm::kLdV, 0, lane);
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt)
+      {
+        float acc[1][kNT][4];
+        zero(acc);
+        warp_gemm<1, kNT, KD / 16, Major::kMK, BMajor::kKN>(acc, X.w, Sm::kLdK, m0, sm.s[b], Sm::kLdV, 0, lane);
+        T* vn = sm.vn[b];
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
-          const int i = m0 + (lane >> 2) + hf * 8, j = nt * 8 + ((lane & 3) << 1);
-          const float vn0 = to_float(X.u[i * Sm::kLdV + j]) - acc[0][nt][2 * hf];
-          const float vn1 = to_float(X.u[i * Sm::kLdV + j + 1]) - acc[0][nt][2 * hf + 1];
+          const int i = m0 + (lane >> 2) + hf * 8;
           const float f = __expf(gl - gam[i]) * rk[i];
-          *reinterpret_cast<uint32_t*>(&sm.vn[i * Sm::kLdV + j]) = pack2<T>(vn0, vn1);
-          *reinterpret_cast<uint32_t*>(&sm.vd[i * Sm::kLdV + j]) = pack2<T>(f * vn0, f * vn1);
+#pragma unroll
+          for (int nt = 0; nt < kNT; ++nt) {
+            const int j = nt * 8 + ((lane & 3) << 1);
+            const float vn0 = to_float(X.u[i * Sm::kLdV + j]) - acc[0][nt][2 * hf];
+            const float vn1 = to_float(X.u[i * Sm::kLdV + j + 1]) - acc[0][nt][2 * hf + 1];
+            *reinterpret_cast<uint32_t*>(&vn[i * Sm::kLdV + j]) = pack2<T>(vn0, vn1);
+            *reinterpret_cast<uint32_t*>(&sm.vd[i * Sm::kLdV + j]) = pack2<T>(f * vn0, f * vn1);
+          }
         }
-      named_bar_arrive(kBarVn, 256);
-      named_bar_sync(kBarState, 128);
+      }
+      named_bar_sync(Bar::kState, 128);  // sVd complete
       // S = exp(gamma_L) S + Kᵀ Vd.
       const float egl = __expf(gl);
 #pragma unroll
@@ -207,56 +233,76 @@ __global__ void __launch_bounds__(256, 1) recurrence_kernel(FwdArgs a) {
 #pragma unroll
           for (int e = 0; e < 4; ++e) S[mt][nt][e] *= egl;
       warp_gemm<kSM, kNT, kChunk / 16, Major::kKM, BMajor::kKN>(S, X.k, Sm::kLdK, srow0, sm.vd, Sm::kLdV, 0, lane);
-      store_s_operand(sm.s[st ^ 1]);
-    } else {
-      const int64_t t0 = s.bos + c * kChunk;
-      const int L = static_cast<int>(s.eos - t0 < kChunk ? s.eos - t0 : kChunk);
-      // O = scale exp(gamma) o rq o (Q S_c) + Pm vn.
-      float acc[1][kNT][4];
-      zero(acc);
-      warp_gemm<1, kNT, KD / 16, Major::kMK, BMajor::kKN>(acc, X.q, Sm::kLdK, m0, s_cur, Sm::kLdV, 0, lane);
+      // sS[b ^ 1] held S_{c-1}: wait until the output warps are done with chunk c - 1.
+      if (c >= 1) named_bar_sync(Bar::kRelease + (b ^ 1), 256);
+      store_s_operand(sm.s[b ^ 1]);
+      named_bar_sync(Bar::kState, 128);               // S_{c+1} complete; sVd free
+      named_bar_arrive(Bar::kHandoff + b, 256);       // vn_c (and S_c) to the output warps
+      named_bar_arrive(Bar::kEmpty + st, kEmptyCount);  // done with stage st
+    }
+    if (nchunks > 0) named_bar_sync(Bar::kRelease + static_cast<int>((nchunks - 1) & 1), 256);
+
+    // Final state.
+    if (dst != nullptr) {
 #pragma unroll
-      for (int nt = 0; nt < kNT; ++nt)
+      for (int mt = 0; mt < kSM; ++mt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int i = m0 + acc_row(lane, e);
-          acc[0][nt][e] *= a.scale * __expf(gam[i]) * rq[i];
-        }
-      named_bar_sync(kBarVn, 256);
-      warp_gemm<1, kNT, kChunk / 16, Major::kMK, BMajor::kKN>(acc, X.pm, Sm::kLdA, m0, sm.vn, Sm::kLdV, 0, lane);
+        for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
-      for (int nt = 0; nt < kNT; ++nt)
+          for (int e = 0; e < 4; ++e) {
+            const int64_t off = state_offset(dst_row, a.ht_row_stride, mt, nt, e);
+            if (a.ht_bf16) {
+              static_cast<__nv_bfloat16*>(dst)[off] = __float2bfloat16_rn(S[mt][nt][e]);
+            } else {
+              static_cast<float*>(dst)[off] = S[mt][nt][e];
+            }
+          }
+    }
+    return;
+  }
+
+  // ================= output warps =================
+  T* og = static_cast<T*>(a.o) + s.b * a.o_s[0] + h * a.o_s[2] + v0;
+  for (int64_t c = 0; c < nchunks; ++c) {
+    const int st = static_cast<int>(c % STAGES), b = static_cast<int>(c & 1);
+    named_bar_sync(Bar::kHandoff + b, 256);
+    const typename Sm::Stage& X = sm.st[st];
+    const float* gam = X.aux;
+    const float* rq = X.aux + kChunk;
+    const int64_t t0 = s.bos + c * kChunk;
+    const int L = static_cast<int>(s.eos - t0 < kChunk ? s.eos - t0 : kChunk);
+    // O = scale exp(gamma) o rq o (Q S_c) + Pm vn_c.
+    float acc[1][kNT][4];
+    zero(acc);
+    warp_gemm<1, kNT, KD / 16, Major::kMK, BMajor::kKN>(acc, X.q, Sm::kLdK, m0, sm.s[b], Sm::kLdV, 0, lane);
 #pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-          const int i = m0 + (lane >> 2) + hf * 8, j = nt * 8 + ((lane & 3) << 1);
-          *reinterpret_cast<uint32_t*>(&sm.o[i * Sm::kLdV + j]) = pack2<T>(acc[0][nt][2 * hf], acc[0][nt][2 * hf + 1]);
-        }
-      __syncwarp();
-      constexpr int kVec = BV * sizeof(T) / 16;  // 16-byte vectors per row
-      for (int i = lane; i < 16 * kVec; i += 32) {
-        const int r = m0 + i / kVec, cv = (i % kVec) * (16 / sizeof(T));
-        if (r < L)
-          *reinterpret_cast<uint4*>(og + (t0 + r) * a.o_s[1] + cv) = *reinterpret_cast<const uint4*>(&sm.o[r * Sm::kLdV + cv]);
+    for (int hf = 0; hf < 2; ++hf) {
+      const int i = m0 + (lane >> 2) + hf * 8;
+      const float f = a.scale * __expf(gam[i]) * rq[i];
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+        acc[0][nt][2 * hf] *= f;
+        acc[0][nt][2 * hf + 1] *= f;
       }
     }
-  }
-  cp_async_wait<0>();
-
-  // ---- final state (state warps) ----
-  if (state_role && dst != nullptr) {
+    warp_gemm<1, kNT, kChunk / 16, Major::kMK, BMajor::kKN>(acc, X.pm, Sm::kLdA, m0, sm.vn[b], Sm::kLdV, 0, lane);
+    named_bar_arrive(Bar::kRelease + b, 256);                        // sS[b], sVn[b] free
+    named_bar_arrive(Bar::kEmpty + st, kEmptyCount);                 // Q, Pm, aux of stage st read
 #pragma unroll
-    for (int mt = 0; mt < kSM; ++mt)
+    for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
-      for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int64_t off = state_offset(dst_row, a.ht_row_stride, mt, nt, e);
-          if (a.ht_bf16) {
-            static_cast<__nv_bfloat16*>(dst)[off] = __float2bfloat16_rn(S[mt][nt][e]);
-          } else {
-            static_cast<float*>(dst)[off] = S[mt][nt][e];
-          }
-        }
+      for (int hf = 0; hf < 2; ++hf) {
+        const int i = m0 + (lane >> 2) + hf * 8, j = nt * 8 + ((lane & 3) << 1);
+        *reinterpret_cast<uint32_t*>(&sm.o[i * Sm::kLdV + j]) = pack2<T>(acc[0][nt][2 * hf], acc[0][nt][2 * hf + 1]);
+      }
+    __syncwarp();
+    constexpr int kVec = BV * sizeof(T) / 16;  // 16-byte vectors per row
+    for (int i = lane; i < 16 * kVec; i += 32) {
+      const int r = m0 + i / kVec, cv = (i % kVec) * (16 / sizeof(T));
+      if (r < L)
+        *reinterpret_cast<uint4*>(og + (t0 + r) * a.o_s[1] + cv) = *reinterpret_cast<const uint4*>(&sm.o[r * Sm::kLdV + cv]);
+    }
+    __syncwarp();
   }
 }
 
