@@ -34,11 +34,11 @@ Layout layout(const Problem& pr) {
   l.aux = at;
   at += align_up(chunks * hv * 3 * kChunk * sizeof(float));
   l.w = at;
-  at += align_up(chunks * hv * kChunk * pr.K * 2);
+  at += align_up(chunks * hv * w_image_elems(static_cast<int>(pr.K)) * 2);
   l.u = at;
-  at += align_up(chunks * hv * kChunk * pr.V * 2);
+  at += align_up(chunks * hv * u_image_elems(static_cast<int>(pr.V), kMinBv) * 2);
   l.pm = at;
-  at += align_up(chunks * hv * kChunk * kChunk * 2);
+  at += align_up(chunks * hv * pm_image_elems() * 2);
   l.total = at;
   return l;
 }
@@ -97,7 +97,11 @@ flashgdn_status_t launch_recurrence(const FwdArgs& a, int v_tiles, int max_smem,
 }
 
 template <class T, int KD, int VD>
-flashgdn_status_t launch_all(const FwdArgs& a, int bv, int max_smem, int dev, cudaStream_t stream) {
+flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, cudaStream_t stream) {
+  // Shrink BV if the device cannot hold the recurrence's tile (before stage 1: U's image depends on it).
+  if (bv == 64 && static_cast<int>(sizeof(RecurrenceSmem<T, KD, 64, 2>)) > max_smem) bv = 32;
+  if (bv == 32 && static_cast<int>(sizeof(RecurrenceSmem<T, KD, 32, 2>)) > max_smem) bv = 16;
+  a.bv = bv;
   // Stage 1: prepare (parallel over chunks and value heads).
   {
     auto kernel = prepare_kernel<T, KD, VD>;
@@ -109,9 +113,6 @@ flashgdn_status_t launch_all(const FwdArgs& a, int bv, int max_smem, int dev, cu
     e = cudaGetLastError();
     if (e != cudaSuccess) return cuda_error("prepare kernel launch", e);
   }
-  // Stage 2: recurrence. Shrink BV if the device cannot hold the tile.
-  if (bv == 64 && static_cast<int>(sizeof(RecurrenceSmem<T, KD, 64, 2>)) > max_smem) bv = 32;
-  if (bv == 32 && static_cast<int>(sizeof(RecurrenceSmem<T, KD, 32, 2>)) > max_smem) bv = 16;
   const int v_tiles = a.V / bv;
   switch (bv) {
     case 64: return launch_recurrence<T, KD, 64>(a, v_tiles, max_smem, dev, stream);
@@ -243,6 +244,7 @@ flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_
   a.W = ws + l.w;
   a.U = ws + l.u;
   a.Pm = ws + l.pm;
+  a.u_stride = u_image_elems(static_cast<int>(pr.V), kMinBv);
   a.max_chunks = pr.max_chunks();
 
   chunk_offsets_kernel<256><<<1, 256, 0, stream>>>(a);

@@ -7,6 +7,15 @@ namespace flashgdn::portable {
 
 inline constexpr int kChunk = 64;
 
+// Workspace images. W, U and Pm are stored exactly as the recurrence's shared-memory tiles (rows padded
+// by 16 bytes, pads zero), so that its producer moves each with linear 16-byte copies; U is split in
+// V / bv slices of (64, bv + 8). Element counts per (chunk, value head):
+__host__ __device__ constexpr int64_t w_image_elems(int K) { return int64_t(kChunk) * (K + 8); }
+__host__ __device__ constexpr int64_t u_slice_elems(int bv) { return int64_t(kChunk) * (bv + 8); }
+__host__ __device__ constexpr int64_t u_image_elems(int V, int bv) { return (V / bv) * u_slice_elems(bv); }
+__host__ __device__ constexpr int64_t pm_image_elems() { return int64_t(kChunk) * (kChunk + 8); }
+inline constexpr int kMinBv = 16;  // the workspace holds U for the narrowest slice (the largest image)
+
 struct FwdArgs {
   // Inputs/outputs. q/k/v/o strides in elements for (b, t, h); the last dim is contiguous.
   const void* q;
@@ -41,9 +50,11 @@ struct FwdArgs {
   // Workspace.
   int64_t* chunk_offsets;  // [N + 1]: first global chunk of each sequence
   float* aux;              // [chunks, Hv, 3, 64]: gamma, rq, rk per token (fp32)
-  void* W;                 // [chunks, Hv, 64, K] T: (Gamma o A) diag(beta) diag(exp(gamma)) K̂
-  void* U;                 // [chunks, Hv, 64, V] T: (Gamma o A) diag(beta) V
-  void* Pm;                // [chunks, Hv, 64, 64] T: scale * Gamma o tril(Q̂ K̂ᵀ)
+  void* W;                 // [chunks, Hv] images (64, K + 8) T: (Gamma o A) diag(beta) diag(exp(gamma)) K̂
+  void* U;                 // [chunks, Hv] images [V / bv](64, bv + 8) T: (Gamma o A) diag(beta) V
+  void* Pm;                // [chunks, Hv] images (64, 72) T: scale * Gamma o tril(Q̂ K̂ᵀ)
+  int64_t u_stride;        // elements between the U images of consecutive (chunk, head): u_image_elems(V, kMinBv)
+  int bv;                  // the recurrence's V slice (U's image layout)
   int64_t max_chunks;
 };
 

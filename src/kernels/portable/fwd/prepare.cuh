@@ -4,6 +4,7 @@
 // memory so that 3 CTAs (12 warps) share an SM. For value head h (q/k head h / group) it writes
 //   aux[c, h] = (gamma, rq, rk)                   fp32 (64 each): chunk cumsum of g, l2norm factors (1 if off)
 //   Pm[c, h]  = scale * Gamma o tril(Q̂ K̂ᵀ)        T, 64 x 64
+// (W, U and Pm as padded images of the recurrence's shared-memory tiles, params.hpp)
 //   W[c, h]   = (Gamma o A) diag(beta) diag(e^gamma) K̂  T, 64 x K   (A = T⁻¹, T = I + StrictLower(diag(beta) K̂ K̂ᵀ))
 //   U[c, h]   = (Gamma o A) diag(beta) V          T, 64 x V
 // with Gamma_ij = exp(gamma_i - gamma_j) for i >= j (exponent <= 0; the exp(gamma_i) on W is <= 1 too),
@@ -146,7 +147,7 @@ __global__ void __launch_bounds__(128, 3) prepare_kernel(FwdArgs a) {
     zero(kk);
     warp_gemm<1, 8, KD / 16, Major::kMK, BMajor::kNK>(qk, sm.a.q, S::kLd, warp * 16, sm.k, S::kLd, 0, lane);
     warp_gemm<1, 8, KD / 16, Major::kMK, BMajor::kNK>(kk, sm.k, S::kLd, warp * 16, sm.k, S::kLd, 0, lane);
-    T* pm = static_cast<T*>(a.Pm) + ch * kChunk * kChunk;
+    T* pm = static_cast<T*>(a.Pm) + ch * pm_image_elems();  // (64, 72) image
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
       const int i = warp * 16 + (lane >> 2) + hf * 8;
@@ -157,7 +158,7 @@ __global__ void __launch_bounds__(128, 3) prepare_kernel(FwdArgs a) {
         // exp(gamma_i - gamma_j) <= 1 for i >= j; masked elsewhere.
         const float p0 = (j <= i) ? fq * sm.rk[j] * __expf(fminf(gi - sm.gam[j], 0.f)) * qk[0][nt][2 * hf] : 0.f;
         const float p1 = (j + 1 <= i) ? fq * sm.rk[j + 1] * __expf(fminf(gi - sm.gam[j + 1], 0.f)) * qk[0][nt][2 * hf + 1] : 0.f;
-        *reinterpret_cast<uint32_t*>(pm + i * kChunk + j) = pack2<T>(p0, p1);
+        *reinterpret_cast<uint32_t*>(pm + i * (kChunk + 8) + j) = pack2<T>(p0, p1);
       }
     }
     __syncthreads();  // every warp is done reading sQ: sTm may overwrite it
@@ -211,22 +212,37 @@ __global__ void __launch_bounds__(128, 3) prepare_kernel(FwdArgs a) {
   }
   __syncthreads();
 
-  // ---- phase 5: W = Aw K (64, K), U = Ab V (64, V); 16 rows per warp, accumulators -> global ----
-  auto product = [&](const T* amat, const T* bmat, int ldb, auto dim_tag, T* out) {
+  // ---- phase 5: W = Aw K (64, K), U = Ab V (64, V); 16 rows per warp, accumulators -> global images ----
+  // Element (i, j) of the product goes to out + (j / slice) * slice_elems + i * (slice + 8) + j % slice.
+  T* wimg = static_cast<T*>(a.W) + ch * w_image_elems(KD);
+  T* uimg = static_cast<T*>(a.U) + ch * a.u_stride;
+  auto product = [&](const T* amat, const T* bmat, int ldb, auto dim_tag, T* out, int slice) {
     constexpr int D = decltype(dim_tag)::value;
     float acc[1][D / 8][4];
     zero(acc);
     warp_gemm<1, D / 8, kChunk / 16, Major::kMK, BMajor::kKN>(acc, amat, S::kLdA, warp * 16, bmat, ldb, 0, lane);
+    const int64_t slice_elems = u_slice_elems(slice);
 #pragma unroll
     for (int nt = 0; nt < D / 8; ++nt)
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
         const int i = warp * 16 + (lane >> 2) + hf * 8, j = nt * 8 + ((lane & 3) << 1);
-        *reinterpret_cast<uint32_t*>(out + i * D + j) = pack2<T>(acc[0][nt][2 * hf], acc[0][nt][2 * hf + 1]);
+        T* dst = out + (j / slice) * slice_elems + i * (slice + 8) + j % slice;
+        *reinterpret_cast<uint32_t*>(dst) = pack2<T>(acc[0][nt][2 * hf], acc[0][nt][2 * hf + 1]);
       }
   };
-  product(sm.a.prod.aw, sm.k, S::kLd, std::integral_constant<int, KD>{}, static_cast<T*>(a.W) + ch * kChunk * KD);
-  product(sm.a.prod.ab, sm.v, S::kLdV, std::integral_constant<int, VD>{}, static_cast<T*>(a.U) + ch * kChunk * VD);
+  product(sm.a.prod.aw, sm.k, S::kLd, std::integral_constant<int, KD>{}, wimg, KD);
+  product(sm.a.prod.ab, sm.v, S::kLdV, std::integral_constant<int, VD>{}, uimg, a.bv);
+  // Zero pads (16 bytes per image row) so the recurrence's linear copies never read uninitialised memory.
+  T* pmimg = static_cast<T*>(a.Pm) + ch * pm_image_elems();
+  const int u_slices = VD / a.bv;
+  for (int e = tid; e < kChunk * (2 + u_slices); e += 128) {
+    const int r = e % kChunk, which = e / kChunk;
+    T* dst = which == 0 ? wimg + r * (KD + 8) + KD
+           : which == 1 ? pmimg + r * (kChunk + 8) + kChunk
+                        : uimg + (which - 2) * u_slice_elems(a.bv) + r * (a.bv + 8) + a.bv;
+    *reinterpret_cast<uint4*>(dst) = make_uint4(0u, 0u, 0u, 0u);
+  }
 }
 
 }  // namespace flashgdn::portable

@@ -30,6 +30,8 @@
 // BV = 16, 3 stages: ~220 KB. The launcher takes 3 stages where they fit and checks the device limit.
 #pragma once
 
+#include <type_traits>
+
 #include "device/warp_mma.cuh"
 #include "kernels/portable/fwd/params.hpp"
 #include "kernels/portable/fwd/scheduler.cuh"
@@ -99,34 +101,46 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
     const int ptid = tid - 32 * (kRecStateWarps + kRecOutputWarps);
     const T* qg = static_cast<const T*>(a.q) + s.b * a.q_s[0] + hk * a.q_s[2];
     const T* kg = static_cast<const T*>(a.k) + s.b * a.k_s[0] + hk * a.k_s[2];
+    // Q/K rows: thread ptid copies 16-byte column vector ptid % kVK of rows ptid / kVK + j * kRowStep.
+    constexpr int kE = 16 / sizeof(T), kVK = KD / kE, kRowStep = kRecProducerThreads / kVK;
+    static_assert(kRecProducerThreads % kVK == 0 && kChunk % kRowStep == 0, "producer row mapping");
+    const int r0 = ptid / kVK, cv = (ptid % kVK) * kE;
+    // A contiguous image of BYTES bytes (a multiple of 16), 16 bytes per thread and step.
+    auto copy_image = [&](auto bytes_tag, void* dst, const void* src) {
+      constexpr int kBytes = decltype(bytes_tag)::value;
+      static_assert(kBytes % 16 == 0, "16-byte granules");
+      char* d = static_cast<char*>(dst) + ptid * 16;
+      const char* g = static_cast<const char*>(src) + ptid * 16;
+#pragma unroll
+      for (int o = 0; o < kBytes; o += 16 * kRecProducerThreads)
+        if (o + ptid * 16 < kBytes) cp_async_16(d + o, g + o, true);
+    };
     auto load_chunk = [&](int64_t c, int st) {
       typename Sm::Stage& X = sm.st[st];
       const int64_t t0 = s.bos + c * kChunk;
       const int L = static_cast<int>(s.eos - t0 < kChunk ? s.eos - t0 : kChunk);
-      constexpr int kVK = KD * sizeof(T) / 16, kVV = BV * sizeof(T) / 16, kVA = kChunk * sizeof(T) / 16;
-      constexpr int kE = 16 / sizeof(T);
       const int64_t ch = (c_base + c) * a.Hv + h;
-      const T* wg = static_cast<const T*>(a.W) + ch * kChunk * KD;
-      const T* ug = static_cast<const T*>(a.U) + ch * kChunk * a.V + v0;
-      const T* pg = static_cast<const T*>(a.Pm) + ch * kChunk * kChunk;
-      for (int i = ptid; i < kChunk * kVK; i += kRecProducerThreads) {
-        const int r = i / kVK, cv = (i % kVK) * kE;
+      copy_image(std::integral_constant<int, sizeof(T) * kChunk * Sm::kLdK>{}, X.w,
+                 static_cast<const T*>(a.W) + ch * w_image_elems(KD));
+      copy_image(std::integral_constant<int, sizeof(T) * kChunk * Sm::kLdV>{}, X.u,
+                 static_cast<const T*>(a.U) + ch * a.u_stride + blockIdx.z * u_slice_elems(BV));
+      copy_image(std::integral_constant<int, sizeof(T) * kChunk * Sm::kLdA>{}, X.pm,
+                 static_cast<const T*>(a.Pm) + ch * pm_image_elems());
+      copy_image(std::integral_constant<int, sizeof(float) * 3 * kChunk>{}, X.aux, a.aux + ch * 3 * kChunk);
+      const int64_t qstep = kRowStep * a.q_s[1], kstep = kRowStep * a.k_s[1];
+      const T* qp = qg + (t0 + r0) * a.q_s[1] + cv;
+      const T* kp = kg + (t0 + r0) * a.k_s[1] + cv;
+      const T* q_safe = qg + t0 * a.q_s[1] + cv;  // a valid address for the zero-filled rows past L
+      const T* k_safe = kg + t0 * a.k_s[1] + cv;
+#pragma unroll
+      for (int j = 0; j < kChunk / kRowStep; ++j) {
+        const int r = r0 + j * kRowStep;
         const bool ok = r < L;
-        const int64_t t = ok ? t0 + r : t0;
-        cp_async_16(&X.q[r * Sm::kLdK + cv], qg + t * a.q_s[1] + cv, ok);
-        cp_async_16(&X.k[r * Sm::kLdK + cv], kg + t * a.k_s[1] + cv, ok);
-        cp_async_16(&X.w[r * Sm::kLdK + cv], wg + r * KD + cv, true);
+        cp_async_16(&X.q[r * Sm::kLdK + cv], ok ? qp : q_safe, ok);
+        cp_async_16(&X.k[r * Sm::kLdK + cv], ok ? kp : k_safe, ok);
+        qp += qstep;
+        kp += kstep;
       }
-      for (int i = ptid; i < kChunk * kVV; i += kRecProducerThreads) {
-        const int r = i / kVV, cv = (i % kVV) * kE;
-        cp_async_16(&X.u[r * Sm::kLdV + cv], ug + r * a.V + cv, true);
-      }
-      for (int i = ptid; i < kChunk * kVA; i += kRecProducerThreads) {
-        const int r = i / kVA, cv = (i % kVA) * kE;
-        cp_async_16(&X.pm[r * Sm::kLdA + cv], pg + r * kChunk + cv, true);
-      }
-      const float* aux = a.aux + ch * 3 * kChunk;
-      for (int i = ptid; i < 3 * kChunk / 4; i += kRecProducerThreads) cp_async_16(&X.aux[i * 4], aux + i * 4, true);
     };
     for (int64_t c = 0; c < nchunks + STAGES - 1; ++c) {
       if (c < nchunks) {
