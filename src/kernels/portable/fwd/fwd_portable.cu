@@ -161,16 +161,17 @@ int bv_override() {
 size_t workspace_bytes(const Problem& pr) { return layout(pr).total; }
 
 int choose_bv(const Problem& pr, int num_sms) {
-  // One CTA per SM (the recurrence uses ~200 KB of shared memory). Cost model: waves x per-CTA time,
-  // with the per-chunk time of a CTA ~ (1 + BV / 64) (latency-bound products: a wider slice costs less
-  // than proportionally). Narrow slices buy parallelism when sequences x heads cannot fill the GPU.
+  // One CTA per SM (the recurrence uses ~200 KB of shared memory). Cost model: waves x per-chunk time
+  // of a CTA, measured on H100 (53c2923..d3c1703) as ~1.5 / 2.0 / 3.0 us for BV = 16 / 32 / 64, i.e.
+  // ~(1 + BV / 32): narrow slices buy parallelism when sequences x heads cannot fill the GPU, wide slices
+  // do less redundant Q/K/W traffic and fewer products per column when they can.
   int best = 16;
   double best_cost = 1e300;
   for (int bv : {64, 32, 16}) {
     if (bv > pr.V) continue;
     const int64_t ctas = pr.N * pr.Hv * (pr.V / bv);
     const double waves = static_cast<double>((ctas + num_sms - 1) / num_sms);
-    const double cost = waves * (1.0 + bv / 64.0);
+    const double cost = waves * (1.0 + bv / 32.0);
     if (cost < best_cost - 1e-9) {
       best_cost = cost;
       best = bv;

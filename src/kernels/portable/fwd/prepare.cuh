@@ -222,12 +222,13 @@ __global__ void __launch_bounds__(128, 3) prepare_kernel(FwdArgs a) {
     zero(acc);
     warp_gemm<1, D / 8, kChunk / 16, Major::kMK, BMajor::kKN>(acc, amat, S::kLdA, warp * 16, bmat, ldb, 0, lane);
     const int64_t slice_elems = u_slice_elems(slice);
+    const int sh = 31 - __clz(slice);  // slice is a power of two
 #pragma unroll
     for (int nt = 0; nt < D / 8; ++nt)
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
         const int i = warp * 16 + (lane >> 2) + hf * 8, j = nt * 8 + ((lane & 3) << 1);
-        T* dst = out + (j / slice) * slice_elems + i * (slice + 8) + j % slice;
+        T* dst = out + (j >> sh) * slice_elems + i * (slice + 8) + (j & (slice - 1));
         *reinterpret_cast<uint32_t*>(dst) = pack2<T>(acc[0][nt][2 * hf], acc[0][nt][2 * hf + 1]);
       }
   };
