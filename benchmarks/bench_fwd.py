@@ -168,10 +168,14 @@ def main():
     fla_gdr, prep_ci, fla_ver = load_fla()
     published = {(r["hqk"], r["hv"], r["seqlens"]): r
                  for r in json.load(open(ROOT / "benchmarks" / "published_h200_fwd.json"))["rows"]}
-    try:
-        commit = subprocess.check_output(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], text=True).strip()
-    except Exception:  # noqa: BLE001
-        commit = os.environ.get("FLASHGDN_COMMIT", "unknown")
+    # FLASHGDN_COMMIT first: the GPU box gets a copy of the working tree whose .git may be stale.
+    commit = os.environ.get("FLASHGDN_COMMIT", "")
+    if not commit:
+        try:
+            commit = subprocess.check_output(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                             text=True).strip()
+        except Exception:  # noqa: BLE001
+            commit = "unknown"
     import triton
     meta = {
         "gpu": gpu, "sm_count": prop.multi_processor_count, "commit": commit,
