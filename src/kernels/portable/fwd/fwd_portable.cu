@@ -1,6 +1,7 @@
 // Host launcher of the portable (sm_80+) chunked forward: workspace layout, tile choice, launches.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -22,7 +23,7 @@ constexpr size_t kAlign = 256;
 size_t align_up(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
 struct Layout {
-  size_t offsets, aux, w, u, pm, total;
+  size_t offsets, info, aux, w, u, pm, total;
 };
 
 Layout layout(const Problem& pr) {
@@ -31,6 +32,8 @@ Layout layout(const Problem& pr) {
   size_t at = 0;
   l.offsets = at;
   at += align_up((pr.N + 1) * sizeof(int64_t));
+  l.info = at;
+  at += align_up(chunks * sizeof(FwdArgs::ChunkInfo));
   l.aux = at;
   at += align_up(chunks * hv * 3 * kChunk * sizeof(float));
   l.w = at;
@@ -170,7 +173,8 @@ int choose_bv(const Problem& pr, int num_sms) {
   for (int bv : {64, 32, 16}) {
     if (bv > pr.V) continue;
     const int64_t ctas = pr.N * pr.Hv * (pr.V / bv);
-    const double waves = static_cast<double>((ctas + num_sms - 1) / num_sms);
+    // NOTE: fractional waves: with varlen the short sequences' CTAs finish early and free their SMs.
+    const double waves = std::max(1.0, static_cast<double>(ctas) / num_sms);
     const double cost = waves * (1.0 + bv / 32.0);
     if (cost < best_cost - 1e-9) {
       best_cost = cost;
@@ -241,6 +245,7 @@ flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_
     a.mask_stride = p.has_initial_state.stride[0];
   }
   a.chunk_offsets = reinterpret_cast<int64_t*>(ws + l.offsets);
+  a.chunk_info = reinterpret_cast<FwdArgs::ChunkInfo*>(ws + l.info);
   a.aux = reinterpret_cast<float*>(ws + l.aux);
   a.W = ws + l.w;
   a.U = ws + l.u;
@@ -251,6 +256,11 @@ flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_
   chunk_offsets_kernel<256><<<1, 256, 0, stream>>>(a);
   e = cudaGetLastError();
   if (e != cudaSuccess) return cuda_error("chunk offsets kernel launch", e);
+  if (a.max_chunks > 0) {
+    chunk_table_kernel<<<static_cast<unsigned>((a.max_chunks + 255) / 256), 256, 0, stream>>>(a);
+    e = cudaGetLastError();
+    if (e != cudaSuccess) return cuda_error("chunk table kernel launch", e);
+  }
 
   const int bv = bv_override() > 0 && bv_override() <= pr.V ? bv_override() : choose_bv(pr, num_sms);
   const bool bf16 = pr.io_dtype == FLASHGDN_DTYPE_BFLOAT16;

@@ -49,6 +49,11 @@ struct FwdArgs {
 
   // Workspace.
   int64_t* chunk_offsets;  // [N + 1]: first global chunk of each sequence
+  struct ChunkInfo {
+    int64_t t0;  // first token of the chunk (row b)
+    int32_t L;   // tokens in the chunk (1..64); -1: no such chunk (c >= total)
+    int32_t b;   // batch row (0 when varlen)
+  }* chunk_info;           // [max_chunks]: one 16-byte load per prepare CTA instead of a search
   float* aux;              // [chunks, Hv, 3, 64]: gamma, rq, rk per token (fp32)
   void* W;                 // [chunks, Hv] images (64, K + 8) T: (Gamma o A) diag(beta) diag(exp(gamma)) K̂
   void* U;                 // [chunks, Hv] images [V / bv](64, bv + 8) T: (Gamma o A) diag(beta) V

@@ -69,18 +69,18 @@ __global__ void __launch_bounds__(128, 3) prepare_kernel(FwdArgs a) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t c = blockIdx.x;
   const int h = blockIdx.y, hk = h / a.group;
-  if (c >= a.chunk_offsets[a.N]) return;
-  const int64_t n = find_sequence(a.chunk_offsets, a.N, c);
-  const Seq s = seq_range(a, n);
-  const int64_t t0 = s.bos + (c - a.chunk_offsets[n]) * kChunk;
-  const int L = static_cast<int>(s.eos - t0 < kChunk ? s.eos - t0 : kChunk);
+  const FwdArgs::ChunkInfo ci = a.chunk_info[c];
+  if (ci.L < 0) return;  // past the last chunk (the grid is sized from shapes)
+  const int64_t t0 = ci.t0;
+  const int L = ci.L;
+  const int64_t brow = ci.b;
   const int64_t ch = c * a.Hv + h;
 
   // ---- phase 0: Q, K, V rows (zero past L); gamma and beta ----
   {
-    const T* qg = static_cast<const T*>(a.q) + s.b * a.q_s[0] + hk * a.q_s[2];
-    const T* kg = static_cast<const T*>(a.k) + s.b * a.k_s[0] + hk * a.k_s[2];
-    const T* vg = static_cast<const T*>(a.v) + s.b * a.v_s[0] + h * a.v_s[2];
+    const T* qg = static_cast<const T*>(a.q) + brow * a.q_s[0] + hk * a.q_s[2];
+    const T* kg = static_cast<const T*>(a.k) + brow * a.k_s[0] + hk * a.k_s[2];
+    const T* vg = static_cast<const T*>(a.v) + brow * a.v_s[0] + h * a.v_s[2];
     constexpr int kVK = KD * sizeof(T) / 16, kVV = VD * sizeof(T) / 16, kE = 16 / sizeof(T);
     for (int i = tid; i < kChunk * kVK; i += 128) {
       const int r = i / kVK, cv = (i % kVK) * kE;
@@ -98,7 +98,7 @@ __global__ void __launch_bounds__(128, 3) prepare_kernel(FwdArgs a) {
   }
   if (warp == 0) {
     // gamma = inclusive cumsum of g over the chunk; rows past L: gamma[L - 1].
-    const float* gg = a.g + s.b * a.g_s[0] + h * a.g_s[2];
+    const float* gg = a.g + brow * a.g_s[0] + h * a.g_s[2];
     const float x0 = 2 * lane < L ? gg[(t0 + 2 * lane) * a.g_s[1]] : 0.f;
     const float x1 = 2 * lane + 1 < L ? gg[(t0 + 2 * lane + 1) * a.g_s[1]] : 0.f;
     float incl = x0 + x1;
@@ -110,7 +110,7 @@ __global__ void __launch_bounds__(128, 3) prepare_kernel(FwdArgs a) {
     sm.gam[2 * lane] = incl - x1;
     sm.gam[2 * lane + 1] = incl;
   } else if (warp == 1) {
-    const int64_t boff = s.b * a.beta_s[0] + h * a.beta_s[2];
+    const int64_t boff = brow * a.beta_s[0] + h * a.beta_s[2];
     for (int i = lane; i < kChunk; i += 32) sm.beta[i] = i < L ? load_beta<T>(a, boff + (t0 + i) * a.beta_s[1]) : 0.f;
   }
   cp_async_wait<0>();

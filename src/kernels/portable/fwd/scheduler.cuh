@@ -66,4 +66,19 @@ __device__ __forceinline__ int64_t find_sequence(const int64_t* offsets, int64_t
   return lo;
 }
 
+// chunk_info[c] for every c < max_chunks (after chunk_offsets_kernel): grid ceil(max_chunks / 256).
+__global__ void __launch_bounds__(256) chunk_table_kernel(FwdArgs a) {
+  const int64_t c = blockIdx.x * int64_t(256) + threadIdx.x;
+  if (c >= a.max_chunks) return;
+  FwdArgs::ChunkInfo ci{0, -1, 0};
+  if (c < a.chunk_offsets[a.N]) {
+    const int64_t n = find_sequence(a.chunk_offsets, a.N, c);
+    const Seq s = seq_range(a, n);
+    ci.t0 = s.bos + (c - a.chunk_offsets[n]) * kChunk;
+    ci.L = static_cast<int32_t>(s.eos - ci.t0 < kChunk ? s.eos - ci.t0 : kChunk);
+    ci.b = static_cast<int32_t>(s.b);
+  }
+  a.chunk_info[c] = ci;
+}
+
 }  // namespace flashgdn::portable
