@@ -23,7 +23,7 @@ constexpr size_t kAlign = 256;
 size_t align_up(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
 struct Layout {
-  size_t offsets, info, aux, w, u, pm, total;
+  size_t offsets, order, info, aux, w, u, pm, total;
 };
 
 Layout layout(const Problem& pr) {
@@ -32,6 +32,8 @@ Layout layout(const Problem& pr) {
   size_t at = 0;
   l.offsets = at;
   at += align_up((pr.N + 1) * sizeof(int64_t));
+  l.order = at;
+  at += align_up(pr.N * sizeof(int32_t));
   l.info = at;
   at += align_up(chunks * sizeof(FwdArgs::ChunkInfo));
   l.aux = at;
@@ -80,7 +82,7 @@ flashgdn_status_t launch_recurrence_stages(const FwdArgs& a, int v_tiles, int de
   static std::atomic<uint64_t> done{0};
   cudaError_t e = raise_smem_limit_once(kernel, smem, dev, done);
   if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(recurrence)", e);
-  kernel<<<dim3(a.N, a.Hv, v_tiles), kRecThreads, smem, stream>>>(a);
+  kernel<<<static_cast<unsigned>(int64_t(a.N) * a.Hv * v_tiles), kRecThreads, smem, stream>>>(a);
   e = cudaGetLastError();
   return e == cudaSuccess ? FLASHGDN_SUCCESS : cuda_error("recurrence kernel launch", e);
 }
@@ -117,6 +119,9 @@ flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, cudaStrea
     if (e != cudaSuccess) return cuda_error("prepare kernel launch", e);
   }
   const int v_tiles = a.V / bv;
+  if (int64_t(a.N) * a.Hv * v_tiles > 0x7fffffff)
+    return fail(FLASHGDN_ERROR_UNSUPPORTED, "flashgdn_chunk_fwd: N * Hv * (V / %d) = %lld exceeds the grid limit", bv,
+                static_cast<long long>(int64_t(a.N) * a.Hv * v_tiles));
   switch (bv) {
     case 64: return launch_recurrence<T, KD, 64>(a, v_tiles, max_smem, dev, stream);
     case 32: return launch_recurrence<T, KD, 32>(a, v_tiles, max_smem, dev, stream);
@@ -246,6 +251,7 @@ flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_
   }
   a.chunk_offsets = reinterpret_cast<int64_t*>(ws + l.offsets);
   a.chunk_info = reinterpret_cast<FwdArgs::ChunkInfo*>(ws + l.info);
+  a.seq_order = reinterpret_cast<int32_t*>(ws + l.order);
   a.aux = reinterpret_cast<float*>(ws + l.aux);
   a.W = ws + l.w;
   a.U = ws + l.u;
@@ -256,6 +262,9 @@ flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_
   chunk_offsets_kernel<256><<<1, 256, 0, stream>>>(a);
   e = cudaGetLastError();
   if (e != cudaSuccess) return cuda_error("chunk offsets kernel launch", e);
+  seq_order_kernel<<<1, 1024, 0, stream>>>(a);
+  e = cudaGetLastError();
+  if (e != cudaSuccess) return cuda_error("sequence order kernel launch", e);
   if (a.max_chunks > 0) {
     chunk_table_kernel<<<static_cast<unsigned>((a.max_chunks + 255) / 256), 256, 0, stream>>>(a);
     e = cudaGetLastError();

@@ -49,6 +49,7 @@ struct FwdArgs {
 
   // Workspace.
   int64_t* chunk_offsets;  // [N + 1]: first global chunk of each sequence
+  int32_t* seq_order;      // [N]: sequences by decreasing length (identity when N > kSortMax)
   struct ChunkInfo {
     int64_t t0;  // first token of the chunk (row b)
     int32_t L;   // tokens in the chunk (1..64); -1: no such chunk (c >= total)

@@ -1,7 +1,7 @@
 // Portable forward, stage 2 ("recurrence"): the inter-chunk state recurrence fused with the output,
 // warp-specialized.
 //
-// Grid (N, Hv, V / BV); 320 threads = 10 warps in three roles. One CTA per (sequence, value head, V slice
+// Grid N * Hv * (V / BV) (longest sequences first); 320 threads = 10 warps in three roles. One CTA per (sequence, value head, V slice
 // of width BV) walks the sequence's chunks in order. Per chunk c (W, U, Pm, aux from stage 1):
 //   state warps 0-3    (own the fp32 state slice S (K, BV) in registers; warp w has rows w*K/4 ..):
 //       vn = U - W S_c                              (64, BV), 16 rows per warp -> sVn[c & 1] (T)
@@ -89,8 +89,13 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
   Sm& sm = *reinterpret_cast<Sm*>(smem_raw);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int64_t n = blockIdx.x;
-  const int h = blockIdx.y, v0 = blockIdx.z * BV;
+  // Linear CTA id = (rank, h, slice), slice fastest (the V slices of a head share Q/K/W in L2); rank r
+  // is the r-th longest sequence (seq_order), so the long sequences' CTAs are dispatched first.
+  const int tiles = a.V / BV;
+  const int slice = static_cast<int>(blockIdx.x % tiles);
+  const int h = static_cast<int>((blockIdx.x / tiles) % a.Hv);
+  const int64_t n = a.seq_order[blockIdx.x / (static_cast<int64_t>(tiles) * a.Hv)];
+  const int v0 = slice * BV;
   const int hk = h / a.group;
   const Seq s = seq_range(a, n);
   const int64_t nchunks = (s.eos - s.bos + kChunk - 1) / kChunk;
@@ -123,7 +128,7 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
       copy_image(std::integral_constant<int, sizeof(T) * kChunk * Sm::kLdK>{}, X.w,
                  static_cast<const T*>(a.W) + ch * w_image_elems(KD));
       copy_image(std::integral_constant<int, sizeof(T) * kChunk * Sm::kLdV>{}, X.u,
-                 static_cast<const T*>(a.U) + ch * a.u_stride + blockIdx.z * u_slice_elems(BV));
+                 static_cast<const T*>(a.U) + ch * a.u_stride + slice * u_slice_elems(BV));
       copy_image(std::integral_constant<int, sizeof(T) * kChunk * Sm::kLdA>{}, X.pm,
                  static_cast<const T*>(a.Pm) + ch * pm_image_elems());
       copy_image(std::integral_constant<int, sizeof(float) * 3 * kChunk>{}, X.aux, a.aux + ch * 3 * kChunk);

@@ -81,4 +81,45 @@ __global__ void __launch_bounds__(256) chunk_table_kernel(FwdArgs a) {
   a.chunk_info[c] = ci;
 }
 
+// seq_order: the recurrence's dispatch order, longest sequence first (longest-processing-time first: with
+// varlen the long sequences' CTAs start in the first wave). One block of 1024 threads, bitonic sort of
+// (length, index) keys in shared memory; identity order when N > kSortMax. Ties keep index order.
+inline constexpr int kSortMax = 2048;
+__global__ void __launch_bounds__(1024) seq_order_kernel(FwdArgs a) {
+  __shared__ int64_t key[kSortMax];
+  const int tid = threadIdx.x;
+  if (a.N > kSortMax) {
+    for (int64_t n = tid; n < a.N; n += 1024) a.seq_order[n] = static_cast<int32_t>(n);
+    return;
+  }
+  int P = 1;
+  while (P < a.N) P <<= 1;
+  for (int i = tid; i < P; i += 1024) {
+    if (i < a.N) {
+      const Seq s = seq_range(a, i);
+      // Larger key = earlier: length high, then the smaller index.
+      key[i] = ((s.eos - s.bos) << 12) | (kSortMax - 1 - i);
+    } else {
+      key[i] = -1;  // padding sorts last
+    }
+  }
+  __syncthreads();
+  for (int k = 2; k <= P; k <<= 1)
+    for (int j = k >> 1; j > 0; j >>= 1) {
+      for (int i = tid; i < P; i += 1024) {
+        const int l = i ^ j;
+        if (l > i) {
+          const bool desc = (i & k) == 0;
+          const int64_t x = key[i], y = key[l];
+          if (desc ? x < y : x > y) {
+            key[i] = y;
+            key[l] = x;
+          }
+        }
+      }
+      __syncthreads();
+    }
+  for (int i = tid; i < a.N; i += 1024) a.seq_order[i] = static_cast<int32_t>(kSortMax - 1 - (key[i] & (kSortMax - 1)));
+}
+
 }  // namespace flashgdn::portable
