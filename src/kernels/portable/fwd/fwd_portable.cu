@@ -178,8 +178,12 @@ int choose_bv(const Problem& pr, int num_sms) {
   for (int bv : {64, 32, 16}) {
     if (bv > pr.V) continue;
     const int64_t ctas = pr.N * pr.Hv * (pr.V / bv);
-    // NOTE: fractional waves: with varlen the short sequences' CTAs finish early and free their SMs.
-    const double waves = std::max(1.0, static_cast<double>(ctas) / num_sms);
+    // One sequence: whole waves. Several (lengths unknown on the host): fractional waves, since the
+    // recurrence dispatches the longest sequence first and the short ones' CTAs free their SMs early.
+    // NOTE: measured on H100 at 036f30d: fractional waves for N = 1 picked BV = 32 on 16/48 1x8192
+    // (192 CTAs, two full waves) and lost 19%.
+    const double waves = pr.N == 1 ? static_cast<double>((ctas + num_sms - 1) / num_sms)
+                                   : std::max(1.0, static_cast<double>(ctas) / num_sms);
     const double cost = waves * (1.0 + bv / 32.0);
     if (cost < best_cost - 1e-9) {
       best_cost = cost;
