@@ -47,7 +47,8 @@ def chunk_gated_delta_rule(
         state_indices: ``[N]`` slots into a state pool; ``initial_state`` is then the pool ``[P, Hv, K, V]``,
             read and written in place (-1: start from zeros, write nothing); returns ``(o, None)``.
         has_initial_state: ``[N]`` bool; False starts that sequence from zeros.
-        cp: intra-card context parallelism, "auto" | "on" | "off" (Hopper path).
+        cp: intra-card context parallelism, "auto" | "on" | "off". Not implemented yet: "auto" and
+            "off" run the sequential recurrence, "on" raises FlashGDNError saying so.
 
     FLA compatibility (keyword-only): ``use_beta_sigmoid_in_kernel`` (beta are logits: sigmoid applied
     first), ``allow_neg_eigval`` (with it, ``2 * sigmoid(beta)``), ``cu_seqlens_cpu`` and ``chunk_indices``

@@ -312,6 +312,11 @@ flashgdn_status_t validate_fwd(const flashgdn_chunk_fwd_params_t* p, Target targ
   if (p->cp_mode < FLASHGDN_CP_AUTO || p->cp_mode > FLASHGDN_CP_OFF)
     return fail(FLASHGDN_ERROR_INVALID_ARGUMENT, "%s: argument 'cp_mode' = %d is not one of auto (0), on (1), off (2)",
                 fn, p->cp_mode);
+  if (c.gpu() && p->cp_mode == FLASHGDN_CP_ON)
+    return fail(FLASHGDN_ERROR_UNSUPPORTED,
+                "%s: argument 'cp_mode' = on (1): intra-card context parallelism is not implemented yet; use auto (0) "
+                "or off (2), which run the sequential recurrence",
+                fn);
   pr->cp_mode = p->cp_mode;
 
   pr->pool = p->state_indices.data != nullptr;
