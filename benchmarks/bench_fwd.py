@@ -158,6 +158,8 @@ def main():
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--rows", default="", help="only rows whose name contains this")
+    ap.add_argument("--cp", default="auto", choices=["auto", "on", "off"],
+                    help="FlashGDN's cp argument ('on' is experimental: sets FLASHGDN_EXPERIMENTAL_CP=1)")
     ap.add_argument("--tag", default=os.environ.get("FLASHGDN_BENCH_TAG", ""),
                     help="suffix of the output file names (e.g. the build variant)")
     args = ap.parse_args()
@@ -189,6 +191,9 @@ def main():
         "published": "flashqla_h200_ms / flashinfer_h200_ms from FlashQLA's H200 table (fla 0.5.1 there); "
                      "their speedups are relative to the FLA time in that same table",
     }
+    if args.cp == "on":
+        os.environ["FLASHGDN_EXPERIMENTAL_CP"] = "1"
+    meta["flashgdn_cp"] = args.cp
     timer = Timer(args.reps)
     rows = []
     print(f"GPU {gpu} ({prop.multi_processor_count} SMs), commit {commit}; copy {bw / 1e9:.0f} GB/s, "
@@ -209,7 +214,7 @@ def main():
 
             def gdn():
                 return flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True,
-                                                       cu_seqlens=cu)
+                                                       cu_seqlens=cu, cp=args.cp)
             row["flashgdn_graph_ms"] = timer.graph(gdn)
             row["flashgdn_eager_ms"] = timer.eager(gdn)
             row["flashgdn_ms"] = row["flashgdn_graph_ms"]

@@ -142,7 +142,7 @@ INSTANTIATE_TEST_SUITE_P(
         FwdCase{"scale_nan", [](P& p) { p.scale = NAN; }, kBad, "argument 'scale' must be finite"},
         FwdCase{"cp_mode", [](P& p) { p.cp_mode = 7; }, kBad, "argument 'cp_mode' = 7"},
         FwdCase{"cp_mode_on", [](P& p) { p.cp_mode = FLASHGDN_CP_ON; }, kUnsup,
-                "argument 'cp_mode' = on (1): intra-card context parallelism is not implemented yet"}),
+                "argument 'cp_mode' = on (1): intra-card context parallelism is experimental"}),
     [](const ::testing::TestParamInfo<FwdCase>& i) { return std::string(i.param.name); });
 
 TEST(Validation, NullParamsAndBytes) {

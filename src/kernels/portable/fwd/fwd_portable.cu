@@ -11,6 +11,7 @@
 
 #include "api/error.hpp"
 #include "api/tensor.hpp"
+#include "kernels/portable/fwd/cp_scan.cuh"
 #include "kernels/portable/fwd/fwd_portable.hpp"
 #include "kernels/portable/fwd/prepare.cuh"
 #include "kernels/portable/fwd/recurrence.cuh"
@@ -22,13 +23,42 @@ namespace {
 constexpr size_t kAlign = 256;
 size_t align_up(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
-struct Layout {
-  size_t offsets, order, info, aux, w, u, pm, total;
+// Intra-card context parallelism plan, from shapes and the SM count only (the same numbers size the
+// workspace and drive the launch). Segments of seg_chunks chunks; g_max bounds the segment count.
+struct CpPlan {
+  bool on = false;
+  int seg_chunks = 0;
+  int64_t g_max = 0;
 };
 
-Layout layout(const Problem& pr) {
+// The V slice the CP passes are planned for (the widest: the segments supply the parallelism).
+constexpr int kCpBv = 64;
+
+CpPlan cp_plan(const Problem& pr, int num_sms) {
+  CpPlan p;
+  // NOTE: "auto" does not enable CP until the passes are measured on a GPU (docs/design.md §5.1).
+  if (pr.cp_mode != FLASHGDN_CP_ON || pr.N == 0) return p;
+  const int64_t chunks_total = (pr.B * pr.T + kChunk - 1) / kChunk;
+  const int64_t per_seq = std::max<int64_t>(1, (chunks_total + pr.N - 1) / pr.N);  // lengths are on the device
+  const int64_t units = pr.N * pr.Hv * std::max<int64_t>(1, pr.V / kCpBv);
+  const int64_t segs = std::max<int64_t>(2, (num_sms + units - 1) / units);  // segments per sequence
+  p.on = true;
+  p.seg_chunks = static_cast<int>(std::max<int64_t>(1, (per_seq + segs - 1) / segs));
+  p.g_max = pr.N + (pr.max_chunks() + p.seg_chunks - 1) / p.seg_chunks;
+  return p;
+}
+
+int current_num_sms();
+
+struct Layout {
+  size_t offsets, order, info, aux, w, u, pm, seg_offsets, seg, cp_end, cp_h0, total;
+  CpPlan cp;
+};
+
+Layout layout(const Problem& pr, int num_sms) {
   const size_t chunks = static_cast<size_t>(pr.max_chunks()), hv = static_cast<size_t>(pr.Hv);
   Layout l{};
+  l.cp = cp_plan(pr, num_sms);
   size_t at = 0;
   l.offsets = at;
   at += align_up((pr.N + 1) * sizeof(int64_t));
@@ -44,6 +74,17 @@ Layout layout(const Problem& pr) {
   at += align_up(chunks * hv * u_image_elems(static_cast<int>(pr.V), kMinBv) * 2);
   l.pm = at;
   at += align_up(chunks * hv * pm_image_elems() * 2);
+  if (l.cp.on) {
+    const size_t g = static_cast<size_t>(l.cp.g_max), kk = static_cast<size_t>(pr.K);
+    l.seg_offsets = at;
+    at += align_up((pr.N + 1) * sizeof(int64_t));
+    l.seg = at;
+    at += align_up(g * sizeof(FwdArgs::SegInfo));
+    l.cp_end = at;
+    at += align_up(g * hv * kk * (pr.V + pr.K) * sizeof(float));
+    l.cp_h0 = at;
+    at += align_up(g * hv * kk * pr.V * sizeof(float));
+  }
   l.total = at;
   return l;
 }
@@ -76,13 +117,13 @@ flashgdn_status_t cuda_error(const char* what, cudaError_t e) {
 }
 
 template <class T, int KD, int BV, int STAGES>
-flashgdn_status_t launch_recurrence_stages(const FwdArgs& a, int v_tiles, int dev, cudaStream_t stream) {
+flashgdn_status_t launch_recurrence_stages(const FwdArgs& a, int64_t ctas, int dev, cudaStream_t stream) {
   auto kernel = recurrence_kernel<T, KD, BV, STAGES>;
   const int smem = static_cast<int>(sizeof(RecurrenceSmem<T, KD, BV, STAGES>));
   static std::atomic<uint64_t> done{0};
   cudaError_t e = raise_smem_limit_once(kernel, smem, dev, done);
   if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(recurrence)", e);
-  kernel<<<static_cast<unsigned>(int64_t(a.N) * a.Hv * v_tiles), kRecThreads, smem, stream>>>(a);
+  kernel<<<static_cast<unsigned>(ctas), kRecThreads, smem, stream>>>(a);
   e = cudaGetLastError();
   return e == cudaSuccess ? FLASHGDN_SUCCESS : cuda_error("recurrence kernel launch", e);
 }
@@ -91,14 +132,14 @@ flashgdn_status_t launch_recurrence_stages(const FwdArgs& a, int v_tiles, int de
 constexpr size_t kMaxSmemAnyGpu = 227 * 1024;
 
 template <class T, int KD, int BV>
-flashgdn_status_t launch_recurrence(const FwdArgs& a, int v_tiles, int max_smem, int dev, cudaStream_t stream) {
+flashgdn_status_t launch_recurrence(const FwdArgs& a, int64_t ctas, int max_smem, int dev, cudaStream_t stream) {
   // NOTE: a third input stage hides the latency of the first touch of a chunk's Q/K/W when the
   // per-chunk work is small (narrow V slices); taken wherever it fits.
   if constexpr (sizeof(RecurrenceSmem<T, KD, BV, 3>) <= kMaxSmemAnyGpu) {
     if (static_cast<int>(sizeof(RecurrenceSmem<T, KD, BV, 3>)) <= max_smem)
-      return launch_recurrence_stages<T, KD, BV, 3>(a, v_tiles, dev, stream);
+      return launch_recurrence_stages<T, KD, BV, 3>(a, ctas, dev, stream);
   }
-  return launch_recurrence_stages<T, KD, BV, 2>(a, v_tiles, dev, stream);
+  return launch_recurrence_stages<T, KD, BV, 2>(a, ctas, dev, stream);
 }
 
 template <class T, int KD, int VD>
@@ -118,15 +159,36 @@ flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, cudaStrea
     e = cudaGetLastError();
     if (e != cudaSuccess) return cuda_error("prepare kernel launch", e);
   }
-  const int v_tiles = a.V / bv;
-  if (int64_t(a.N) * a.Hv * v_tiles > 0x7fffffff)
-    return fail(FLASHGDN_ERROR_UNSUPPORTED, "flashgdn_chunk_fwd: N * Hv * (V / %d) = %lld exceeds the grid limit", bv,
-                static_cast<long long>(int64_t(a.N) * a.Hv * v_tiles));
-  switch (bv) {
-    case 64: return launch_recurrence<T, KD, 64>(a, v_tiles, max_smem, dev, stream);
-    case 32: return launch_recurrence<T, KD, 32>(a, v_tiles, max_smem, dev, stream);
-    default: return launch_recurrence<T, KD, 16>(a, v_tiles, max_smem, dev, stream);
+  auto recurrence = [&](const FwdArgs& x, int64_t ranks, int columns) -> flashgdn_status_t {
+    const int v_tiles = columns / bv;
+    if (ranks * x.Hv * v_tiles > 0x7fffffff)
+      return fail(FLASHGDN_ERROR_UNSUPPORTED, "flashgdn_chunk_fwd: %lld x Hv x (%d / %d) CTAs exceed the grid limit",
+                  static_cast<long long>(ranks), columns, bv);
+    const int64_t ctas = ranks * x.Hv * v_tiles;
+    switch (bv) {
+      case 64: return launch_recurrence<T, KD, 64>(x, ctas, max_smem, dev, stream);
+      case 32: return launch_recurrence<T, KD, 32>(x, ctas, max_smem, dev, stream);
+      default: return launch_recurrence<T, KD, 16>(x, ctas, max_smem, dev, stream);
+    }
+  };
+  if (a.cp_pass == 0) return recurrence(a, a.N, a.V);
+  // Context parallelism: transition pass over the augmented columns [V | K], the scan, the final pass.
+  FwdArgs a1 = a;
+  a1.cp_pass = 1;
+  FLASHGDN_TRY(recurrence(a1, a.g_max, a.V + a.K));
+  {
+    auto kernel = cp_scan_kernel<KD>;
+    const int smem = static_cast<int>(sizeof(ScanSmem<KD>));
+    static std::atomic<uint64_t> done{0};
+    cudaError_t e = raise_smem_limit_once(kernel, smem, dev, done);
+    if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(cp scan)", e);
+    kernel<<<static_cast<unsigned>(int64_t(a.N) * a.Hv * (a.V / kScanBV)), 256, smem, stream>>>(a);
+    e = cudaGetLastError();
+    if (e != cudaSuccess) return cuda_error("cp scan kernel launch", e);
   }
+  FwdArgs a3 = a;
+  a3.cp_pass = 3;
+  return recurrence(a3, a.g_max, a.V);
 }
 
 flashgdn_status_t device_info(int dev, DeviceInfo* out) {
@@ -164,9 +226,20 @@ int bv_override() {
   return bv;
 }
 
+// SM count of the current device (0 when it cannot be read: the plan is then still deterministic).
+int current_num_sms() {
+  int dev = 0;
+  DeviceInfo info;
+  if (cudaGetDevice(&dev) != cudaSuccess || device_info(dev, &info) != FLASHGDN_SUCCESS) {
+    cudaGetLastError();  // leave no sticky error behind
+    return 0;
+  }
+  return info.num_sms;
+}
+
 }  // namespace
 
-size_t workspace_bytes(const Problem& pr) { return layout(pr).total; }
+size_t workspace_bytes(const Problem& pr) { return layout(pr, current_num_sms()).total; }
 
 int choose_bv(const Problem& pr, int num_sms) {
   // One CTA per SM (the recurrence uses ~200 KB of shared memory). Cost model: waves x per-chunk time
@@ -203,7 +276,7 @@ flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_
   FLASHGDN_TRY(device_info(dev, &info));
   const int num_sms = info.num_sms, max_smem = info.max_smem;
 
-  const Layout l = layout(pr);
+  const Layout l = layout(pr, num_sms);
   unsigned char* ws = static_cast<unsigned char*>(workspace);
   FwdArgs a{};
   a.q = p.q.data;
@@ -261,21 +334,37 @@ flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_
   a.U = ws + l.u;
   a.Pm = ws + l.pm;
   a.u_stride = u_image_elems(static_cast<int>(pr.V), kMinBv);
+  if (l.cp.on) {
+    a.cp_pass = 1;  // for the offsets kernel: also the segment offsets; launch_all sets it per pass
+    a.seg_chunks = l.cp.seg_chunks;
+    a.g_max = l.cp.g_max;
+    a.seg_offsets = reinterpret_cast<int64_t*>(ws + l.seg_offsets);
+    a.seg = reinterpret_cast<FwdArgs::SegInfo*>(ws + l.seg);
+    a.cp_end = reinterpret_cast<float*>(ws + l.cp_end);
+    a.cp_h0 = reinterpret_cast<float*>(ws + l.cp_h0);
+  }
   a.max_chunks = pr.max_chunks();
 
   chunk_offsets_kernel<256><<<1, 256, 0, stream>>>(a);
   e = cudaGetLastError();
   if (e != cudaSuccess) return cuda_error("chunk offsets kernel launch", e);
-  seq_order_kernel<<<1, 1024, 0, stream>>>(a);
-  e = cudaGetLastError();
-  if (e != cudaSuccess) return cuda_error("sequence order kernel launch", e);
+  if (l.cp.on) {
+    segment_table_kernel<<<static_cast<unsigned>((a.g_max + 255) / 256), 256, 0, stream>>>(a);
+    e = cudaGetLastError();
+    if (e != cudaSuccess) return cuda_error("segment table kernel launch", e);
+  } else {
+    seq_order_kernel<<<1, 1024, 0, stream>>>(a);
+    e = cudaGetLastError();
+    if (e != cudaSuccess) return cuda_error("sequence order kernel launch", e);
+  }
   if (a.max_chunks > 0) {
     chunk_table_kernel<<<static_cast<unsigned>((a.max_chunks + 255) / 256), 256, 0, stream>>>(a);
     e = cudaGetLastError();
     if (e != cudaSuccess) return cuda_error("chunk table kernel launch", e);
   }
 
-  const int bv = bv_override() > 0 && bv_override() <= pr.V ? bv_override() : choose_bv(pr, num_sms);
+  const int bv = l.cp.on ? kCpBv
+                         : (bv_override() > 0 && bv_override() <= pr.V ? bv_override() : choose_bv(pr, num_sms));
   const bool bf16 = pr.io_dtype == FLASHGDN_DTYPE_BFLOAT16;
 #define FLASHGDN_DISPATCH(KD_, VD_)                                                          \
   if (pr.K == KD_ && pr.V == VD_)                                                            \

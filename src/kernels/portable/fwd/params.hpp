@@ -59,6 +59,21 @@ struct FwdArgs {
   void* W;                 // [chunks, Hv] images (64, K + 8) T: (Gamma o A) diag(beta) diag(exp(gamma)) K̂
   void* U;                 // [chunks, Hv] images [V / bv](64, bv + 8) T: (Gamma o A) diag(beta) V
   void* Pm;                // [chunks, Hv] images (64, 72) T: scale * Gamma o tril(Q̂ K̂ᵀ)
+  // Intra-card context parallelism (cp_pass != 0): each sequence is cut into segments of seg_chunks
+  // chunks (at least one per sequence); the recurrence runs per segment.
+  struct SegInfo {
+    int32_t n;     // sequence
+    int32_t c0;    // first chunk of the segment within the sequence
+    int32_t nch;   // chunks in the segment (0 for an empty sequence); -1: no such segment
+    int32_t last;  // the sequence's last segment (writes the final state)
+  };
+  int cp_pass;             // 0: no CP; 1: transition pass (augmented state [S_loc | M]); 3: final pass
+  int seg_chunks;
+  int64_t g_max;           // segments the grids are sized for (>= the actual count)
+  int64_t* seg_offsets;    // [N + 1]: first segment of each sequence
+  SegInfo* seg;            // [g_max]
+  float* cp_end;           // [g_max, Hv, K, V + K] fp32: pass 1's end states [S_loc | M] (row stride V + K)
+  float* cp_h0;            // [g_max, Hv, K, V] fp32: each segment's start state (the scan's output)
   int64_t u_stride;        // elements between the U images of consecutive (chunk, head): u_image_elems(V, kMinBv)
   int bv;                  // the recurrence's V slice (U's image layout)
   int64_t max_chunks;

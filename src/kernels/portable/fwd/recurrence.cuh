@@ -72,11 +72,6 @@ struct RecurrenceSmem {
   T o[kChunk * kLdV];      // (64, BV)
 };
 
-// Offset of state element (i over K, j over V) inside one head block.
-__device__ __forceinline__ int64_t state_elem(int v_first, int K, int V, int i, int j) {
-  return v_first ? static_cast<int64_t>(j) * K + i : static_cast<int64_t>(i) * V + j;
-}
-
 template <class T, int KD, int BV, int STAGES>
 __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
   using namespace device;
@@ -93,15 +88,34 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
   // long sequences' CTAs are dispatched first.
   // NOTE: slice-fastest order (a head's V slices on neighbouring CTAs) made the 2/8 1x32768 recurrence
   // 20% slower on H100 (905 vs 757 us, f8bfafc vs 3411de1); h-fastest is the order measured at 757 us.
-  const int tiles = a.V / BV;
+  // With context parallelism the rank is a segment g (pass 1 also covers the K identity columns of the
+  // augmented state [S | M]: slices v0 >= V), and a CTA walks only its segment's chunks.
+  const bool pass1 = a.cp_pass == 1;
+  const int tiles = (pass1 ? a.V + a.K : a.V) / BV;
   const int h = static_cast<int>(blockIdx.x % a.Hv);
   const int slice = static_cast<int>((blockIdx.x / a.Hv) % tiles);
-  const int64_t n = a.seq_order[blockIdx.x / (static_cast<int64_t>(tiles) * a.Hv)];
+  const int64_t rank = blockIdx.x / (static_cast<int64_t>(tiles) * a.Hv);
+  int64_t n, c_first = 0, nchunks;
+  bool last_seg = true;
+  if (a.cp_pass != 0) {
+    const FwdArgs::SegInfo si = a.seg[rank];
+    // No such segment, or pass 1 of a last segment (its transition is never used): the whole CTA
+    // leaves before any barrier.
+    if (si.nch < 0 || (pass1 && si.last)) return;
+    n = si.n;
+    c_first = si.c0;
+    nchunks = si.nch;
+    last_seg = si.last != 0;
+  } else {
+    n = a.seq_order[rank];
+  }
   const int v0 = slice * BV;
+  const bool ident = pass1 && v0 >= a.V;  // pass 1, columns of M: start from I, U = 0
   const int hk = h / a.group;
   const Seq s = seq_range(a, n);
-  const int64_t nchunks = (s.eos - s.bos + kChunk - 1) / kChunk;
-  const int64_t c_base = a.chunk_offsets[n];
+  if (a.cp_pass == 0) nchunks = (s.eos - s.bos + kChunk - 1) / kChunk;
+  const int64_t c_base = a.chunk_offsets[n] + c_first;  // global chunk of this CTA's chunk 0
+  const int64_t t_base = s.bos + c_first * kChunk;      // its first token
 
   if (warp >= kRecStateWarps + kRecOutputWarps) {
     // ================= producer warps =================
@@ -124,15 +138,17 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
     };
     auto load_chunk = [&](int64_t c, int st) {
       typename Sm::Stage& X = sm.st[st];
-      const int64_t t0 = s.bos + c * kChunk;
+      const int64_t t0 = t_base + c * kChunk;
       const int L = static_cast<int>(s.eos - t0 < kChunk ? s.eos - t0 : kChunk);
       const int64_t ch = (c_base + c) * a.Hv + h;
       copy_image(std::integral_constant<int, sizeof(T) * kChunk * Sm::kLdK>{}, X.w,
                  static_cast<const T*>(a.W) + ch * w_image_elems(KD));
-      copy_image(std::integral_constant<int, sizeof(T) * kChunk * Sm::kLdV>{}, X.u,
-                 static_cast<const T*>(a.U) + ch * a.u_stride + slice * u_slice_elems(BV));
-      copy_image(std::integral_constant<int, sizeof(T) * kChunk * Sm::kLdA>{}, X.pm,
-                 static_cast<const T*>(a.Pm) + ch * pm_image_elems());
+      if (!ident)
+        copy_image(std::integral_constant<int, sizeof(T) * kChunk * Sm::kLdV>{}, X.u,
+                   static_cast<const T*>(a.U) + ch * a.u_stride + slice * u_slice_elems(BV));
+      if (!pass1)  // pass 1 has no output: no Pm, no Q
+        copy_image(std::integral_constant<int, sizeof(T) * kChunk * Sm::kLdA>{}, X.pm,
+                   static_cast<const T*>(a.Pm) + ch * pm_image_elems());
       copy_image(std::integral_constant<int, sizeof(float) * 3 * kChunk>{}, X.aux, a.aux + ch * 3 * kChunk);
       const int64_t qstep = kRowStep * a.q_s[1], kstep = kRowStep * a.k_s[1];
       const T* qp = qg + (t0 + r0) * a.q_s[1] + cv;
@@ -143,7 +159,7 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
       for (int j = 0; j < kChunk / kRowStep; ++j) {
         const int r = r0 + j * kRowStep;
         const bool ok = r < L;
-        cp_async_16(&X.q[r * Sm::kLdK + cv], ok ? qp : q_safe, ok);
+        if (!pass1) cp_async_16(&X.q[r * Sm::kLdK + cv], ok ? qp : q_safe, ok);
         cp_async_16(&X.k[r * Sm::kLdK + cv], ok ? kp : k_safe, ok);
         qp += qstep;
         kp += kstep;
@@ -171,23 +187,19 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
   const int m0 = (warp & 3) * 16;  // this warp's rows of every (64, .) tile
   if (warp < kRecStateWarps) {
     // ================= state warps =================
-    const void* src = a.h0;
-    int64_t src_row = n, dst_row = n;
-    void* dst = a.ht;
-    if (a.state_indices != nullptr) {
-      const int64_t slot = a.idx_i64 ? static_cast<const int64_t*>(a.state_indices)[n]
-                                     : static_cast<const int32_t*>(a.state_indices)[n];
-      const bool ok = slot >= 0 && slot < a.P;
-      src_row = dst_row = slot;
-      if (!ok) src = dst = nullptr;  // out of range or -1: zeros in, nothing written back
-    }
-    if (a.has_initial_state != nullptr && a.has_initial_state[n * a.mask_stride] == 0) src = nullptr;
+    const StateIO io = state_io(a, n);
+    const void* src = io.src;
+    void* dst = io.dst;
+    // CP: pass 1 starts from [0 | I]; pass 3 from the scan's start state (every segment, the first one
+    // included, so no CTA reads a pool slot that the sequence's last segment writes back).
+    if (a.cp_pass != 0) src = nullptr;
+    const float* cp_src = a.cp_pass == 3 ? a.cp_h0 + (rank * a.Hv + h) * int64_t(a.K) * a.V : nullptr;
+    if (!last_seg) dst = nullptr;
 
     float S[kSM][kNT][4];  // (K/4, BV) fp32 per warp
     const int srow0 = warp * (KD / 4);
-    auto state_offset = [&](int64_t row, int64_t row_stride, int mt, int nt, int e) {
-      const int i = srow0 + mt * 16 + acc_row(lane, e), j = v0 + nt * 8 + acc_col(lane, e);
-      return row * row_stride + static_cast<int64_t>(h) * a.K * a.V + state_elem(a.v_first, a.K, a.V, i, j);
+    auto elem_offset = [&](int64_t row, int64_t row_stride, int mt, int nt, int e) {
+      return state_offset(a, row, row_stride, h, srow0 + mt * 16 + acc_row(lane, e), v0 + nt * 8 + acc_col(lane, e));
     };
     auto store_s_operand = [&](T* dstS) {
 #pragma unroll
@@ -207,10 +219,15 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           float x = 0.f;
+          const int i = srow0 + mt * 16 + acc_row(lane, e), j = v0 + nt * 8 + acc_col(lane, e);
           if (src != nullptr) {
-            const int64_t off = state_offset(src_row, a.h0_row_stride, mt, nt, e);
+            const int64_t off = elem_offset(io.src_row, a.h0_row_stride, mt, nt, e);
             x = a.h0_bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(src)[off])
                           : static_cast<const float*>(src)[off];
+          } else if (cp_src != nullptr) {
+            x = cp_src[static_cast<int64_t>(i) * a.V + j];
+          } else if (ident) {
+            x = (i == j - a.V) ? 1.f : 0.f;
           }
           S[mt][nt][e] = x;
         }
@@ -237,8 +254,10 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
 #pragma unroll
           for (int nt = 0; nt < kNT; ++nt) {
             const int j = nt * 8 + ((lane & 3) << 1);
-            const float vn0 = to_float(X.u[i * Sm::kLdV + j]) - acc[0][nt][2 * hf];
-            const float vn1 = to_float(X.u[i * Sm::kLdV + j + 1]) - acc[0][nt][2 * hf + 1];
+            const float u0 = ident ? 0.f : to_float(X.u[i * Sm::kLdV + j]);
+            const float u1 = ident ? 0.f : to_float(X.u[i * Sm::kLdV + j + 1]);
+            const float vn0 = u0 - acc[0][nt][2 * hf];
+            const float vn1 = u1 - acc[0][nt][2 * hf + 1];
             *reinterpret_cast<uint32_t*>(&vn[i * Sm::kLdV + j]) = pack2<T>(vn0, vn1);
             *reinterpret_cast<uint32_t*>(&sm.vd[i * Sm::kLdV + j]) = pack2<T>(f * vn0, f * vn1);
           }
@@ -263,7 +282,21 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
     }
     if (nchunks > 0) named_bar_sync(Bar::kRelease + static_cast<int>((nchunks - 1) & 1), 256);
 
-    // Final state.
+    // Pass 1: the end state [S_loc | M] slice, fp32, for the scan.
+    if (pass1) {
+      float* e = a.cp_end + (rank * a.Hv + h) * int64_t(a.K) * (a.V + a.K);
+#pragma unroll
+      for (int mt = 0; mt < kSM; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            const int i = srow0 + mt * 16 + acc_row(lane, q), j = v0 + nt * 8 + acc_col(lane, q);
+            e[static_cast<int64_t>(i) * (a.V + a.K) + j] = S[mt][nt][q];
+          }
+      return;
+    }
+    // Final state (the sequence's last segment only).
     if (dst != nullptr) {
 #pragma unroll
       for (int mt = 0; mt < kSM; ++mt)
@@ -271,7 +304,7 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
         for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            const int64_t off = state_offset(dst_row, a.ht_row_stride, mt, nt, e);
+            const int64_t off = elem_offset(io.dst_row, a.ht_row_stride, mt, nt, e);
             if (a.ht_bf16) {
               static_cast<__nv_bfloat16*>(dst)[off] = __float2bfloat16_rn(S[mt][nt][e]);
             } else {
@@ -287,10 +320,15 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
   for (int64_t c = 0; c < nchunks; ++c) {
     const int st = static_cast<int>(c % STAGES), b = static_cast<int>(c & 1);
     named_bar_sync(Bar::kHandoff + b, 256);
+    if (pass1) {  // no output in the transition pass: keep the barrier protocol only
+      named_bar_arrive(Bar::kRelease + b, 256);
+      named_bar_arrive(Bar::kEmpty + st, kEmptyCount);
+      continue;
+    }
     const typename Sm::Stage& X = sm.st[st];
     const float* gam = X.aux;
     const float* rq = X.aux + kChunk;
-    const int64_t t0 = s.bos + c * kChunk;
+    const int64_t t0 = t_base + c * kChunk;
     const int L = static_cast<int>(s.eos - t0 < kChunk ? s.eos - t0 : kChunk);
     // O = scale exp(gamma) o rq o (Q S_c) + Pm vn_c.
     float acc[1][kNT][4];

@@ -54,6 +54,32 @@ __global__ void __launch_bounds__(kThreads) chunk_offsets_kernel(FwdArgs a) {
     run += (s.eos - s.bos + kChunk - 1) / kChunk;
   }
   if (tid == kThreads - 1) a.chunk_offsets[a.N] = base + incl;
+  if (a.cp_pass == 0) return;
+  // Segment offsets: sequence n has max(1, ceil(chunks_n / seg_chunks)) segments.
+  __syncthreads();  // warp_sums is reused
+  auto nseg = [&](int64_t n) {
+    const Seq s = seq_range(a, n);
+    const int64_t ch = (s.eos - s.bos + kChunk - 1) / kChunk;
+    return ch == 0 ? int64_t(1) : (ch + a.seg_chunks - 1) / a.seg_chunks;
+  };
+  int64_t lseg = 0;
+  for (int64_t n = n0; n < n1; ++n) lseg += nseg(n);
+  int64_t inc2 = lseg;
+#pragma unroll
+  for (int d = 1; d < 32; d <<= 1) {
+    const int64_t y = __shfl_up_sync(0xffffffffu, inc2, d);
+    if (lane >= d) inc2 += y;
+  }
+  if (lane == 31) warp_sums[warp] = inc2;
+  __syncthreads();
+  int64_t base2 = 0;
+  for (int w = 0; w < warp; ++w) base2 += warp_sums[w];
+  int64_t run2 = base2 + inc2 - lseg;
+  for (int64_t n = n0; n < n1; ++n) {
+    a.seg_offsets[n] = run2;
+    run2 += nseg(n);
+  }
+  if (tid == kThreads - 1) a.seg_offsets[a.N] = base2 + inc2;
 }
 
 // Sequence owning global chunk c (chunk_offsets is non-decreasing): the last n with offsets[n] <= c.
@@ -120,6 +146,51 @@ __global__ void __launch_bounds__(1024) seq_order_kernel(FwdArgs a) {
       __syncthreads();
     }
   for (int i = tid; i < a.N; i += 1024) a.seq_order[i] = static_cast<int32_t>(kSortMax - 1 - (key[i] & (kSortMax - 1)));
+}
+
+// seg[g] for every g < g_max (CP only, after chunk_offsets_kernel): grid ceil(g_max / 256).
+__global__ void __launch_bounds__(256) segment_table_kernel(FwdArgs a) {
+  const int64_t g = blockIdx.x * int64_t(256) + threadIdx.x;
+  if (g >= a.g_max) return;
+  FwdArgs::SegInfo si{0, 0, -1, 0};
+  if (g < a.seg_offsets[a.N]) {
+    const int64_t n = find_sequence(a.seg_offsets, a.N, g);
+    const int64_t j = g - a.seg_offsets[n];
+    const int64_t chunks = a.chunk_offsets[n + 1] - a.chunk_offsets[n];
+    const int64_t nseg = a.seg_offsets[n + 1] - a.seg_offsets[n];
+    const int64_t c0 = j * a.seg_chunks;
+    si.n = static_cast<int32_t>(n);
+    si.c0 = static_cast<int32_t>(c0);
+    si.nch = static_cast<int32_t>(chunks - c0 < a.seg_chunks ? chunks - c0 : a.seg_chunks);
+    si.last = j == nseg - 1;
+  }
+  a.seg[g] = si;
+}
+
+// Where sequence n's state comes from and goes to: the initial state (or the pool slot; null = zeros)
+// and the final state (or the same pool slot; null = not written).
+struct StateIO {
+  const void* src;
+  int64_t src_row;
+  void* dst;
+  int64_t dst_row;
+};
+__device__ __forceinline__ StateIO state_io(const FwdArgs& a, int64_t n) {
+  StateIO io{a.h0, n, a.ht, n};
+  if (a.state_indices != nullptr) {
+    const int64_t slot = a.idx_i64 ? static_cast<const int64_t*>(a.state_indices)[n]
+                                   : static_cast<const int32_t*>(a.state_indices)[n];
+    io.src_row = io.dst_row = slot;
+    if (slot < 0 || slot >= a.P) io.src = io.dst = nullptr;  // -1 or out of range: zeros in, nothing back
+  }
+  if (a.has_initial_state != nullptr && a.has_initial_state[n * a.mask_stride] == 0) io.src = nullptr;
+  return io;
+}
+
+// Offset of state element (i over K, j over V) of head h in row `row` of a state tensor.
+__device__ __forceinline__ int64_t state_offset(const FwdArgs& a, int64_t row, int64_t row_stride, int h, int i, int j) {
+  return row * row_stride + static_cast<int64_t>(h) * a.K * a.V +
+         (a.v_first ? static_cast<int64_t>(j) * a.K + i : static_cast<int64_t>(i) * a.V + j);
 }
 
 }  // namespace flashgdn::portable
