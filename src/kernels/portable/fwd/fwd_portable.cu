@@ -41,7 +41,8 @@ CpPlan cp_plan(const Problem& pr, int num_sms) {
   const int64_t chunks_total = (pr.B * pr.T + kChunk - 1) / kChunk;
   const int64_t per_seq = std::max<int64_t>(1, (chunks_total + pr.N - 1) / pr.N);  // lengths are on the device
   const int64_t units = pr.N * pr.Hv * std::max<int64_t>(1, pr.V / kCpBv);
-  const int64_t segs = std::max<int64_t>(2, (num_sms + units - 1) / units);  // segments per sequence
+  // Segments per sequence: the final pass (units CTAs per segment) should fit one wave.
+  const int64_t segs = std::max<int64_t>(2, num_sms / units);
   p.on = true;
   p.seg_chunks = static_cast<int>(std::max<int64_t>(1, (per_seq + segs - 1) / segs));
   p.g_max = pr.N + (pr.max_chunks() + p.seg_chunks - 1) / p.seg_chunks;
