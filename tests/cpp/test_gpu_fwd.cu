@@ -238,6 +238,8 @@ void run_gpu(const Problem& pr, Outputs* out, bool graph = false, int repeats = 
   if (c.cp) {
     setenv("FLASHGDN_EXPERIMENTAL_CP", "1", 1);
     p.cp_mode = FLASHGDN_CP_ON;
+  } else {
+    unsetenv("FLASHGDN_EXPERIMENTAL_CP");  // "auto" may consider CP only with it: keep the other cases sequential
   }
   size_t bytes = 0;
   ASSERT_EQ(flashgdn_chunk_fwd_workspace_size(&p, &bytes), FLASHGDN_SUCCESS) << flashgdn_get_last_error();

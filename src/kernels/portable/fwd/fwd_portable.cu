@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <cstdint>
 #include <mutex>
 #include <unordered_map>
@@ -34,17 +35,40 @@ struct CpPlan {
 // The V slice the CP passes are planned for (the widest: the segments supply the parallelism).
 constexpr int kCpBv = 64;
 
+bool experimental_cp_allowed() {
+  const char* e = std::getenv("FLASHGDN_EXPERIMENTAL_CP");
+  return e != nullptr && std::strcmp(e, "1") == 0;
+}
+
+// Per-chunk time of a recurrence CTA in ~us (H100, measured at d3c1703..f8bfafc: 1.5 / 2.0 / 3.0 for
+// BV = 16 / 32 / 64); the transition pass has no output work (assumed 0.8x, to be measured).
+double chunk_time(int bv) { return 1.0 + bv / 32.0; }
+
 CpPlan cp_plan(const Problem& pr, int num_sms) {
   CpPlan p;
-  // NOTE: "auto" does not enable CP until the passes are measured on a GPU (docs/design.md §5.1).
-  if (pr.cp_mode != FLASHGDN_CP_ON || pr.N == 0) return p;
+  if (pr.N == 0 || pr.cp_mode == FLASHGDN_CP_OFF) return p;
+  // NOTE: the passes are not yet verified on a GPU: "auto" considers CP only with FLASHGDN_EXPERIMENTAL_CP=1
+  // ("on" is refused without it by the validation).
+  if (pr.cp_mode == FLASHGDN_CP_AUTO && !experimental_cp_allowed()) return p;
   const int64_t chunks_total = (pr.B * pr.T + kChunk - 1) / kChunk;
   const int64_t per_seq = std::max<int64_t>(1, (chunks_total + pr.N - 1) / pr.N);  // lengths are on the device
   const int64_t units = pr.N * pr.Hv * std::max<int64_t>(1, pr.V / kCpBv);
   // Segments per sequence: the final pass (units CTAs per segment) should fit one wave.
   const int64_t segs = std::max<int64_t>(2, num_sms / units);
+  const int seg_chunks = static_cast<int>(std::max<int64_t>(1, (per_seq + segs - 1) / segs));
+  if (pr.cp_mode == FLASHGDN_CP_AUTO) {
+    // Cost model (whole waves; one CTA per SM): sequential recurrence vs transition pass + scan + final pass.
+    auto waves = [&](int64_t ctas) { return static_cast<double>((ctas + num_sms - 1) / std::max(1, num_sms)); };
+    const int bv = choose_bv(pr, num_sms);
+    const double seq = waves(pr.N * pr.Hv * (pr.V / bv)) * per_seq * chunk_time(bv);
+    const int64_t nseg = (per_seq + seg_chunks - 1) / seg_chunks;
+    const double pass1 = waves((nseg - 1) * pr.N * pr.Hv * ((pr.V + pr.K) / kCpBv)) * seg_chunks * 0.8 * chunk_time(kCpBv);
+    const double pass3 = waves(nseg * units) * seg_chunks * chunk_time(kCpBv);
+    const double scan = 3.0 * (nseg - 1);
+    if (nseg < 2 || pass1 + pass3 + scan > 0.9 * seq) return p;
+  }
   p.on = true;
-  p.seg_chunks = static_cast<int>(std::max<int64_t>(1, (per_seq + segs - 1) / segs));
+  p.seg_chunks = seg_chunks;
   p.g_max = pr.N + (pr.max_chunks() + p.seg_chunks - 1) / p.seg_chunks;
   return p;
 }
