@@ -24,19 +24,15 @@ __device__ __forceinline__ Seq seq_range(const FwdArgs& a, int64_t n) {
   return Seq{0, bos, eos};
 }
 
-// One block: chunk_offsets[n] = sum over m < n of ceil(len_m / 64), chunk_offsets[N] = total.
-template <int kThreads>
-__global__ void __launch_bounds__(kThreads) chunk_offsets_kernel(FwdArgs a) {
-  __shared__ int64_t warp_sums[kThreads / 32];
+// Exclusive prefix sum over sequences of count(n), one block: out[n] = sum over m < n, out[N] = total.
+// Thread t owns a contiguous range of sequences. `warp_sums` is free again when it returns.
+template <int kThreads, class Count>
+__device__ __forceinline__ void block_offsets(int64_t N, Count count, int64_t* out, int64_t* warp_sums) {
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int64_t per = (a.N + kThreads - 1) / kThreads;
-  const int64_t n0 = tid * per, n1 = (n0 + per < a.N) ? n0 + per : a.N;
+  const int64_t per = (N + kThreads - 1) / kThreads;
+  const int64_t n0 = tid * per, n1 = (n0 + per < N) ? n0 + per : N;
   int64_t local = 0;
-  for (int64_t n = n0; n < n1; ++n) {
-    const Seq s = seq_range(a, n);
-    local += (s.eos - s.bos + kChunk - 1) / kChunk;
-  }
-  // Exclusive block scan of `local`.
+  for (int64_t n = n0; n < n1; ++n) local += count(n);
   int64_t incl = local;
 #pragma unroll
   for (int d = 1; d < 32; d <<= 1) {
@@ -49,37 +45,29 @@ __global__ void __launch_bounds__(kThreads) chunk_offsets_kernel(FwdArgs a) {
   for (int w = 0; w < warp; ++w) base += warp_sums[w];
   int64_t run = base + incl - local;
   for (int64_t n = n0; n < n1; ++n) {
-    a.chunk_offsets[n] = run;
-    const Seq s = seq_range(a, n);
-    run += (s.eos - s.bos + kChunk - 1) / kChunk;
+    out[n] = run;
+    run += count(n);
   }
-  if (tid == kThreads - 1) a.chunk_offsets[a.N] = base + incl;
-  if (a.cp_pass == 0) return;
-  // Segment offsets: sequence n has max(1, ceil(chunks_n / seg_chunks)) segments.
-  __syncthreads();  // warp_sums is reused
-  auto nseg = [&](int64_t n) {
+  if (tid == kThreads - 1) out[N] = base + incl;
+  __syncthreads();
+}
+
+// One block: chunk_offsets[n] = sum over m < n of ceil(len_m / 64), chunk_offsets[N] = total; with CP
+// also seg_offsets, sequence n having max(1, ceil(chunks_n / seg_chunks)) segments.
+template <int kThreads>
+__global__ void __launch_bounds__(kThreads) chunk_offsets_kernel(FwdArgs a) {
+  __shared__ int64_t warp_sums[kThreads / 32];
+  auto chunks = [&](int64_t n) {
     const Seq s = seq_range(a, n);
-    const int64_t ch = (s.eos - s.bos + kChunk - 1) / kChunk;
+    return (s.eos - s.bos + kChunk - 1) / kChunk;
+  };
+  block_offsets<kThreads>(a.N, chunks, a.chunk_offsets, warp_sums);
+  if (a.cp_pass == 0) return;
+  auto segments = [&](int64_t n) {
+    const int64_t ch = chunks(n);
     return ch == 0 ? int64_t(1) : (ch + a.seg_chunks - 1) / a.seg_chunks;
   };
-  int64_t lseg = 0;
-  for (int64_t n = n0; n < n1; ++n) lseg += nseg(n);
-  int64_t inc2 = lseg;
-#pragma unroll
-  for (int d = 1; d < 32; d <<= 1) {
-    const int64_t y = __shfl_up_sync(0xffffffffu, inc2, d);
-    if (lane >= d) inc2 += y;
-  }
-  if (lane == 31) warp_sums[warp] = inc2;
-  __syncthreads();
-  int64_t base2 = 0;
-  for (int w = 0; w < warp; ++w) base2 += warp_sums[w];
-  int64_t run2 = base2 + inc2 - lseg;
-  for (int64_t n = n0; n < n1; ++n) {
-    a.seg_offsets[n] = run2;
-    run2 += nseg(n);
-  }
-  if (tid == kThreads - 1) a.seg_offsets[a.N] = base2 + inc2;
+  block_offsets<kThreads>(a.N, segments, a.seg_offsets, warp_sums);
 }
 
 // Sequence owning global chunk c (chunk_offsets is non-decreasing): the last n with offsets[n] <= c.
