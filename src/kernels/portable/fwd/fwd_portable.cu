@@ -74,6 +74,7 @@ CpPlan cp_plan(const Problem& pr, int num_sms) {
 }
 
 int current_num_sms();
+int prepare_variant();
 
 struct Layout {
   size_t offsets, order, info, aux, w, u, pm, seg_offsets, seg, cp_end, cp_h0, total;
@@ -174,16 +175,18 @@ flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, cudaStrea
   if (bv == 32 && static_cast<int>(sizeof(RecurrenceSmem<T, KD, 32, 2>)) > max_smem) bv = 16;
   a.bv = bv;
   // Stage 1: prepare (parallel over chunks and value heads).
-  {
-    auto kernel = prepare_kernel<T, KD, VD>;
-    const int smem = static_cast<int>(sizeof(PrepareSmem<T, KD, VD>));
+  auto prepare = [&](auto late_v_tag) -> flashgdn_status_t {
+    constexpr bool kLateV = decltype(late_v_tag)::value;
+    auto kernel = prepare_kernel<T, KD, VD, kLateV>;
+    const int smem = static_cast<int>(sizeof(PrepareSmem<T, KD, VD, kLateV>));
     static std::atomic<uint64_t> done{0};
     cudaError_t e = raise_smem_limit_once(kernel, smem, dev, done);
     if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(prepare)", e);
     if (a.max_chunks > 0) kernel<<<dim3(static_cast<unsigned>(a.max_chunks), a.Hv), 128, smem, stream>>>(a);
     e = cudaGetLastError();
-    if (e != cudaSuccess) return cuda_error("prepare kernel launch", e);
-  }
+    return e == cudaSuccess ? FLASHGDN_SUCCESS : cuda_error("prepare kernel launch", e);
+  };
+  FLASHGDN_TRY(prepare_variant() == 4 ? prepare(std::true_type{}) : prepare(std::false_type{}));
   auto recurrence = [&](const FwdArgs& x, int64_t ranks, int columns) -> flashgdn_status_t {
     const int v_tiles = columns / bv;
     if (ranks * x.Hv * v_tiles > 0x7fffffff)
@@ -235,6 +238,16 @@ flashgdn_status_t device_info(int dev, DeviceInfo* out) {
   cache[dev] = info;
   *out = info;
   return FLASHGDN_SUCCESS;
+}
+
+// FLASHGDN_PORTABLE_PREPARE=4 selects the prepare variant with V loaded late into X's space (~56 KB, 4 CTAs
+// per SM; an A/B aid until measured), anything else the default (3 CTAs per SM). Read once.
+int prepare_variant() {
+  static const int v = [] {
+    const char* e = std::getenv("FLASHGDN_PORTABLE_PREPARE");
+    return e != nullptr && std::strcmp(e, "4") == 0 ? 4 : 3;
+  }();
+  return v;
 }
 
 // FLASHGDN_PORTABLE_BV=16|32|64 pins the recurrence's V slice (a tuning and benchmarking aid, read once;

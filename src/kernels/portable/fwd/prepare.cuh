@@ -34,7 +34,10 @@
 
 namespace flashgdn::portable {
 
-template <class T, int KD, int VD>
+// LATE_V: V shares its space with X and is loaded after the solve (its latency hidden behind W = Aw K),
+// for ~56 KB and 4 CTAs per SM; the products are then done in 64-column halves to fit 128 registers.
+// NOTE: an A/B variant (FLASHGDN_PORTABLE_PREPARE=4), not yet measured; the default is LATE_V = false.
+template <class T, int KD, int VD, bool LATE_V = false>
 struct PrepareSmem {
   static constexpr int kLd = KD + 8;  // NOTE: +16 bytes per row keeps ldmatrix conflict-free
   static constexpr int kLdV = VD + 8;
@@ -48,9 +51,16 @@ struct PrepareSmem {
       T ab[kChunk * kLdA];  // (64, 64)
     } prod;                 // phases 4-5
   } a;
-  float x[kChunk * kLdF];  // (64, 64) X = T⁻¹
-  T k[kChunk * kLd];       // (64, K)
-  T v[kChunk * kLdV];      // (64, V)
+  struct Separate {
+    float x[kChunk * kLdF];  // (64, 64) X = T⁻¹
+    T v[kChunk * kLdV];      // (64, V)
+  };
+  union Shared {
+    float x[kChunk * kLdF];  // phases 3-4
+    T v[kChunk * kLdV];      // phase 5
+  };
+  std::conditional_t<LATE_V, Shared, Separate> xv;
+  T k[kChunk * kLd];  // (64, K)
   float yb[blocked_solve::kScratch];
   float rq[kChunk], rk[kChunk], gam[kChunk], beta[kChunk];
 };
@@ -60,10 +70,10 @@ __device__ __forceinline__ float load_beta(const FwdArgs& a, int64_t off) {
   return a.beta_f32 ? static_cast<const float*>(a.beta)[off] : device::to_float(static_cast<const T*>(a.beta)[off]);
 }
 
-template <class T, int KD, int VD>
-__global__ void __launch_bounds__(128, 3) prepare_kernel(FwdArgs a) {
+template <class T, int KD, int VD, bool LATE_V = false>
+__global__ void __launch_bounds__(128, LATE_V ? 4 : 3) prepare_kernel(FwdArgs a) {
   using namespace device;
-  using S = PrepareSmem<T, KD, VD>;
+  using S = PrepareSmem<T, KD, VD, LATE_V>;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   S& sm = *reinterpret_cast<S*>(smem_raw);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -77,11 +87,19 @@ __global__ void __launch_bounds__(128, 3) prepare_kernel(FwdArgs a) {
   const int64_t ch = c * a.Hv + h;
 
   // ---- phase 0: Q, K, V rows (zero past L); gamma and beta ----
+  const T* vg = static_cast<const T*>(a.v) + brow * a.v_s[0] + h * a.v_s[2];
+  constexpr int kVV = VD * sizeof(T) / 16, kE = 16 / sizeof(T);
+  auto load_v = [&] {
+    for (int i = tid; i < kChunk * kVV; i += 128) {
+      const int r = i / kVV, cv = (i % kVV) * kE;
+      const bool ok = r < L;
+      cp_async_16(&sm.xv.v[r * S::kLdV + cv], vg + (ok ? t0 + r : t0) * a.v_s[1] + cv, ok);
+    }
+  };
   {
     const T* qg = static_cast<const T*>(a.q) + brow * a.q_s[0] + hk * a.q_s[2];
     const T* kg = static_cast<const T*>(a.k) + brow * a.k_s[0] + hk * a.k_s[2];
-    const T* vg = static_cast<const T*>(a.v) + brow * a.v_s[0] + h * a.v_s[2];
-    constexpr int kVK = KD * sizeof(T) / 16, kVV = VD * sizeof(T) / 16, kE = 16 / sizeof(T);
+    constexpr int kVK = KD * sizeof(T) / 16;
     for (int i = tid; i < kChunk * kVK; i += 128) {
       const int r = i / kVK, cv = (i % kVK) * kE;
       const bool ok = r < L;
@@ -89,11 +107,7 @@ __global__ void __launch_bounds__(128, 3) prepare_kernel(FwdArgs a) {
       cp_async_16(&sm.a.q[r * S::kLd + cv], qg + t * a.q_s[1] + cv, ok);
       cp_async_16(&sm.k[r * S::kLd + cv], kg + t * a.k_s[1] + cv, ok);
     }
-    for (int i = tid; i < kChunk * kVV; i += 128) {
-      const int r = i / kVV, cv = (i % kVV) * kE;
-      const bool ok = r < L;
-      cp_async_16(&sm.v[r * S::kLdV + cv], vg + (ok ? t0 + r : t0) * a.v_s[1] + cv, ok);
-    }
+    if constexpr (!LATE_V) load_v();
     cp_async_commit();
   }
   if (warp == 0) {
@@ -146,7 +160,8 @@ __global__ void __launch_bounds__(128, 3) prepare_kernel(FwdArgs a) {
     zero(qk);
     zero(kk);
     warp_gemm<1, 8, KD / 16, Major::kMK, BMajor::kNK>(qk, sm.a.q, S::kLd, warp * 16, sm.k, S::kLd, 0, lane);
-    warp_gemm<1, 8, KD / 16, Major::kMK, BMajor::kNK>(kk, sm.k, S::kLd, warp * 16, sm.k, S::kLd, 0, lane);
+    if constexpr (!LATE_V)
+      warp_gemm<1, 8, KD / 16, Major::kMK, BMajor::kNK>(kk, sm.k, S::kLd, warp * 16, sm.k, S::kLd, 0, lane);
     T* pm = static_cast<T*>(a.Pm) + ch * pm_image_elems();  // (64, 72) image
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
@@ -161,6 +176,9 @@ __global__ void __launch_bounds__(128, 3) prepare_kernel(FwdArgs a) {
         *reinterpret_cast<uint32_t*>(pm + i * (kChunk + 8) + j) = pack2<T>(p0, p1);
       }
     }
+    // NOTE: LATE_V (128 registers) forms K Kᵀ after Pm so that the two accumulators are not live together.
+    if constexpr (LATE_V)
+      warp_gemm<1, 8, KD / 16, Major::kMK, BMajor::kNK>(kk, sm.k, S::kLd, warp * 16, sm.k, S::kLd, 0, lane);
     __syncthreads();  // every warp is done reading sQ: sTm may overwrite it
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
@@ -184,13 +202,13 @@ __global__ void __launch_bounds__(128, 3) prepare_kernel(FwdArgs a) {
 
   // ---- phase 3: X = T⁻¹ ----
   static_assert(S::kLdF == blocked_solve::kLd, "blocked solve stride");
-  if (tid < 64) blocked_solve::diag(tid, sm.a.tm, sm.x);
+  if (tid < 64) blocked_solve::diag(tid, sm.a.tm, sm.xv.x);
   __syncthreads();
 #pragma unroll 1
   for (int d = 1; d < blocked_solve::kNB; ++d) {
-    blocked_solve::level_y(tid, 128, d, sm.a.tm, sm.x, sm.yb);
+    blocked_solve::level_y(tid, 128, d, sm.a.tm, sm.xv.x, sm.yb);
     __syncthreads();
-    blocked_solve::level_x(tid, 128, d, sm.x, sm.yb);
+    blocked_solve::level_x(tid, 128, d, sm.xv.x, sm.yb);
     __syncthreads();  // after the last level sTm is dead: sProd may overwrite it
   }
 
@@ -203,7 +221,7 @@ __global__ void __launch_bounds__(128, 3) prepare_kernel(FwdArgs a) {
     for (int u = 0; u < 2; ++u) {
       const int jj = j + u;
       const bool in = jj <= i && i < L;
-      const float xb = in ? sm.x[i * S::kLdF + jj] * sm.beta[jj] : 0.f;
+      const float xb = in ? sm.xv.x[i * S::kLdF + jj] * sm.beta[jj] : 0.f;
       ab[u] = xb * __expf(fminf(gi - sm.gam[jj], 0.f));  // (Gamma o A)_ij beta_j
       aw[u] = xb * egi * sm.rk[jj];                       // e^{gamma_i} A_ij beta_j rk_j = (Gamma o A)_ij beta_j e^{gamma_j} rk_j
     }
@@ -218,22 +236,35 @@ __global__ void __launch_bounds__(128, 3) prepare_kernel(FwdArgs a) {
   T* uimg = static_cast<T*>(a.U) + ch * a.u_stride;
   auto product = [&](const T* amat, const T* bmat, int ldb, auto dim_tag, T* out, int slice) {
     constexpr int D = decltype(dim_tag)::value;
-    float acc[1][D / 8][4];
-    zero(acc);
-    warp_gemm<1, D / 8, kChunk / 16, Major::kMK, BMajor::kKN>(acc, amat, S::kLdA, warp * 16, bmat, ldb, 0, lane);
+    // NOTE: LATE_V runs at 128 registers: 64-column halves keep the accumulator at 32 floats.
+    constexpr int kCols = LATE_V && D > 64 ? 64 : D;
     const int64_t slice_elems = u_slice_elems(slice);
     const int sh = 31 - __clz(slice);  // slice is a power of two
 #pragma unroll
-    for (int nt = 0; nt < D / 8; ++nt)
+    for (int n0 = 0; n0 < D; n0 += kCols) {
+      float acc[1][kCols / 8][4];
+      zero(acc);
+      warp_gemm<1, kCols / 8, kChunk / 16, Major::kMK, BMajor::kKN>(acc, amat, S::kLdA, warp * 16, bmat, ldb, n0, lane);
 #pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        const int i = warp * 16 + (lane >> 2) + hf * 8, j = nt * 8 + ((lane & 3) << 1);
-        T* dst = out + (j >> sh) * slice_elems + i * (slice + 8) + (j & (slice - 1));
-        *reinterpret_cast<uint32_t*>(dst) = pack2<T>(acc[0][nt][2 * hf], acc[0][nt][2 * hf + 1]);
-      }
+      for (int nt = 0; nt < kCols / 8; ++nt)
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          const int i = warp * 16 + (lane >> 2) + hf * 8, j = n0 + nt * 8 + ((lane & 3) << 1);
+          T* dst = out + (j >> sh) * slice_elems + i * (slice + 8) + (j & (slice - 1));
+          *reinterpret_cast<uint32_t*>(dst) = pack2<T>(acc[0][nt][2 * hf], acc[0][nt][2 * hf + 1]);
+        }
+    }
   };
+  if constexpr (LATE_V) {  // X is dead (phase 4 is behind a barrier): V goes into its space
+    load_v();
+    cp_async_commit();
+  }
   product(sm.a.prod.aw, sm.k, S::kLd, std::integral_constant<int, KD>{}, wimg, KD);
-  product(sm.a.prod.ab, sm.v, S::kLdV, std::integral_constant<int, VD>{}, uimg, a.bv);
+  if constexpr (LATE_V) {
+    cp_async_wait<0>();
+    __syncthreads();
+  }
+  product(sm.a.prod.ab, sm.xv.v, S::kLdV, std::integral_constant<int, VD>{}, uimg, a.bv);
   // Zero pads (16 bytes per image row) so the recurrence's linear copies never read uninitialised memory.
   T* pmimg = static_cast<T*>(a.Pm) + ch * pm_image_elems();
   const int u_slices = VD / a.bv;
