@@ -8,8 +8,8 @@
 //             Y_ij = sum_{m=j}^{i-1} T_im X_mj   -> scratch Y (4 - d blocks of 16 x 16), barrier,
 //             X_ij = -D_i Y_ij                   -> X, barrier.
 // ~530 multiply-adds per thread for 128 threads, against 2016 per thread on 64 threads for the
-// column-by-column substitution, with rows of the left factor read as float4 and two output rows per
-// thread (6 shared loads per 8 multiply-adds). Used by the prepare kernel.
+// column-by-column substitution, with rows of the left factor read as float4 and a 2 x 2 output tile per
+// thread (6 shared loads per 16 multiply-adds). Used by the prepare kernel.
 #pragma once
 
 #if defined(__CUDACC__)
@@ -64,9 +64,22 @@ FLASHGDN_SOLVE_UNROLL
   for (int r = 0; r < kB; ++r) X[(o + r) * kLd + o + c] = x[r];
 }
 
-// C[r][c] and C[r + 8][c] of a 16 x 16 product A B, A rows read 4 at a time, B column c: one thread per
-// (r < 8, c). A has row stride kLd, B row stride ldb.
-FLASHGDN_HD_SOLVE void two_rows(const float* A, const float* B, int ldb, int r, int c, float& c0, float& c1) {
+// Two consecutive floats (8-byte aligned on the device).
+FLASHGDN_HD_SOLVE void load2(const float* p, float (&v)[2]) {
+#if defined(__CUDA_ARCH__)
+  const float2 x = *reinterpret_cast<const float2*>(p);
+  v[0] = x.x;
+  v[1] = x.y;
+#else
+  v[0] = p[0];
+  v[1] = p[1];
+#endif
+}
+
+// C[r + 8 a][c + b] (a, b in {0, 1}) of a 16 x 16 product A B: rows r and r + 8 of A read 4 at a time,
+// columns c, c + 1 of B read as a pair. A has row stride kLd, B row stride ldb.
+// NOTE: a 2 x 2 micro-tile: 6 shared loads per 16 multiply-adds (a 1 x 1 tile needs 32).
+FLASHGDN_HD_SOLVE void tile2x2(const float* A, const float* B, int ldb, int r, int c, float (&acc)[2][2]) {
 FLASHGDN_SOLVE_UNROLL
   for (int t4 = 0; t4 < kB; t4 += 4) {
     float a0[4], a1[4];
@@ -74,35 +87,47 @@ FLASHGDN_SOLVE_UNROLL
     load4(&A[(r + 8) * kLd + t4], a1);
 FLASHGDN_SOLVE_UNROLL
     for (int u = 0; u < 4; ++u) {
-      const float bv = B[(t4 + u) * ldb + c];
-      c0 += a0[u] * bv;
-      c1 += a1[u] * bv;
+      float b[2];
+      load2(&B[(t4 + u) * ldb + c], b);
+      acc[0][0] += a0[u] * b[0];
+      acc[0][1] += a0[u] * b[1];
+      acc[1][0] += a1[u] * b[0];
+      acc[1][1] += a1[u] * b[1];
     }
   }
 }
 
+// Work item e of a level: block j = e / 64 of the level, rows r, r + 8 (r = (e / 8) % 8), columns
+// c, c + 1 (c = 2 (e % 8)).
+constexpr int kItems = kB * kB / 4;
+
 // Level d, first half: Y_ij = sum_{m=j}^{i-1} T_im X_mj for the 4 - d blocks (j + d, j).
-// NOTE: each thread owns rows r and r + 8 of one column (X loads shared, T rows as float4).
 FLASHGDN_HD_SOLVE void level_y(int tid, int nthreads, int d, const float* T, const float* X, float* Y) {
   const int nb = kNB - d;
-  for (int e = tid; e < nb * kB * kB / 2; e += nthreads) {
-    const int j = e / (kB * kB / 2), r = (e / kB) % (kB / 2), c = e % kB, i = j + d;
-    float c0 = 0.f, c1 = 0.f;
-    for (int m = j; m < i; ++m) two_rows(&T[(i * kB) * kLd + m * kB], &X[(m * kB) * kLd + j * kB], kLd, r, c, c0, c1);
-    Y[j * kB * kB + r * kB + c] = c0;
-    Y[j * kB * kB + (r + 8) * kB + c] = c1;
+  for (int e = tid; e < nb * kItems; e += nthreads) {
+    const int j = e / kItems, r = (e / 8) % 8, c = 2 * (e % 8), i = j + d;
+    float acc[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
+    for (int m = j; m < i; ++m) tile2x2(&T[(i * kB) * kLd + m * kB], &X[(m * kB) * kLd + j * kB], kLd, r, c, acc);
+    float* y = &Y[j * kB * kB];
+    y[r * kB + c] = acc[0][0];
+    y[r * kB + c + 1] = acc[0][1];
+    y[(r + 8) * kB + c] = acc[1][0];
+    y[(r + 8) * kB + c + 1] = acc[1][1];
   }
 }
 
 // Level d, second half: X_ij = -D_i Y_ij (D_i = X_ii).
 FLASHGDN_HD_SOLVE void level_x(int tid, int nthreads, int d, float* X, const float* Y) {
   const int nb = kNB - d;
-  for (int e = tid; e < nb * kB * kB / 2; e += nthreads) {
-    const int j = e / (kB * kB / 2), r = (e / kB) % (kB / 2), c = e % kB, i = j + d;
-    float c0 = 0.f, c1 = 0.f;
-    two_rows(&X[(i * kB) * kLd + i * kB], &Y[j * kB * kB], kB, r, c, c0, c1);
-    X[(i * kB + r) * kLd + j * kB + c] = -c0;
-    X[(i * kB + r + 8) * kLd + j * kB + c] = -c1;
+  for (int e = tid; e < nb * kItems; e += nthreads) {
+    const int j = e / kItems, r = (e / 8) % 8, c = 2 * (e % 8), i = j + d;
+    float acc[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
+    tile2x2(&X[(i * kB) * kLd + i * kB], &Y[j * kB * kB], kB, r, c, acc);
+    float* x = &X[(i * kB) * kLd + j * kB];
+    x[r * kLd + c] = -acc[0][0];
+    x[r * kLd + c + 1] = -acc[0][1];
+    x[(r + 8) * kLd + c] = -acc[1][0];
+    x[(r + 8) * kLd + c + 1] = -acc[1][1];
   }
 }
 
