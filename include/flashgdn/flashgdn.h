@@ -115,7 +115,7 @@ typedef struct flashgdn_chunk_fwd_params {
   int32_t use_qk_l2norm;  /* nonzero: L2-normalise q and k per head inside the kernel */
   int32_t state_v_first;  /* nonzero: states are [.., V, K] instead of [.., K, V] */
   int32_t check_inputs;   /* nonzero: validate device contents (synchronises; not graph-capturable) */
-  int32_t cp_mode;        /* flashgdn_cp_mode_t */
+  int32_t cp_mode;        /* flashgdn_cp_mode_t; CP is experimental: "on" needs FLASHGDN_EXPERIMENTAL_CP=1 */
   int32_t reserved0;
 } flashgdn_chunk_fwd_params_t;
 
@@ -161,7 +161,9 @@ FLASHGDN_API flashgdn_tensor_t flashgdn_make_tensor(void* data, flashgdn_dtype_t
                                                     const int64_t* shape);
 
 /* ---- GPU entry points ---- */
-/* Validates the parameters (shapes, dtypes, strides) and returns the workspace the call needs. */
+/* Validates the parameters (shapes, dtypes, strides) and returns the workspace the call needs. Query it
+ * with the device the call will run on current: with context parallelism (cp_mode) the size depends on
+ * that device's SM count. */
 FLASHGDN_API flashgdn_status_t flashgdn_chunk_fwd_workspace_size(const flashgdn_chunk_fwd_params_t* params,
                                                                  size_t* bytes);
 FLASHGDN_API flashgdn_status_t flashgdn_chunk_fwd(const flashgdn_chunk_fwd_params_t* params, void* workspace,
