@@ -14,6 +14,7 @@
 #include "api/tensor.hpp"
 #include "kernels/portable/fwd/cp_scan.cuh"
 #include "kernels/portable/fwd/fwd_portable.hpp"
+#include "kernels/portable/fwd/plan.hpp"
 #include "kernels/portable/fwd/prepare.cuh"
 #include "kernels/portable/fwd/recurrence.cuh"
 
@@ -21,99 +22,8 @@ namespace flashgdn::portable {
 
 namespace {
 
-constexpr size_t kAlign = 256;
-size_t align_up(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
-
-// Intra-card context parallelism plan, from shapes and the SM count only (the same numbers size the
-// workspace and drive the launch). Segments of seg_chunks chunks; g_max bounds the segment count.
-struct CpPlan {
-  bool on = false;
-  int seg_chunks = 0;
-  int64_t g_max = 0;
-};
-
-// The V slice the CP passes are planned for (the widest: the segments supply the parallelism).
-constexpr int kCpBv = 64;
-
-bool experimental_cp_allowed() {
-  const char* e = std::getenv("FLASHGDN_EXPERIMENTAL_CP");
-  return e != nullptr && std::strcmp(e, "1") == 0;
-}
-
-// Per-chunk time of a recurrence CTA in ~us (H100, measured at d3c1703..f8bfafc: 1.5 / 2.0 / 3.0 for
-// BV = 16 / 32 / 64); the transition pass has no output work (assumed 0.8x, to be measured).
-double chunk_time(int bv) { return 1.0 + bv / 32.0; }
-
-CpPlan cp_plan(const Problem& pr, int num_sms) {
-  CpPlan p;
-  if (pr.N == 0 || pr.cp_mode == FLASHGDN_CP_OFF) return p;
-  // NOTE: the passes are not yet verified on a GPU: "auto" considers CP only with FLASHGDN_EXPERIMENTAL_CP=1
-  // ("on" is refused without it by the validation).
-  if (pr.cp_mode == FLASHGDN_CP_AUTO && !experimental_cp_allowed()) return p;
-  const int64_t chunks_total = (pr.B * pr.T + kChunk - 1) / kChunk;
-  const int64_t per_seq = std::max<int64_t>(1, (chunks_total + pr.N - 1) / pr.N);  // lengths are on the device
-  const int64_t units = pr.N * pr.Hv * std::max<int64_t>(1, pr.V / kCpBv);
-  // Segments per sequence: the final pass (units CTAs per segment) should fit one wave.
-  const int64_t segs = std::max<int64_t>(2, num_sms / units);
-  const int seg_chunks = static_cast<int>(std::max<int64_t>(1, (per_seq + segs - 1) / segs));
-  if (pr.cp_mode == FLASHGDN_CP_AUTO) {
-    // Cost model (whole waves; one CTA per SM): sequential recurrence vs transition pass + scan + final pass.
-    auto waves = [&](int64_t ctas) { return static_cast<double>((ctas + num_sms - 1) / std::max(1, num_sms)); };
-    const int bv = choose_bv(pr, num_sms);
-    const double seq = waves(pr.N * pr.Hv * (pr.V / bv)) * per_seq * chunk_time(bv);
-    const int64_t nseg = (per_seq + seg_chunks - 1) / seg_chunks;
-    const double pass1 = waves((nseg - 1) * pr.N * pr.Hv * ((pr.V + pr.K) / kCpBv)) * seg_chunks * 0.8 * chunk_time(kCpBv);
-    const double pass3 = waves(nseg * units) * seg_chunks * chunk_time(kCpBv);
-    const double scan = 3.0 * (nseg - 1);
-    if (nseg < 2 || pass1 + pass3 + scan > 0.9 * seq) return p;
-  }
-  p.on = true;
-  p.seg_chunks = seg_chunks;
-  p.g_max = pr.N + (pr.max_chunks() + p.seg_chunks - 1) / p.seg_chunks;
-  return p;
-}
-
 int current_num_sms();
 int prepare_variant();
-
-struct Layout {
-  size_t offsets, order, info, aux, w, u, pm, seg_offsets, seg, cp_end, cp_h0, total;
-  CpPlan cp;
-};
-
-Layout layout(const Problem& pr, int num_sms) {
-  const size_t chunks = static_cast<size_t>(pr.max_chunks()), hv = static_cast<size_t>(pr.Hv);
-  Layout l{};
-  l.cp = cp_plan(pr, num_sms);
-  size_t at = 0;
-  l.offsets = at;
-  at += align_up((pr.N + 1) * sizeof(int64_t));
-  l.order = at;
-  at += align_up(pr.N * sizeof(int32_t));
-  l.info = at;
-  at += align_up(chunks * sizeof(FwdArgs::ChunkInfo));
-  l.aux = at;
-  at += align_up(chunks * hv * 3 * kChunk * sizeof(float));
-  l.w = at;
-  at += align_up(chunks * hv * w_image_elems(static_cast<int>(pr.K)) * 2);
-  l.u = at;
-  at += align_up(chunks * hv * u_image_elems(static_cast<int>(pr.V), kMinBv) * 2);
-  l.pm = at;
-  at += align_up(chunks * hv * pm_image_elems() * 2);
-  if (l.cp.on) {
-    const size_t g = static_cast<size_t>(l.cp.g_max), kk = static_cast<size_t>(pr.K);
-    l.seg_offsets = at;
-    at += align_up((pr.N + 1) * sizeof(int64_t));
-    l.seg = at;
-    at += align_up(g * sizeof(FwdArgs::SegInfo));
-    l.cp_end = at;
-    at += align_up(g * hv * kk * (pr.V + pr.K) * sizeof(float));
-    l.cp_h0 = at;
-    at += align_up(g * hv * kk * pr.V * sizeof(float));
-  }
-  l.total = at;
-  return l;
-}
 
 void strides3(const flashgdn_tensor_t& t, int64_t (&s)[3]) {
   for (int i = 0; i < 3; ++i) s[i] = t.stride[i];
@@ -278,31 +188,6 @@ int current_num_sms() {
 }  // namespace
 
 size_t workspace_bytes(const Problem& pr) { return layout(pr, current_num_sms()).total; }
-
-int choose_bv(const Problem& pr, int num_sms) {
-  // One CTA per SM (the recurrence uses ~200 KB of shared memory). Cost model: waves x per-chunk time
-  // of a CTA, measured on H100 (53c2923..d3c1703) as ~1.5 / 2.0 / 3.0 us for BV = 16 / 32 / 64, i.e.
-  // ~(1 + BV / 32): narrow slices buy parallelism when sequences x heads cannot fill the GPU, wide slices
-  // do less redundant Q/K/W traffic and fewer products per column when they can.
-  int best = 16;
-  double best_cost = 1e300;
-  for (int bv : {64, 32, 16}) {
-    if (bv > pr.V) continue;
-    const int64_t ctas = pr.N * pr.Hv * (pr.V / bv);
-    // One sequence: whole waves. Several (lengths unknown on the host): fractional waves, since the
-    // recurrence dispatches the longest sequence first and the short ones' CTAs free their SMs early.
-    // NOTE: measured on H100 at 036f30d: fractional waves for N = 1 picked BV = 32 on 16/48 1x8192
-    // (192 CTAs, two full waves) and lost 19%.
-    const double waves = pr.N == 1 ? static_cast<double>((ctas + num_sms - 1) / num_sms)
-                                   : std::max(1.0, static_cast<double>(ctas) / num_sms);
-    const double cost = waves * (1.0 + bv / 32.0);
-    if (cost < best_cost - 1e-9) {
-      best_cost = cost;
-      best = bv;
-    }
-  }
-  return best;
-}
 
 flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, void* workspace,
                              cudaStream_t stream) {

@@ -1,4 +1,4 @@
-// Portable (sm_80+, mma.sync) chunked forward: two stages, see prepare.cuh and recurrence.cuh.
+// Portable (sm_80+, mma.sync) chunked forward: prepare.cuh, recurrence.cuh, cp_scan.cuh; planning in plan.hpp.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -11,7 +11,6 @@
 namespace flashgdn::portable {
 
 size_t workspace_bytes(const Problem& pr);
-int choose_bv(const Problem& pr, int num_sms);
 flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, void* workspace,
                              cudaStream_t stream);
 

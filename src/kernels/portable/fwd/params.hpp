@@ -1,7 +1,14 @@
-// Device-side arguments of the portable forward kernels (a POD built once on the host per call).
+// Device-side arguments of the portable forward kernels (a POD built once on the host per call). Also
+// included by host-only code (the planner and its tests): no CUDA types here.
 #pragma once
 
 #include <cstdint>
+
+#if defined(__CUDACC__)
+#define FLASHGDN_HD __host__ __device__
+#else
+#define FLASHGDN_HD
+#endif
 
 namespace flashgdn::portable {
 
@@ -10,10 +17,10 @@ inline constexpr int kChunk = 64;
 // Workspace images. W, U and Pm are stored exactly as the recurrence's shared-memory tiles (rows padded
 // by 16 bytes, pads zero), so that its producer moves each with linear 16-byte copies; U is split in
 // V / bv slices of (64, bv + 8). Element counts per (chunk, value head):
-__host__ __device__ constexpr int64_t w_image_elems(int K) { return int64_t(kChunk) * (K + 8); }
-__host__ __device__ constexpr int64_t u_slice_elems(int bv) { return int64_t(kChunk) * (bv + 8); }
-__host__ __device__ constexpr int64_t u_image_elems(int V, int bv) { return (V / bv) * u_slice_elems(bv); }
-__host__ __device__ constexpr int64_t pm_image_elems() { return int64_t(kChunk) * (kChunk + 8); }
+FLASHGDN_HD constexpr int64_t w_image_elems(int K) { return int64_t(kChunk) * (K + 8); }
+FLASHGDN_HD constexpr int64_t u_slice_elems(int bv) { return int64_t(kChunk) * (bv + 8); }
+FLASHGDN_HD constexpr int64_t u_image_elems(int V, int bv) { return (V / bv) * u_slice_elems(bv); }
+FLASHGDN_HD constexpr int64_t pm_image_elems() { return int64_t(kChunk) * (kChunk + 8); }
 inline constexpr int kMinBv = 16;  // the workspace holds U for the narrowest slice (the largest image)
 
 struct FwdArgs {
@@ -78,5 +85,38 @@ struct FwdArgs {
   int bv;                  // the recurrence's V slice (U's image layout)
   int64_t max_chunks;
 };
+
+// The last n with offsets[n] <= x (offsets non-decreasing, offsets[0] = 0 <= x).
+FLASHGDN_HD inline int64_t find_sequence(const int64_t* offsets, int64_t N, int64_t x) {
+  int64_t lo = 0, hi = N - 1;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) >> 1;
+    if (offsets[mid] <= x) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+// Segment g (CP): its sequence, first chunk, chunk count and whether it is the sequence's last, from the
+// chunk and segment offsets (both [N + 1]); nch = -1 when g is past the last segment.
+FLASHGDN_HD inline FwdArgs::SegInfo segment_info(int64_t g, const int64_t* seg_offsets, const int64_t* chunk_offsets,
+                                                 int64_t N, int seg_chunks) {
+  FwdArgs::SegInfo si{0, 0, -1, 0};
+  if (g >= seg_offsets[N]) return si;
+  const int64_t n = find_sequence(seg_offsets, N, g);
+  const int64_t j = g - seg_offsets[n];
+  const int64_t chunks = chunk_offsets[n + 1] - chunk_offsets[n];
+  const int64_t nseg = seg_offsets[n + 1] - seg_offsets[n];
+  const int64_t c0 = j * seg_chunks;
+  si.n = static_cast<int32_t>(n);
+  si.c0 = static_cast<int32_t>(c0);
+  si.nch = static_cast<int32_t>(chunks - c0 < seg_chunks ? chunks - c0 : seg_chunks);
+  si.last = j == nseg - 1;
+  return si;
+}
+
+// Segments of a sequence of `chunks` chunks: at least one (an empty sequence keeps its final state).
+FLASHGDN_HD constexpr int64_t segments_of(int64_t chunks, int seg_chunks) {
+  return chunks == 0 ? 1 : (chunks + seg_chunks - 1) / seg_chunks;
+}
 
 }  // namespace flashgdn::portable

@@ -63,21 +63,8 @@ __global__ void __launch_bounds__(kThreads) chunk_offsets_kernel(FwdArgs a) {
   };
   block_offsets<kThreads>(a.N, chunks, a.chunk_offsets, warp_sums);
   if (a.cp_pass == 0) return;
-  auto segments = [&](int64_t n) {
-    const int64_t ch = chunks(n);
-    return ch == 0 ? int64_t(1) : (ch + a.seg_chunks - 1) / a.seg_chunks;
-  };
+  auto segments = [&](int64_t n) { return segments_of(chunks(n), a.seg_chunks); };
   block_offsets<kThreads>(a.N, segments, a.seg_offsets, warp_sums);
-}
-
-// Sequence owning global chunk c (chunk_offsets is non-decreasing): the last n with offsets[n] <= c.
-__device__ __forceinline__ int64_t find_sequence(const int64_t* offsets, int64_t N, int64_t c) {
-  int64_t lo = 0, hi = N - 1;
-  while (lo < hi) {
-    const int64_t mid = (lo + hi + 1) >> 1;
-    if (offsets[mid] <= c) lo = mid; else hi = mid - 1;
-  }
-  return lo;
 }
 
 // chunk_info[c] for every c < max_chunks (after chunk_offsets_kernel): grid ceil(max_chunks / 256).
@@ -139,20 +126,7 @@ __global__ void __launch_bounds__(1024) seq_order_kernel(FwdArgs a) {
 // seg[g] for every g < g_max (CP only, after chunk_offsets_kernel): grid ceil(g_max / 256).
 __global__ void __launch_bounds__(256) segment_table_kernel(FwdArgs a) {
   const int64_t g = blockIdx.x * int64_t(256) + threadIdx.x;
-  if (g >= a.g_max) return;
-  FwdArgs::SegInfo si{0, 0, -1, 0};
-  if (g < a.seg_offsets[a.N]) {
-    const int64_t n = find_sequence(a.seg_offsets, a.N, g);
-    const int64_t j = g - a.seg_offsets[n];
-    const int64_t chunks = a.chunk_offsets[n + 1] - a.chunk_offsets[n];
-    const int64_t nseg = a.seg_offsets[n + 1] - a.seg_offsets[n];
-    const int64_t c0 = j * a.seg_chunks;
-    si.n = static_cast<int32_t>(n);
-    si.c0 = static_cast<int32_t>(c0);
-    si.nch = static_cast<int32_t>(chunks - c0 < a.seg_chunks ? chunks - c0 : a.seg_chunks);
-    si.last = j == nseg - 1;
-  }
-  a.seg[g] = si;
+  if (g < a.g_max) a.seg[g] = segment_info(g, a.seg_offsets, a.chunk_offsets, a.N, a.seg_chunks);
 }
 
 // Where sequence n's state comes from and goes to: the initial state (or the pool slot; null = zeros)

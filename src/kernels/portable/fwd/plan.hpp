@@ -1,0 +1,41 @@
+// Host-side planning of the portable forward: the recurrence's V slice (BV), intra-card context
+// parallelism (CP), and the workspace layout. Shapes and the SM count only (cu_seqlens lives on the
+// device), so the workspace query and the launch agree. Host-only (no CUDA): tests/cpp/test_plan.cpp.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "api/problem.hpp"
+
+namespace flashgdn::portable {
+
+// Per-chunk time of a recurrence CTA in ~us for a V slice of BV (H100, measured at d3c1703..f8bfafc:
+// 1.5 / 2.0 / 3.0 for BV = 16 / 32 / 64).
+inline double chunk_time(int bv) { return 1.0 + bv / 32.0; }
+
+// BV in {64, 32, 16} minimising waves x chunk_time (one CTA per SM; whole waves for one sequence,
+// fractional for several: the long sequences are dispatched first and short ones free their SMs).
+int choose_bv(const Problem& pr, int num_sms);
+
+// The V slice the CP passes use (the widest: the segments supply the parallelism).
+inline constexpr int kCpBv = 64;
+
+struct CpPlan {
+  bool on = false;
+  int seg_chunks = 0;  // chunks per segment
+  int64_t g_max = 0;   // segments the grids are sized for (>= the actual count for any lengths)
+};
+
+// "on": always (segments sized so the final pass fits one wave); "auto": when the cost model predicts a
+// gain and FLASHGDN_EXPERIMENTAL_CP=1 (the passes are not yet verified on a GPU); "off": never.
+CpPlan cp_plan(const Problem& pr, int num_sms);
+
+// Byte offsets of the workspace regions (256-byte aligned).
+struct Layout {
+  size_t offsets, order, info, aux, w, u, pm, seg_offsets, seg, cp_end, cp_h0, total;
+  CpPlan cp;
+};
+Layout layout(const Problem& pr, int num_sms);
+
+}  // namespace flashgdn::portable

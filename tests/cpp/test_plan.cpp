@@ -1,0 +1,162 @@
+// The portable forward's host-side planning (plan.hpp) and the segment bookkeeping the CP kernels use
+// (segment_info, segments_of in params.hpp), run on the CPU.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/portable/fwd/params.hpp"
+#include "kernels/portable/fwd/plan.hpp"
+
+namespace {
+
+using flashgdn::Problem;
+namespace fp = flashgdn::portable;
+
+constexpr int kH100Sms = 132;
+
+// A packed varlen problem (B = 1) with `lens` sequences, or `n` equal ones when lens is a single value.
+Problem problem(int64_t hqk, int64_t hv, std::vector<int64_t> lens, int32_t cp = FLASHGDN_CP_AUTO, int64_t d = 128) {
+  Problem pr;
+  pr.B = 1;
+  pr.T = 0;
+  for (int64_t l : lens) pr.T += l;
+  pr.Hqk = hqk;
+  pr.Hv = hv;
+  pr.group = hv / hqk;
+  pr.K = pr.V = d;
+  pr.N = static_cast<int64_t>(lens.size());
+  pr.varlen = true;
+  pr.cp_mode = cp;
+  return pr;
+}
+
+struct EnvCp {  // FLASHGDN_EXPERIMENTAL_CP for the scope
+  explicit EnvCp(bool on) {
+    if (on) setenv("FLASHGDN_EXPERIMENTAL_CP", "1", 1); else unsetenv("FLASHGDN_EXPERIMENTAL_CP");
+  }
+  ~EnvCp() { unsetenv("FLASHGDN_EXPERIMENTAL_CP"); }
+};
+
+// The slices measured best on H100 (perf-notes, 53c2923..f8bfafc).
+TEST(Plan, BvChoicesOnH100) {
+  EXPECT_EQ(fp::choose_bv(problem(2, 8, {32768}), kH100Sms), 16);
+  EXPECT_EQ(fp::choose_bv(problem(4, 16, {8192}), kH100Sms), 16);
+  EXPECT_EQ(fp::choose_bv(problem(16, 16, {32768}), kH100Sms), 16);
+  EXPECT_EQ(fp::choose_bv(problem(16, 64, {8192}), kH100Sms), 64);
+  EXPECT_EQ(fp::choose_bv(problem(16, 48, {8192}), kH100Sms), 64);  // fractional waves picked 32: -19%
+  EXPECT_EQ(fp::choose_bv(problem(16, 16, {8192, 8192, 8192, 8192}), kH100Sms), 64);
+  EXPECT_EQ(fp::choose_bv(problem(8, 32, std::vector<int64_t>(8, 1024)), kH100Sms), 64);
+  EXPECT_EQ(fp::choose_bv(problem(8, 24, {28672, 4096}), kH100Sms), 32);
+  EXPECT_EQ(fp::choose_bv(problem(8, 24, {8192}), kH100Sms), 32);
+  EXPECT_EQ(fp::choose_bv(problem(8, 24, {8192}, FLASHGDN_CP_AUTO, 64), kH100Sms), 16);  // V = 64: 16 or 32
+  const int bv = fp::choose_bv(problem(1, 1, {10}), 0);  // no SM count: still a valid slice
+  EXPECT_TRUE(bv == 16 || bv == 32 || bv == 64) << bv;
+}
+
+TEST(Plan, CpOffUnlessAskedOrAllowed) {
+  {
+    EnvCp env(false);
+    EXPECT_FALSE(fp::cp_plan(problem(2, 8, {32768}), kH100Sms).on) << "auto without FLASHGDN_EXPERIMENTAL_CP";
+    EXPECT_FALSE(fp::cp_plan(problem(2, 8, {32768}, FLASHGDN_CP_OFF), kH100Sms).on);
+    EXPECT_TRUE(fp::cp_plan(problem(2, 8, {32768}, FLASHGDN_CP_ON), kH100Sms).on);  // the validation gates "on"
+  }
+  EnvCp env(true);
+  EXPECT_FALSE(fp::cp_plan(problem(2, 8, {32768}, FLASHGDN_CP_OFF), kH100Sms).on);
+  // The cost model: CP for the few-heads long rows, not where the heads already fill the GPU.
+  EXPECT_TRUE(fp::cp_plan(problem(2, 8, {32768}), kH100Sms).on);
+  EXPECT_TRUE(fp::cp_plan(problem(2, 8, {8192}), kH100Sms).on);
+  EXPECT_FALSE(fp::cp_plan(problem(16, 64, {8192}), kH100Sms).on);
+  EXPECT_FALSE(fp::cp_plan(problem(16, 64, std::vector<int64_t>(8, 1024)), kH100Sms).on);
+}
+
+TEST(Plan, CpSegmentsFillOneWave) {
+  EnvCp env(true);
+  const fp::CpPlan p = fp::cp_plan(problem(2, 8, {32768}, FLASHGDN_CP_ON), kH100Sms);
+  ASSERT_TRUE(p.on);
+  // 8 heads x 2 slices = 16 CTAs per segment: 8 segments of 64 chunks, 128 CTAs in the final pass.
+  EXPECT_EQ(p.seg_chunks, 64);
+  EXPECT_GE(p.g_max, 8);
+  // Tiny problems still get at least two segments per sequence.
+  const fp::CpPlan q = fp::cp_plan(problem(1, 2, {100}, FLASHGDN_CP_ON), kH100Sms);
+  EXPECT_EQ(q.seg_chunks, 1);
+}
+
+// Host copy of the kernels' bookkeeping: offsets as chunk_offsets_kernel computes them.
+struct Offsets {
+  std::vector<int64_t> chunks, segs;
+};
+Offsets offsets(const std::vector<int64_t>& lens, int seg_chunks) {
+  Offsets o;
+  o.chunks.assign(1, 0);
+  o.segs.assign(1, 0);
+  for (int64_t l : lens) {
+    const int64_t c = (l + fp::kChunk - 1) / fp::kChunk;
+    o.chunks.push_back(o.chunks.back() + c);
+    o.segs.push_back(o.segs.back() + fp::segments_of(c, seg_chunks));
+  }
+  return o;
+}
+
+// For random length mixes (empty and one-token sequences included): g_max bounds the segment count, and
+// the segment table covers every chunk of every sequence exactly once, in order, with one last segment
+// per sequence; entries past the count say so.
+TEST(Plan, SegmentTableCoversEveryChunkOnce) {
+  EnvCp env(true);
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<int> nseq(1, 9), kind(0, 5), len(2, 5000);
+  for (int trial = 0; trial < 300; ++trial) {
+    std::vector<int64_t> lens(nseq(rng));
+    for (int64_t& l : lens) {
+      const int k = kind(rng);
+      l = k == 0 ? 0 : k == 1 ? 1 : k == 2 ? 64 : len(rng);
+    }
+    Problem pr = problem(1, 1 + trial % 8, lens, FLASHGDN_CP_ON);
+    if (pr.T == 0) continue;
+    const fp::CpPlan p = fp::cp_plan(pr, trial % 2 ? kH100Sms : 16);
+    ASSERT_TRUE(p.on);
+    const Offsets o = offsets(lens, p.seg_chunks);
+    const int64_t N = static_cast<int64_t>(lens.size());
+    ASSERT_LE(o.segs[N], p.g_max) << "trial " << trial;
+    std::vector<int64_t> next(N, 0);  // next expected chunk of each sequence
+    std::vector<int> lasts(N, 0);
+    for (int64_t g = 0; g < p.g_max; ++g) {
+      const auto si = fp::segment_info(g, o.segs.data(), o.chunks.data(), N, p.seg_chunks);
+      if (g >= o.segs[N]) {
+        EXPECT_EQ(si.nch, -1);
+        continue;
+      }
+      ASSERT_GE(si.nch, 0);
+      ASSERT_LT(si.n, N);
+      EXPECT_EQ(si.c0, next[si.n]) << "trial " << trial << " g " << g;
+      EXPECT_LE(si.nch, p.seg_chunks);
+      next[si.n] += si.nch;
+      lasts[si.n] += si.last;
+      if (si.last) EXPECT_EQ(next[si.n], o.chunks[si.n + 1] - o.chunks[si.n]);
+    }
+    for (int64_t n = 0; n < N; ++n) {
+      EXPECT_EQ(next[n], o.chunks[n + 1] - o.chunks[n]) << "sequence " << n;
+      EXPECT_EQ(lasts[n], 1) << "sequence " << n;
+    }
+  }
+}
+
+TEST(Plan, LayoutRegionsAreAlignedAndDisjoint) {
+  EnvCp env(true);
+  for (int32_t cp : {FLASHGDN_CP_OFF, FLASHGDN_CP_ON}) {
+    const Problem pr = problem(2, 6, {300, 0, 65}, cp);
+    const fp::Layout l = fp::layout(pr, kH100Sms);
+    std::vector<size_t> starts = {l.offsets, l.order, l.info, l.aux, l.w, l.u, l.pm};
+    if (l.cp.on) starts.insert(starts.end(), {l.seg_offsets, l.seg, l.cp_end, l.cp_h0});
+    for (size_t i = 0; i < starts.size(); ++i) {
+      EXPECT_EQ(starts[i] % 256, 0u);
+      if (i + 1 < starts.size()) EXPECT_LT(starts[i], starts[i + 1]);
+    }
+    EXPECT_LE(starts.back(), l.total);
+    EXPECT_EQ(l.cp.on, cp == FLASHGDN_CP_ON);
+  }
+}
+
+}  // namespace
