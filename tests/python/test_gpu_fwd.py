@@ -162,3 +162,22 @@ def test_check_mode_reports_positive_g(monkeypatch):
     monkeypatch.setenv("FLASHGDN_CHECK", "1")
     with pytest.raises(flashgdn.FlashGDNError, match=r"g\[0, 5, 1\] = 0.25; the log decay must be finite and <= 0"):
         flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, cu_seqlens=cu)
+
+
+def test_cp_on_is_refused_unless_allowed(monkeypatch):
+    q, k, v, g, beta, cu, h0 = inputs([300])
+    monkeypatch.delenv("FLASHGDN_EXPERIMENTAL_CP", raising=False)
+    with pytest.raises(flashgdn.FlashGDNError, match="FLASHGDN_EXPERIMENTAL_CP=1"):
+        flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, cu_seqlens=cu, cp="on")
+
+
+def test_cp_on_matches_reference(monkeypatch):
+    """The experimental context-parallel passes (segments of one or two chunks at this size)."""
+    monkeypatch.setenv("FLASHGDN_EXPERIMENTAL_CP", "1")
+    q, k, v, g, beta, cu, h0 = inputs([300, 0, 1, 129])
+    o, ht = flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True,
+                                            cu_seqlens=cu, use_qk_l2norm_in_kernel=True, cp="on")
+    o_ref, ht_ref = flashgdn.chunk_gated_delta_rule(*cpu(q, k, v, g, beta), initial_state=h0.cpu(),
+                                                    output_final_state=True, cu_seqlens=cu.cpu(),
+                                                    use_qk_l2norm_in_kernel=True)
+    assert rel(o, o_ref) <= 1e-2 and rel(ht, ht_ref) <= 1e-2
