@@ -2,6 +2,8 @@
 // without an sm_90 device). Built for sm_90a only.
 //   - wgmma m64n64k16 bf16 with both operands in shared memory, no swizzle, K-major core matrices,
 //     against a CPU product;
+//   - TMA-loaded 128-byte-swizzled tiles as wgmma operands, K-major and MN-major (A and B), against a CPU
+//     product;
 //   - a TMA 2-D tile load completing on an mbarrier, against the source tile.
 #include <cuda.h>
 #include <cuda_bf16.h>
@@ -87,6 +89,12 @@ __global__ void tma_kernel(const __grid_constant__ CUtensorMap map, int c0, int 
 // The layout the Hopper kernels use: TMA loads (64 rows x 64 bf16 = 128 B) tiles with the 128-byte
 // swizzle into 1024-byte-aligned shared memory; K-major descriptors with SBO = 1024 B (8 rows of 128 B);
 // the k-th 16-wide slice starts 32 * k bytes further (the hardware applies the swizzle to the address).
+// TRANS_A / TRANS_B = 1: that operand is MN-major, i.e. stored [k][m] / [k][n] (64 k-rows of 128 B, the
+// layout of the recurrence's Kᵀ and S operands). MN-major 128-byte-swizzled descriptors (PTX ISA, "Matrix
+// Descriptor Format" / "Strides"): SBO = 1024 B between groups of 8 k-rows, LBO = the next 64-wide MN
+// block (a whole 64 x 64 tile here, so unused: one block), and the k-th 16-deep slice starts 16 rows =
+// 2048 bytes further.
+template <int TRANS_A = 0, int TRANS_B = 0>
 __global__ void tma_wgmma_sw128_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
                                        float* D) {
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -112,9 +120,11 @@ __global__ void tma_wgmma_sw128_kernel(const __grid_constant__ CUtensorMap map_a
   sm90::wgmma_fence();
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
-    const uint64_t da = make_smem_desc(smem_u32(sA) + 32 * k, 16, 1024, Swizzle::k128B);
-    const uint64_t db = make_smem_desc(smem_u32(sB) + 32 * k, 16, 1024, Swizzle::k128B);
-    sm90::wgmma_m64n64k16_bf16<0, 0>(d, da, db, 1);
+    const uint64_t da = TRANS_A ? make_smem_desc(smem_u32(sA) + 2048 * k, 8192, 1024, Swizzle::k128B)
+                                : make_smem_desc(smem_u32(sA) + 32 * k, 16, 1024, Swizzle::k128B);
+    const uint64_t db = TRANS_B ? make_smem_desc(smem_u32(sB) + 2048 * k, 8192, 1024, Swizzle::k128B)
+                                : make_smem_desc(smem_u32(sB) + 32 * k, 16, 1024, Swizzle::k128B);
+    sm90::wgmma_m64n64k16_bf16<TRANS_A, TRANS_B>(d, da, db, 1);
   }
   sm90::wgmma_commit();
   sm90::wgmma_wait<0>();
@@ -122,16 +132,19 @@ __global__ void tma_wgmma_sw128_kernel(const __grid_constant__ CUtensorMap map_a
   store_acc_64x64(d, D, t);
 }
 
-// Relative L2 error of the device product dD (64 x 64, fp32) against A (64 x kd) Bᵀ (B: 64 x kd) on the CPU.
+// Relative L2 error of the device product dD (64 x 64, fp32) against A (64 x kd) Bᵀ (B: 64 x kd) on the CPU;
+// with a_mn / b_mn the host arrays hold A / B MN-major instead ([k][m] / [k][n], 64 wide).
 double rel_err_vs_cpu(const std::vector<__nv_bfloat16>& a, const std::vector<__nv_bfloat16>& b, int kd,
-                      const float* dD) {
+                      const float* dD, bool a_mn = false, bool b_mn = false) {
   std::vector<float> d(64 * 64);
   cudaMemcpy(d.data(), dD, d.size() * 4, cudaMemcpyDeviceToHost);
   double err = 0, ref_norm = 0;
   for (int m = 0; m < 64; ++m)
     for (int n = 0; n < 64; ++n) {
       double r = 0;
-      for (int k = 0; k < kd; ++k) r += double(__bfloat162float(a[m * kd + k])) * __bfloat162float(b[n * kd + k]);
+      for (int k = 0; k < kd; ++k)
+        r += double(__bfloat162float(a_mn ? a[k * 64 + m] : a[m * kd + k])) *
+             __bfloat162float(b_mn ? b[k * 64 + n] : b[n * kd + k]);
       err += (d[m * 64 + n] - r) * (d[m * 64 + n] - r);
       ref_norm += r * r;
     }
@@ -140,9 +153,9 @@ double rel_err_vs_cpu(const std::vector<__nv_bfloat16>& a, const std::vector<__n
 
 }  // namespace
 
-TEST(GpuSm90, TmaSwizzle128WgmmaK64MatchesCpu) {
-  REQUIRE_SM90();
-  std::mt19937 rng(2);
+template <int TRANS_A, int TRANS_B>
+void run_tma_wgmma_sw128() {
+  std::mt19937 rng(2 + 2 * TRANS_A + TRANS_B);
   std::normal_distribution<float> nd;
   std::vector<__nv_bfloat16> a(64 * 64), b(64 * 64);
   for (auto& x : a) x = __float2bfloat16(nd(rng));
@@ -169,15 +182,33 @@ TEST(GpuSm90, TmaSwizzle128WgmmaK64MatchesCpu) {
     ASSERT_EQ(flashgdn::encode_tma_tile_2d(map, t, "test", "tile"), FLASHGDN_SUCCESS) << flashgdn_get_last_error();
   }
   const int smem = 16384 + 64;
-  ASSERT_EQ(cudaFuncSetAttribute(tma_wgmma_sw128_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem + 1024),
-            cudaSuccess);
-  tma_wgmma_sw128_kernel<<<1, 128, smem + 1024>>>(map_a, map_b, dD);
+  auto kernel = tma_wgmma_sw128_kernel<TRANS_A, TRANS_B>;
+  ASSERT_EQ(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem + 1024), cudaSuccess);
+  kernel<<<1, 128, smem + 1024>>>(map_a, map_b, dD);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  const double rel = rel_err_vs_cpu(a, b, 64, dD);
-  EXPECT_LT(rel, 1e-5);
+  // NOTE: if an MN-major case fails with a permuted result, LBO/SBO of the MN-major swizzled layout are
+  // the first suspects (PTX ISA "Strides" tables).
+  const double rel = rel_err_vs_cpu(a, b, 64, dD, TRANS_A, TRANS_B);
+  EXPECT_LT(rel, 1e-5) << "trans-a " << TRANS_A << " trans-b " << TRANS_B;
   cudaFree(dA);
   cudaFree(dB);
   cudaFree(dD);
+}
+
+TEST(GpuSm90, TmaSwizzle128WgmmaK64MatchesCpu) {
+  REQUIRE_SM90();
+  run_tma_wgmma_sw128<0, 0>();
+}
+
+// S as the B operand ([K][BV], BV contiguous) and Kᵀ as the A operand (K stored [chunk][K]) of the Hopper
+// recurrence: MN-major operands with the 128-byte swizzle.
+TEST(GpuSm90, TmaSwizzle128WgmmaMnMajorBMatchesCpu) {
+  REQUIRE_SM90();
+  run_tma_wgmma_sw128<0, 1>();
+}
+TEST(GpuSm90, TmaSwizzle128WgmmaMnMajorAMatchesCpu) {
+  REQUIRE_SM90();
+  run_tma_wgmma_sw128<1, 0>();
 }
 
 TEST(GpuSm90, WgmmaM64N64K16NoSwizzleMatchesCpu) {
