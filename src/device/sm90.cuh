@@ -1,4 +1,5 @@
-// FlashGDN's thin PTX layer, sm_90a part: wgmma, warpgroup fences, setmaxnreg, async-proxy fence.
+// FlashGDN's thin PTX layer, sm_90a part: wgmma, warpgroup fences, setmaxnreg, async-proxy fence,
+// bulk copies (plain and cluster multicast), cluster rank and barrier, stmatrix.
 // TMA and mbarrier come from CCCL's cuda::ptx (shipped with the CUDA toolkit); thin typed helpers are
 // below. Every wrapper cites the PTX ISA (9.0) section by chapter and instruction name. Only meaningful
 // when compiled for sm_90a (the kernels that include it are built with -gencode arch=compute_90a).
@@ -109,6 +110,41 @@ __device__ __forceinline__ void tma_load_2d(void* smem, const void* map, int32_t
   const int32_t coords[2] = {c0, c1};
   // PTX ISA, "Data Movement and Conversion Instructions: cp.async.bulk.tensor" (.shared::cluster dst on sm_90).
   cuda::ptx::cp_async_bulk_tensor(cuda::ptx::space_cluster, cuda::ptx::space_global, smem, map, coords, bar);
+}
+
+// Contiguous bulk copy global -> shared (no tensor map), completing on `bar` (transaction bytes).
+// PTX ISA, "Data Movement and Conversion Instructions: cp.async.bulk" (.shared::cluster.global,
+// .mbarrier::complete_tx::bytes). `bytes` and both addresses are multiples of 16.
+__device__ __forceinline__ void bulk_load(void* smem, const void* gmem, uint32_t bytes, uint64_t* bar) {
+  cuda::ptx::cp_async_bulk(cuda::ptx::space_cluster, cuda::ptx::space_global, smem, gmem, bytes, bar);
+}
+
+// The same bytes into the same shared-memory offset of every CTA of the cluster in `cta_mask`, each
+// completing on its own mbarrier at `bar`'s offset. PTX ISA, "cp.async.bulk" (.multicast::cluster).
+__device__ __forceinline__ void bulk_load_multicast(void* smem, const void* gmem, uint32_t bytes, uint64_t* bar,
+                                                    uint16_t cta_mask) {
+  cuda::ptx::cp_async_bulk(cuda::ptx::space_cluster, cuda::ptx::space_global, smem, gmem, bytes, bar, cta_mask);
+}
+
+// ---- clusters (PTX ISA, "Special Registers: %cluster_ctarank"; "Parallel Synchronization and
+//      Communication Instructions: barrier.cluster") ----
+__device__ __forceinline__ uint32_t cluster_ctarank() { return cuda::ptx::get_sreg_cluster_ctarank(); }
+// All threads of all CTAs of the cluster (release / acquire by default).
+__device__ __forceinline__ void cluster_sync() {
+  cuda::ptx::barrier_cluster_arrive();
+  cuda::ptx::barrier_cluster_wait();
+}
+
+// ---- stmatrix (PTX ISA, "Warp Level Matrix Multiply-Accumulate Instructions: stmatrix"), sm_90 ----
+// Four 8x8 b16 matrices from registers to shared memory: lane i supplies the row address of matrix
+// i / 8, row i % 8; register r[j] of lane l holds row l / 4, columns 2 (l % 4) .. +1 of matrix j (the
+// mma accumulator layout), so a warp writes a 16 x 16 bf16 tile of packed accumulators in one instruction.
+__device__ __forceinline__ void stmatrix_x4(void* smem_row, const uint32_t (&r)[4]) {
+#ifdef FLASHGDN_SM90A
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(smem_u32(smem_row)),
+               "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3])
+               : "memory");
+#endif
 }
 
 }  // namespace flashgdn::device::sm90

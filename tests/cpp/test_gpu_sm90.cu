@@ -4,12 +4,16 @@
 //     against a CPU product;
 //   - TMA-loaded 128-byte-swizzled tiles as wgmma operands, K-major and MN-major (A and B), against a CPU
 //     product;
-//   - a TMA 2-D tile load completing on an mbarrier, against the source tile.
+//   - a TMA 2-D tile load completing on an mbarrier, against the source tile;
+//   - a plain bulk copy (a W image, 17 KB) and a cluster-multicast bulk copy (2 CTAs, each issuing half of
+//     the bytes to both) completing on mbarriers, against the source;
+//   - stmatrix x4 against the documented fragment layout.
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <utility>
@@ -268,3 +272,134 @@ TEST(GpuSm90, TmaTileLoadCompletesOnMbarrier) {
   cudaFree(dsrc);
   cudaFree(dout);
 }
+
+namespace {
+
+// One thread copies `bytes` (<= 32 KB) into shared memory with one bulk copy; all threads copy it out.
+__global__ void bulk_kernel(const unsigned char* src, unsigned char* out, uint32_t bytes) {
+  extern __shared__ __align__(128) unsigned char buf[];
+  __shared__ alignas(8) uint64_t bar;
+  if (threadIdx.x == 0) {
+    sm90::mbar_init(&bar, 1);
+    cuda::ptx::fence_mbarrier_init(cuda::ptx::sem_release, cuda::ptx::scope_cluster);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    sm90::mbar_expect_tx(&bar, bytes);
+    sm90::bulk_load(buf, src, bytes, &bar);
+  }
+  sm90::mbar_wait(&bar, 0);
+  for (uint32_t i = threadIdx.x; i < bytes; i += blockDim.x) out[i] = buf[i];
+}
+
+// Cluster of 2: CTA r multicasts half r of `src` to both CTAs; each CTA expects all the bytes on its own
+// mbarrier and writes what it received to out + rank * bytes.
+__global__ void multicast_kernel(const unsigned char* src, unsigned char* out, uint32_t bytes) {
+  extern __shared__ __align__(128) unsigned char buf[];
+  __shared__ alignas(8) uint64_t bar;
+  const uint32_t rank = sm90::cluster_ctarank();
+  if (threadIdx.x == 0) {
+    sm90::mbar_init(&bar, 1);
+    cuda::ptx::fence_mbarrier_init(cuda::ptx::sem_release, cuda::ptx::scope_cluster);
+  }
+  // Both CTAs' barriers are initialised (and their buffers free) before anyone's copy can land.
+  sm90::cluster_sync();
+  if (threadIdx.x == 0) {
+    sm90::mbar_expect_tx(&bar, bytes);
+    const uint32_t half = bytes / 2;
+    sm90::bulk_load_multicast(buf + rank * half, src + rank * half, half, &bar, 0x3);
+  }
+  sm90::mbar_wait(&bar, 0);
+  for (uint32_t i = threadIdx.x; i < bytes; i += blockDim.x) out[rank * bytes + i] = buf[i];
+  sm90::cluster_sync();  // no CTA exits while its peer's multicast may still target it
+}
+
+// Lane l stores registers {4l, 4l + 1, 4l + 2, 4l + 3} (as bf16 pairs: value = 64 j + 2 l + half, exact in bf16) via
+// stmatrix x4 into a 16 x 16 tile: matrix j at rows 8 (j % 2), columns 8 (j / 2).
+__global__ void stmatrix_kernel(__nv_bfloat16* out) {
+  __shared__ alignas(128) __nv_bfloat16 tile[16 * 16];
+  const int l = threadIdx.x;
+  uint32_t r[4];
+  for (int j = 0; j < 4; ++j) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(64.f * j + 2 * l, 64.f * j + 2 * l + 1);
+    r[j] = *reinterpret_cast<const uint32_t*>(&v);
+  }
+  const int m = l / 8, row = l % 8;
+  sm90::stmatrix_x4(&tile[(8 * (m % 2) + row) * 16 + 8 * (m / 2)], r);
+  __syncwarp();
+  for (int i = l; i < 256; i += 32) out[i] = tile[i];
+}
+
+}  // namespace
+
+TEST(GpuSm90, BulkCopyCompletesOnMbarrier) {
+  REQUIRE_SM90();
+  const uint32_t bytes = 64 * 136 * 2;  // a W image (K = 128)
+  std::vector<unsigned char> src(bytes);
+  for (uint32_t i = 0; i < bytes; ++i) src[i] = static_cast<unsigned char>((i * 131u + 7u) & 0xff);
+  unsigned char *dsrc, *dout;
+  ASSERT_EQ(cudaMalloc(&dsrc, bytes), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dout, bytes), cudaSuccess);
+  cudaMemcpy(dsrc, src.data(), bytes, cudaMemcpyHostToDevice);
+  cudaMemset(dout, 0, bytes);
+  bulk_kernel<<<1, 128, bytes>>>(dsrc, dout, bytes);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  std::vector<unsigned char> out(bytes);
+  cudaMemcpy(out.data(), dout, bytes, cudaMemcpyDeviceToHost);
+  EXPECT_EQ(out, src);
+  cudaFree(dsrc);
+  cudaFree(dout);
+}
+
+TEST(GpuSm90, ClusterMulticastBulkCopyReachesEveryCta) {
+  REQUIRE_SM90();
+  const uint32_t bytes = 16384;
+  std::vector<unsigned char> src(bytes);
+  for (uint32_t i = 0; i < bytes; ++i) src[i] = static_cast<unsigned char>((i * 77u + 3u) & 0xff);
+  unsigned char *dsrc, *dout;
+  ASSERT_EQ(cudaMalloc(&dsrc, bytes), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dout, 2 * bytes), cudaSuccess);
+  cudaMemcpy(dsrc, src.data(), bytes, cudaMemcpyHostToDevice);
+  cudaMemset(dout, 0, 2 * bytes);
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(2);
+  cfg.blockDim = dim3(128);
+  cfg.dynamicSmemBytes = bytes;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = 2;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  const unsigned char* csrc = dsrc;
+  ASSERT_EQ(cudaLaunchKernelEx(&cfg, multicast_kernel, csrc, dout, bytes), cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  std::vector<unsigned char> out(2 * bytes);
+  cudaMemcpy(out.data(), dout, 2 * bytes, cudaMemcpyDeviceToHost);
+  for (int r = 0; r < 2; ++r)
+    EXPECT_TRUE(std::equal(src.begin(), src.end(), out.begin() + r * bytes)) << "CTA " << r;
+  cudaFree(dsrc);
+  cudaFree(dout);
+}
+
+TEST(GpuSm90, StmatrixX4MatchesFragmentLayout) {
+  REQUIRE_SM90();
+  __nv_bfloat16* dout;
+  ASSERT_EQ(cudaMalloc(&dout, 256 * 2), cudaSuccess);
+  stmatrix_kernel<<<1, 32>>>(dout);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  std::vector<__nv_bfloat16> out(256);
+  cudaMemcpy(out.data(), dout, 256 * 2, cudaMemcpyDeviceToHost);
+  // Matrix j, row i, column c holds the value lane 4 i + c / 2 gave for register j, half c % 2.
+  for (int j = 0; j < 4; ++j)
+    for (int i = 0; i < 8; ++i)
+      for (int c = 0; c < 8; ++c) {
+        const int lane = 4 * i + c / 2;
+        const float want = 64.f * j + 2 * lane + (c % 2);
+        const float got = __bfloat162float(out[(8 * (j % 2) + i) * 16 + 8 * (j / 2) + c]);
+        ASSERT_EQ(got, __bfloat162float(__float2bfloat16(want))) << "matrix " << j << " row " << i << " col " << c;
+      }
+  cudaFree(dout);
+}
+
