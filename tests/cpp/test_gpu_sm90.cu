@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -401,5 +402,108 @@ TEST(GpuSm90, StmatrixX4MatchesFragmentLayout) {
         ASSERT_EQ(got, __bfloat162float(__float2bfloat16(want))) << "matrix " << j << " row " << i << " col " << c;
       }
   cudaFree(dout);
+}
+
+namespace {
+
+// D (64 x N) = A (64 x 64) Bᵀ (B: N x 64), both TMA-loaded K-major with the 128-byte swizzle, wgmma
+// m64nNk16 (N = 32, 128: the recurrence's other V slices). B's N rows of 128 B are N / 8 groups SBO apart.
+template <int N>
+__global__ void tma_wgmma_n_kernel(const __grid_constant__ CUtensorMap map_a, const __grid_constant__ CUtensorMap map_b,
+                                   float* D) {
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+  __nv_bfloat16* sA = reinterpret_cast<__nv_bfloat16*>(smem);         // (64, 64)
+  __nv_bfloat16* sB = reinterpret_cast<__nv_bfloat16*>(smem + 8192);  // (N, 64)
+  uint64_t* bar = reinterpret_cast<uint64_t*>(smem + 8192 + N * 128);
+  const int t = threadIdx.x;
+  if (t == 0) {
+    sm90::mbar_init(bar, 1);
+    cuda::ptx::fence_mbarrier_init(cuda::ptx::sem_release, cuda::ptx::scope_cluster);
+  }
+  __syncthreads();
+  if (t == 0) {
+    sm90::mbar_expect_tx(bar, 8192 + N * 128);
+    sm90::tma_load_2d(sA, &map_a, 0, 0, bar);
+    sm90::tma_load_2d(sB, &map_b, 0, 0, bar);
+  }
+  sm90::mbar_wait(bar, 0);
+  float d[N / 2];
+  for (int i = 0; i < N / 2; ++i) d[i] = 0.f;
+  sm90::wgmma_fence();
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const uint64_t da = make_smem_desc(smem_u32(sA) + 32 * k, 16, 1024, Swizzle::k128B);
+    const uint64_t db = make_smem_desc(smem_u32(sB) + 32 * k, 16, 1024, Swizzle::k128B);
+    if constexpr (N == 32) sm90::wgmma_m64n32k16<0, 0>(d, da, db, 1);
+    else sm90::wgmma_m64n128k16<0, 0>(d, da, db, 1);
+  }
+  sm90::wgmma_commit();
+  sm90::wgmma_wait<0>();
+  sm90::fence_regs(d);
+  const int row = 16 * (t / 32) + (t % 32) / 4, col = 2 * (t % 4);
+  for (int j = 0; j < N / 8; ++j) {
+    D[row * N + 8 * j + col] = d[4 * j];
+    D[row * N + 8 * j + col + 1] = d[4 * j + 1];
+    D[(row + 8) * N + 8 * j + col] = d[4 * j + 2];
+    D[(row + 8) * N + 8 * j + col + 1] = d[4 * j + 3];
+  }
+}
+
+template <int N>
+void run_tma_wgmma_n() {
+  std::mt19937 rng(40 + N);
+  std::normal_distribution<float> nd;
+  std::vector<__nv_bfloat16> a(64 * 64), b(N * 64);
+  for (auto& x : a) x = __float2bfloat16(nd(rng));
+  for (auto& x : b) x = __float2bfloat16(nd(rng));
+  __nv_bfloat16 *dA, *dB;
+  float* dD;
+  ASSERT_EQ(cudaMalloc(&dA, a.size() * 2), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dB, b.size() * 2), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dD, 64 * N * 4), cudaSuccess);
+  cudaMemcpy(dA, a.data(), a.size() * 2, cudaMemcpyHostToDevice);
+  cudaMemcpy(dB, b.data(), b.size() * 2, cudaMemcpyHostToDevice);
+  cudaMemset(dD, 0xff, 64 * N * 4);
+  alignas(64) CUtensorMap map_a, map_b;
+  for (auto [map, ptr, rows] : {std::tuple<CUtensorMap*, void*, int>{&map_a, dA, 64}, {&map_b, dB, N}}) {
+    flashgdn::TmaTile2d t;
+    t.base = ptr;
+    t.dtype = FLASHGDN_DTYPE_BFLOAT16;
+    t.dim0 = 64;
+    t.dim1 = rows;
+    t.row_stride_bytes = 128;
+    t.box0 = 64;
+    t.box1 = rows;
+    t.swizzle = Swizzle::k128B;
+    ASSERT_EQ(flashgdn::encode_tma_tile_2d(map, t, "test", "tile"), FLASHGDN_SUCCESS) << flashgdn_get_last_error();
+  }
+  const int smem = 8192 + N * 128 + 64 + 1024;
+  auto kernel = tma_wgmma_n_kernel<N>;
+  ASSERT_EQ(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), cudaSuccess);
+  kernel<<<1, 128, smem>>>(map_a, map_b, dD);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  std::vector<float> d(64 * N);
+  cudaMemcpy(d.data(), dD, d.size() * 4, cudaMemcpyDeviceToHost);
+  double err = 0, ref = 0;
+  for (int m = 0; m < 64; ++m)
+    for (int n = 0; n < N; ++n) {
+      double r = 0;
+      for (int k = 0; k < 64; ++k) r += double(__bfloat162float(a[m * 64 + k])) * __bfloat162float(b[n * 64 + k]);
+      err += (d[m * N + n] - r) * (d[m * N + n] - r);
+      ref += r * r;
+    }
+  EXPECT_LT(std::sqrt(err / ref), 1e-5) << "N = " << N;
+  cudaFree(dA);
+  cudaFree(dB);
+  cudaFree(dD);
+}
+
+}  // namespace
+
+TEST(GpuSm90, TmaSwizzle128WgmmaN32AndN128MatchCpu) {
+  REQUIRE_SM90();
+  run_tma_wgmma_n<32>();
+  run_tma_wgmma_n<128>();
 }
 
