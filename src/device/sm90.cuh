@@ -178,6 +178,20 @@ __device__ __forceinline__ void cluster_sync() {
   cuda::ptx::barrier_cluster_wait();
 }
 
+// The consumer side of a multicast pipeline: a thread arrives (release, cluster scope) on the mbarrier at
+// `bar`'s offset in CTA `rank` of the cluster (the CTA whose producer refills everyone's stage), and
+// that producer waits with acquire at cluster scope. PTX ISA, "mbarrier.arrive" (.release.cluster
+// .shared::cluster) on an address from "mapa" (__cluster_map_shared_rank); "mbarrier.try_wait.parity"
+// (.acquire.cluster).
+__device__ __forceinline__ void mbar_arrive_cluster(uint64_t* bar, uint32_t rank) {
+  auto* remote = static_cast<uint64_t*>(__cluster_map_shared_rank(bar, rank));
+  cuda::ptx::mbarrier_arrive(cuda::ptx::sem_release, cuda::ptx::scope_cluster, cuda::ptx::space_cluster, remote);
+}
+__device__ __forceinline__ void mbar_wait_cluster(uint64_t* bar, uint32_t phase) {
+  while (!cuda::ptx::mbarrier_try_wait_parity(cuda::ptx::sem_acquire, cuda::ptx::scope_cluster, bar, phase)) {
+  }
+}
+
 // ---- stmatrix (PTX ISA, "Warp Level Matrix Multiply-Accumulate Instructions: stmatrix"), sm_90 ----
 // Four 8x8 b16 matrices from registers to shared memory: lane i supplies the row address of matrix
 // i / 8, row i % 8; register r[j] of lane l holds row l / 4, columns 2 (l % 4) .. +1 of matrix j (the

@@ -7,6 +7,7 @@
 //   - a TMA 2-D tile load completing on an mbarrier, against the source tile;
 //   - a plain bulk copy (a W image, 17 KB) and a cluster-multicast bulk copy (2 CTAs, each issuing half of
 //     the bytes to both) completing on mbarriers, against the source;
+//   - remote mbarrier arrivals across a 2-CTA cluster completing phases, with DSMEM writes visible;
 //   - stmatrix x4 against the documented fragment layout.
 #include <cuda.h>
 #include <cuda_bf16.h>
@@ -78,9 +79,9 @@ __global__ void wgmma_kernel(const __nv_bfloat16* A, const __nv_bfloat16* B, flo
 
 // Thread 0 initialises an mbarrier (one arrival) and makes the init visible to the async proxy and the
 // cluster; the caller's barrier (__syncthreads / cluster_sync) then publishes it to the other threads.
-__device__ void init_bar(uint64_t* bar) {
+__device__ void init_bar(uint64_t* bar, uint32_t count = 1) {
   if (threadIdx.x == 0) {
-    sm90::mbar_init(bar, 1);
+    sm90::mbar_init(bar, count);
     cuda::ptx::fence_mbarrier_init(cuda::ptx::sem_release, cuda::ptx::scope_cluster);
   }
 }
@@ -315,6 +316,29 @@ __global__ void multicast_kernel(const unsigned char* src, unsigned char* out, u
   sm90::cluster_sync();  // no CTA exits while its peer's multicast may still target it
 }
 
+// Cluster of 2 CTAs of 64 threads: for `rounds` phases, every thread of both CTAs writes its slot of
+// CTA 0's buffer through distributed shared memory and arrives on CTA 0's mbarrier (count 128); CTA 0
+// waits for the phase (acquire, cluster scope) and checks every slot, then both CTAs meet at a cluster
+// barrier before the next round. `bad` counts wrong slots.
+__global__ void cluster_arrive_kernel(int rounds, int* bad) {
+  __shared__ alignas(8) uint64_t bar;
+  __shared__ int slots[128];
+  const uint32_t rank = sm90::cluster_ctarank();
+  init_bar(&bar, 128);
+  sm90::cluster_sync();
+  int* remote_slots = static_cast<int*>(__cluster_map_shared_rank(slots, 0));
+  for (int r = 0; r < rounds; ++r) {
+    remote_slots[rank * 64 + threadIdx.x] = 1000 * r + static_cast<int>(rank * 64 + threadIdx.x);
+    sm90::mbar_arrive_cluster(&bar, 0);
+    if (rank == 0) {
+      sm90::mbar_wait_cluster(&bar, r & 1);
+      for (int i = threadIdx.x; i < 128; i += 64)
+        if (slots[i] != 1000 * r + i) atomicAdd(bad, 1);
+    }
+    sm90::cluster_sync();  // CTA 0 is done reading before anyone writes the next round
+  }
+}
+
 // Lane l stores registers {4l, 4l + 1, 4l + 2, 4l + 3} (as bf16 pairs: value = 64 j + 2 l + half, exact in bf16) via
 // stmatrix x4 into a 16 x 16 tile: matrix j at rows 8 (j % 2), columns 8 (j / 2).
 __global__ void stmatrix_kernel(__nv_bfloat16* out) {
@@ -332,6 +356,23 @@ __global__ void stmatrix_kernel(__nv_bfloat16* out) {
 }
 
 }  // namespace
+
+// Launches `kernel` as one cluster of 2 CTAs.
+template <class... Params, class... Args>
+cudaError_t launch_cluster2(void (*kernel)(Params...), int threads, size_t smem, Args... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(2);
+  cfg.blockDim = dim3(threads);
+  cfg.dynamicSmemBytes = smem;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = 2;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cudaLaunchKernelEx(&cfg, kernel, static_cast<Params>(args)...);
+}
 
 TEST(GpuSm90, BulkCopyCompletesOnMbarrier) {
   REQUIRE_SM90();
@@ -362,19 +403,7 @@ TEST(GpuSm90, ClusterMulticastBulkCopyReachesEveryCta) {
   ASSERT_EQ(cudaMalloc(&dout, 2 * bytes), cudaSuccess);
   cudaMemcpy(dsrc, src.data(), bytes, cudaMemcpyHostToDevice);
   cudaMemset(dout, 0, 2 * bytes);
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(2);
-  cfg.blockDim = dim3(128);
-  cfg.dynamicSmemBytes = bytes;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = 2;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  const unsigned char* csrc = dsrc;
-  ASSERT_EQ(cudaLaunchKernelEx(&cfg, multicast_kernel, csrc, dout, bytes), cudaSuccess);
+  ASSERT_EQ(launch_cluster2(multicast_kernel, 128, bytes, dsrc, dout, bytes), cudaSuccess);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   std::vector<unsigned char> out(2 * bytes);
   cudaMemcpy(out.data(), dout, 2 * bytes, cudaMemcpyDeviceToHost);
@@ -408,5 +437,18 @@ TEST(GpuSm90, TmaSwizzle128WgmmaN32AndN128MatchCpu) {
   REQUIRE_SM90();
   run_tma_wgmma_sw128<32, 0, 0>();
   run_tma_wgmma_sw128<128, 0, 0>();
+}
+
+TEST(GpuSm90, ClusterRemoteArrivalsCompleteMbarrierPhases) {
+  REQUIRE_SM90();
+  int* dbad;
+  ASSERT_EQ(cudaMalloc(&dbad, sizeof(int)), cudaSuccess);
+  cudaMemset(dbad, 0, sizeof(int));
+  ASSERT_EQ(launch_cluster2(cluster_arrive_kernel, 64, 0, 5, dbad), cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  int bad = -1;
+  cudaMemcpy(&bad, dbad, sizeof(int), cudaMemcpyDeviceToHost);
+  EXPECT_EQ(bad, 0);
+  cudaFree(dbad);
 }
 
