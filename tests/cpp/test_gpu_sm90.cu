@@ -8,7 +8,8 @@
 //   - a plain bulk copy (a W image, 17 KB) and a cluster-multicast bulk copy (2 CTAs, each issuing half of
 //     the bytes to both) completing on mbarriers, against the source;
 //   - remote mbarrier arrivals across a 2-CTA cluster completing phases, with DSMEM writes visible;
-//   - stmatrix x4 against the documented fragment layout.
+//   - stmatrix x4 against the documented fragment layout;
+//   - setmaxnreg moving registers from a producer to a consumer warpgroup.
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -339,6 +340,29 @@ __global__ void cluster_arrive_kernel(int rounds, int* bad) {
   }
 }
 
+// Two warpgroups: WG0 gives registers back (setmaxnreg.dec 40), WG1 takes them (setmaxnreg.inc 232) and
+// runs a 96-float register accumulation; out[t] must equal the closed form for every thread.
+__global__ void __launch_bounds__(256, 1) setmaxnreg_kernel(float* out) {
+  const int t = threadIdx.x;
+  if (t < 128) {
+    sm90::setmaxnreg_dec<40>();
+    out[t] = static_cast<float>(t);
+    return;
+  }
+  sm90::setmaxnreg_inc<232>();
+  float acc[96];
+#pragma unroll
+  for (int i = 0; i < 96; ++i) acc[i] = static_cast<float>(i);
+#pragma unroll 1
+  for (int r = 0; r < 4; ++r)
+#pragma unroll
+    for (int i = 0; i < 96; ++i) acc[i] += static_cast<float>(t);
+  float sum = 0.f;
+#pragma unroll
+  for (int i = 0; i < 96; ++i) sum += acc[i];
+  out[t] = sum;  // sum_i (i + 4 t) = 4560 + 384 t
+}
+
 // Lane l stores registers {4l, 4l + 1, 4l + 2, 4l + 3} (as bf16 pairs: value = 64 j + 2 l + half, exact in bf16) via
 // stmatrix x4 into a 16 x 16 tile: matrix j at rows 8 (j % 2), columns 8 (j / 2).
 __global__ void stmatrix_kernel(__nv_bfloat16* out) {
@@ -450,5 +474,17 @@ TEST(GpuSm90, ClusterRemoteArrivalsCompleteMbarrierPhases) {
   cudaMemcpy(&bad, dbad, sizeof(int), cudaMemcpyDeviceToHost);
   EXPECT_EQ(bad, 0);
   cudaFree(dbad);
+}
+
+TEST(GpuSm90, SetmaxnregMovesRegistersBetweenWarpgroups) {
+  REQUIRE_SM90();
+  float* dout;
+  ASSERT_EQ(cudaMalloc(&dout, 256 * sizeof(float)), cudaSuccess);
+  setmaxnreg_kernel<<<1, 256>>>(dout);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  std::vector<float> out(256);
+  cudaMemcpy(out.data(), dout, out.size() * sizeof(float), cudaMemcpyDeviceToHost);
+  for (int t = 0; t < 256; ++t) ASSERT_EQ(out[t], t < 128 ? float(t) : 4560.f + 384.f * t) << t;
+  cudaFree(dout);
 }
 
