@@ -27,8 +27,8 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_fn(cudaError_t* err) {
 
 }  // namespace
 
-flashgdn_status_t encode_tma_tile_2d(void* out, const TmaTile2d& t, const char* fn, const char* name) {
-  FLASHGDN_TRY(validate_tma_tile_2d(t, fn, name));
+flashgdn_status_t encode_tma_tile(void* out, const TmaTile& t, const char* fn, const char* name) {
+  FLASHGDN_TRY(validate_tma_tile(t, fn, name));
   cudaError_t e = cudaSuccess;
   PFN_cuTensorMapEncodeTiled_v12000 encode = encode_fn(&e);
   if (encode == nullptr)
@@ -41,15 +41,15 @@ flashgdn_status_t encode_tma_tile_2d(void* out, const TmaTile2d& t, const char* 
     case FLASHGDN_DTYPE_FLOAT32: dt = CU_TENSOR_MAP_DATA_TYPE_FLOAT32; break;
     default: return fail(FLASHGDN_ERROR_INTERNAL, "%s: TMA map for '%s': unsupported dtype", fn, name);
   }
-  const cuuint64_t dims[2] = {t.dim0, t.dim1};
-  const cuuint64_t strides[1] = {t.row_stride_bytes};
-  const cuuint32_t box[2] = {t.box0, t.box1};
-  const cuuint32_t estr[2] = {1, 1};
+  const cuuint64_t dims[3] = {t.dim0, t.dim1, t.dim2};
+  const cuuint64_t strides[2] = {t.row_stride_bytes, t.stride2_bytes};
+  const cuuint32_t box[3] = {t.box0, t.box1, t.box2};
+  const cuuint32_t estr[3] = {1, 1, 1};
   const CUtensorMapSwizzle sw = t.swizzle == device::Swizzle::k128B  ? CU_TENSOR_MAP_SWIZZLE_128B
                                 : t.swizzle == device::Swizzle::k64B ? CU_TENSOR_MAP_SWIZZLE_64B
                                 : t.swizzle == device::Swizzle::k32B ? CU_TENSOR_MAP_SWIZZLE_32B
                                                                      : CU_TENSOR_MAP_SWIZZLE_NONE;
-  const CUresult r = encode(static_cast<CUtensorMap*>(out), dt, 2, const_cast<void*>(t.base), dims, strides, box, estr,
+  const CUresult r = encode(static_cast<CUtensorMap*>(out), dt, t.rank(), const_cast<void*>(t.base), dims, strides, box, estr,
                             CU_TENSOR_MAP_INTERLEAVE_NONE, sw, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
                             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS)

@@ -155,6 +155,14 @@ __device__ __forceinline__ void tma_load_2d(void* smem, const void* map, int32_t
   cuda::ptx::cp_async_bulk_tensor(cuda::ptx::space_cluster, cuda::ptx::space_global, smem, map, coords, bar);
 }
 
+// 3-D tile load (rank-3 map, e.g. (K, heads, tokens)): box at (c0 innermost, c1, c2), completing on `bar`.
+__device__ __forceinline__ void tma_load_3d(void* smem, const void* map, int32_t c0, int32_t c1, int32_t c2,
+                                            uint64_t* bar) {
+  const int32_t coords[3] = {c0, c1, c2};
+  // PTX ISA, "Data Movement and Conversion Instructions: cp.async.bulk.tensor" (.3d, .shared::cluster dst).
+  cuda::ptx::cp_async_bulk_tensor(cuda::ptx::space_cluster, cuda::ptx::space_global, smem, map, coords, bar);
+}
+
 // Contiguous bulk copy global -> shared (no tensor map), completing on `bar` (transaction bytes).
 // PTX ISA, "Data Movement and Conversion Instructions: cp.async.bulk" (.shared::cluster.global,
 // .mbarrier::complete_tx::bytes). `bytes` and both addresses are multiples of 16.

@@ -4,7 +4,8 @@
 //     against a CPU product;
 //   - TMA-loaded 128-byte-swizzled tiles as wgmma operands, K-major and MN-major (A and B), against a CPU
 //     product;
-//   - a TMA 2-D tile load completing on an mbarrier, against the source tile;
+//   - a TMA 2-D tile load completing on an mbarrier, against the source tile, and a 3-D one (one head's
+//     rows of a strided [T, H, K] tensor);
 //   - a plain bulk copy (a W image, 17 KB) and a cluster-multicast bulk copy (2 CTAs, each issuing half of
 //     the bytes to both) completing on mbarriers, against the source;
 //   - remote mbarrier arrivals across a 2-CTA cluster completing phases, with DSMEM writes visible;
@@ -44,7 +45,7 @@ bool have_sm90() {
 // A 2-D bf16 tensor map over a row-major (rows, inner) array, box (box_inner, box_rows).
 flashgdn_status_t encode_bf16_map(CUtensorMap* map, const void* base, int inner, int rows, int box_inner,
                                   int box_rows, Swizzle swizzle) {
-  flashgdn::TmaTile2d t;
+  flashgdn::TmaTile t;
   t.base = base;
   t.dtype = FLASHGDN_DTYPE_BFLOAT16;
   t.dim0 = inner;
@@ -53,7 +54,7 @@ flashgdn_status_t encode_bf16_map(CUtensorMap* map, const void* base, int inner,
   t.box0 = box_inner;
   t.box1 = box_rows;
   t.swizzle = swizzle;
-  return flashgdn::encode_tma_tile_2d(map, t, "test", "tile");
+  return flashgdn::encode_tma_tile(map, t, "test", "tile");
 }
 
 // Element (r, k) of a (rows, 16) K-major operand in the no-swizzle layout: 8 x 8 core matrices of
@@ -104,14 +105,16 @@ __device__ void init_bar(uint64_t* bar, uint32_t count = 1) {
   }
 }
 
-__global__ void tma_kernel(const __grid_constant__ CUtensorMap map, int c0, int c1, __nv_bfloat16* out) {
+// A (64, 32) box (rank 2), or a (64, 1, 32) box at (c0, c1, c2) when c2 >= 0 (rank 3).
+__global__ void tma_kernel(const __grid_constant__ CUtensorMap map, int c0, int c1, int c2, __nv_bfloat16* out) {
   __shared__ alignas(128) __nv_bfloat16 tile[32 * 64];  // box (64 inner, 32 rows)
   __shared__ alignas(8) uint64_t bar;
   init_bar(&bar);
   __syncthreads();
   if (threadIdx.x == 0) {
     sm90::mbar_expect_tx(&bar, sizeof(tile));
-    sm90::tma_load_2d(tile, &map, c0, c1, &bar);
+    if (c2 < 0) sm90::tma_load_2d(tile, &map, c0, c1, &bar);
+    else sm90::tma_load_3d(tile, &map, c0, c1, c2, &bar);
   }
   sm90::mbar_wait(&bar, 0);
   for (int e = threadIdx.x; e < 32 * 64; e += blockDim.x) out[e] = tile[e];
@@ -269,7 +272,7 @@ TEST(GpuSm90, TmaTileLoadCompletesOnMbarrier) {
   alignas(64) CUtensorMap map;
   ASSERT_EQ(encode_bf16_map(&map, dsrc, cols, rows, 64, 32, Swizzle::kNone), FLASHGDN_SUCCESS) << flashgdn_get_last_error();
   const int c0 = 128, c1 = 64;
-  tma_kernel<<<1, 128>>>(map, c0, c1, dout);
+  tma_kernel<<<1, 128>>>(map, c0, c1, -1, dout);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   std::vector<__nv_bfloat16> out(32 * 64);
   cudaMemcpy(out.data(), dout, out.size() * 2, cudaMemcpyDeviceToHost);
@@ -641,5 +644,40 @@ TEST(GpuSm90, WgmmaChunkStateStepMatchesCpu) {
   EXPECT_LT(std::sqrt(err / ref), 2e-3);
   for (void* p : {dW, dK, dS16}) cudaFree(p);
   for (float* p : {dS32, dU, dG, dOut}) cudaFree(p);
+}
+
+TEST(GpuSm90, Tma3dBoxLoadsOneHeadsRows) {
+  REQUIRE_SM90();
+  // q-like [T = 96, H = 3, K = 128] with a token stride of 3 * 136 elements and a head stride of 136.
+  const int T = 96, H = 3, K = 128, hs = 136, ts = H * hs;
+  std::vector<__nv_bfloat16> src(T * ts);
+  for (int i = 0; i < T * ts; ++i) src[i] = __float2bfloat16(static_cast<float>(i % 251));
+  __nv_bfloat16 *dsrc, *dout;
+  ASSERT_EQ(cudaMalloc(&dsrc, src.size() * 2), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dout, 32 * 64 * 2), cudaSuccess);
+  cudaMemcpy(dsrc, src.data(), src.size() * 2, cudaMemcpyHostToDevice);
+  flashgdn::TmaTile t;
+  t.base = dsrc;
+  t.dtype = FLASHGDN_DTYPE_BFLOAT16;
+  t.dim0 = K;
+  t.dim1 = H;
+  t.row_stride_bytes = hs * 2;
+  t.dim2 = T;
+  t.stride2_bytes = ts * 2;
+  t.box0 = 64;
+  t.box1 = 1;
+  t.box2 = 32;
+  alignas(64) CUtensorMap map;
+  ASSERT_EQ(flashgdn::encode_tma_tile(&map, t, "test", "q"), FLASHGDN_SUCCESS) << flashgdn_get_last_error();
+  const int c0 = 64, head = 2, tok = 40;
+  tma_kernel<<<1, 128>>>(map, c0, head, tok, dout);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  std::vector<__nv_bfloat16> out(32 * 64);
+  cudaMemcpy(out.data(), dout, out.size() * 2, cudaMemcpyDeviceToHost);
+  for (int r = 0; r < 32; ++r)
+    for (int c = 0; c < 64; ++c)
+      ASSERT_EQ(__bfloat162float(out[r * 64 + c]), __bfloat162float(src[(tok + r) * ts + head * hs + c0 + c])) << r << "," << c;
+  cudaFree(dsrc);
+  cudaFree(dout);
 }
 

@@ -32,8 +32,8 @@ TEST(Sm90Descriptor, FieldsAreWhereThePtxIsaPutsThem) {
 namespace {
 alignas(256) unsigned char g_buf[1024];
 
-flashgdn::TmaTile2d tile() {
-  flashgdn::TmaTile2d t;
+flashgdn::TmaTile tile() {
+  flashgdn::TmaTile t;
   t.base = g_buf;
   t.dtype = FLASHGDN_DTYPE_BFLOAT16;
   t.dim0 = 128;
@@ -45,14 +45,14 @@ flashgdn::TmaTile2d tile() {
   return t;
 }
 
-void expect_error(const flashgdn::TmaTile2d& t, flashgdn_status_t status, const char* msg) {
-  EXPECT_EQ(flashgdn::validate_tma_tile_2d(t, "test", "k"), status);
+void expect_error(const flashgdn::TmaTile& t, flashgdn_status_t status, const char* msg) {
+  EXPECT_EQ(flashgdn::validate_tma_tile(t, "test", "k"), status);
   EXPECT_NE(std::string(flashgdn_get_last_error()).find(msg), std::string::npos) << flashgdn_get_last_error();
 }
 }  // namespace
 
 TEST(Sm90TensorMap, ValidationFollowsCuTensorMapEncodeTiledRules) {
-  EXPECT_EQ(flashgdn::validate_tma_tile_2d(tile(), "test", "k"), FLASHGDN_SUCCESS) << flashgdn_get_last_error();
+  EXPECT_EQ(flashgdn::validate_tma_tile(tile(), "test", "k"), FLASHGDN_SUCCESS) << flashgdn_get_last_error();
   auto t = tile();
   t.base = g_buf + 8;
   expect_error(t, FLASHGDN_ERROR_INVALID_ARGUMENT, "argument 'k' must be 16-byte aligned for TMA");
@@ -69,8 +69,28 @@ TEST(Sm90TensorMap, ValidationFollowsCuTensorMapEncodeTiledRules) {
   t.box0 = 128;  // 256 bytes > 128-byte swizzle span
   expect_error(t, FLASHGDN_ERROR_INTERNAL, "exceeds the 128-byte swizzle");
   t.swizzle = Swizzle::kNone;
-  EXPECT_EQ(flashgdn::validate_tma_tile_2d(t, "test", "k"), FLASHGDN_SUCCESS);
+  EXPECT_EQ(flashgdn::validate_tma_tile(t, "test", "k"), FLASHGDN_SUCCESS);
   t = tile();
   t.dim1 = 0;
   expect_error(t, FLASHGDN_ERROR_INVALID_ARGUMENT, "TMA extents 128 x 0");
 }
+
+// Rank 3 (e.g. q [T, H, K] viewed as (K, H, T): one map for every head).
+TEST(Sm90TensorMap, ThirdDimensionValidation) {
+  auto t = tile();
+  t.dim1 = 4;          // heads
+  t.box1 = 1;
+  t.dim2 = 1000;       // tokens
+  t.stride2_bytes = 4 * 256 * 2;
+  t.box2 = 64;
+  EXPECT_EQ(t.rank(), 3);
+  EXPECT_EQ(flashgdn::validate_tma_tile(t, "test", "k"), FLASHGDN_SUCCESS) << flashgdn_get_last_error();
+  auto u = t;
+  u.stride2_bytes = 1000;  // not a multiple of 16
+  expect_error(u, FLASHGDN_ERROR_INVALID_ARGUMENT, "outer stride 1000 bytes");
+  u = t;
+  u.box2 = 512;
+  expect_error(u, FLASHGDN_ERROR_INTERNAL, "TMA third extent 1000 / box 512");
+  EXPECT_EQ(tile().rank(), 2);
+}
+
