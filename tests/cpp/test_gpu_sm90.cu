@@ -11,8 +11,9 @@
 //   - remote mbarrier arrivals across a 2-CTA cluster completing phases, with DSMEM writes visible;
 //   - stmatrix x4 against the documented fragment layout;
 //   - setmaxnreg moving registers from a producer to a consumer warpgroup;
-//   - one chunk of the state update on wgmma with the layouts the sm_90a recurrence will use (K-major W
-//     over two swizzle atoms, MN-major S, Kᵀ and an epilogue-written swizzled Vd), against the CPU.
+//   - one chunk of the state update and the output on wgmma with the layouts the sm_90a recurrence will
+//     use (K-major W, Q over two swizzle atoms and Pm, MN-major S, Kᵀ and epilogue-written swizzled Vd,
+//     vn), against the CPU.
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -504,26 +505,35 @@ __device__ __forceinline__ uint32_t sw128_offset(int row, int col) {
 //   Vd = e^{gl - gamma} o vn -> bf16, written by the epilogue into a swizzled MN-major B tile
 //   S' = e^{gl} S + Kᵀ Vd  (Kᵀ: the (64, 128) K tile read as two MN-major A blocks; S in fp32 registers)
 // Writes S' (128 x 64, fp32).
+// The output side on the same chunk: O = scale e^{gamma} o (Q S) + Pm vn (Q K-major over two atoms, Pm
+// K-major, vn written by the epilogue as a swizzled MN-major B). Writes S' (128 x 64) then O (64 x 64).
 __global__ void chunk_step_kernel(const __grid_constant__ CUtensorMap map_w, const __grid_constant__ CUtensorMap map_k,
-                                  const __grid_constant__ CUtensorMap map_s, const float* S32, const float* U,
-                                  const float* gam, float* out) {
+                                  const __grid_constant__ CUtensorMap map_s, const __grid_constant__ CUtensorMap map_q,
+                                  const __grid_constant__ CUtensorMap map_pm, const float* S32, const float* U,
+                                  const float* gam, float scale, float* out) {
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
   unsigned char* sW = smem;            // 2 x (64, 64): K columns 0-63, 64-127
   unsigned char* sK = smem + 16384;    // 2 x (64, 64)
   unsigned char* sS = smem + 32768;    // (128, 64)
   unsigned char* sVd = smem + 49152;   // (64, 64)
-  uint64_t* bar = reinterpret_cast<uint64_t*>(smem + 57344);
+  unsigned char* sQ = smem + 57344;    // 2 x (64, 64)
+  unsigned char* sPm = smem + 73728;   // (64, 64)
+  unsigned char* sVn = smem + 81920;   // (64, 64)
+  uint64_t* bar = reinterpret_cast<uint64_t*>(smem + 90112);
   const int t = threadIdx.x;
   init_bar(bar);
   __syncthreads();
   if (t == 0) {
-    sm90::mbar_expect_tx(bar, 49152);
+    sm90::mbar_expect_tx(bar, 49152 + 16384 + 8192);
     sm90::tma_load_2d(sW, &map_w, 0, 0, bar);
     sm90::tma_load_2d(sW + 8192, &map_w, 64, 0, bar);
     sm90::tma_load_2d(sK, &map_k, 0, 0, bar);
     sm90::tma_load_2d(sK + 8192, &map_k, 64, 0, bar);
     sm90::tma_load_2d(sS, &map_s, 0, 0, bar);
+    sm90::tma_load_2d(sQ, &map_q, 0, 0, bar);
+    sm90::tma_load_2d(sQ + 8192, &map_q, 64, 0, bar);
+    sm90::tma_load_2d(sPm, &map_pm, 0, 0, bar);
   }
   sm90::mbar_wait(bar, 0);
   const int row = 16 * (t / 32) + (t % 32) / 4, col = 2 * (t % 4);  // accumulator coordinates (+8, +1, +8j)
@@ -545,10 +555,9 @@ __global__ void chunk_step_kernel(const __grid_constant__ CUtensorMap map_w, con
     for (int h = 0; h < 2; ++h) {
       const int r = row + 8 * h, c = 8 * j + col;
       const float f = __expf(gl - gam[r]);
-      const float v0 = f * (U[r * 64 + c] - acc[4 * j + 2 * h]);
-      const float v1 = f * (U[r * 64 + c + 1] - acc[4 * j + 2 * h + 1]);
-      const __nv_bfloat162 p = __floats2bfloat162_rn(v0, v1);
-      *reinterpret_cast<__nv_bfloat162*>(sVd + sw128_offset(r, c)) = p;
+      const float n0 = U[r * 64 + c] - acc[4 * j + 2 * h], n1 = U[r * 64 + c + 1] - acc[4 * j + 2 * h + 1];
+      *reinterpret_cast<__nv_bfloat162*>(sVn + sw128_offset(r, c)) = __floats2bfloat162_rn(n0, n1);
+      *reinterpret_cast<__nv_bfloat162*>(sVd + sw128_offset(r, c)) = __floats2bfloat162_rn(f * n0, f * n1);
     }
   sm90::fence_proxy_async_smem();  // generic-proxy writes of Vd -> the async proxy (wgmma) reads them
   __syncthreads();
@@ -575,19 +584,47 @@ __global__ void chunk_step_kernel(const __grid_constant__ CUtensorMap map_w, con
   sm90::fence_regs(st[0]);
   sm90::fence_regs(st[1]);
   for (int mt = 0; mt < 2; ++mt) store_acc<64>(st[mt], out + 64 * 64 * mt, t);
+  // ---- O = scale e^{gamma} o (Q S) + Pm vn ----
+  float o[32];
+  for (int i = 0; i < 32; ++i) o[i] = 0.f;
+  sm90::wgmma_fence();
+#pragma unroll
+  for (int ks = 0; ks < 8; ++ks) {
+    const uint64_t da = make_smem_desc(smem_u32(sQ) + 8192 * (ks / 4) + 32 * (ks % 4), 16, 1024, Swizzle::k128B);
+    const uint64_t db = make_smem_desc(smem_u32(sS) + 2048 * ks, 8192, 1024, Swizzle::k128B);
+    sm90::wgmma_m64n64k16<0, 1>(o, da, db, 1);
+  }
+  sm90::wgmma_commit();
+  sm90::wgmma_wait<0>();
+  sm90::fence_regs(o);
+  for (int j = 0; j < 8; ++j)
+    for (int e = 0; e < 4; ++e) o[4 * j + e] *= scale * __expf(gam[row + 8 * (e / 2)]);
+  sm90::wgmma_fence();
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks) {
+    const uint64_t da = make_smem_desc(smem_u32(sPm) + 32 * ks, 16, 1024, Swizzle::k128B);
+    const uint64_t db = make_smem_desc(smem_u32(sVn) + 2048 * ks, 8192, 1024, Swizzle::k128B);
+    sm90::wgmma_m64n64k16<0, 1>(o, da, db, 1);
+  }
+  sm90::wgmma_commit();
+  sm90::wgmma_wait<0>();
+  sm90::fence_regs(o);
+  store_acc<64>(o, out + 2 * 64 * 64, t);
 }
 
 }  // namespace
 
-TEST(GpuSm90, WgmmaChunkStateStepMatchesCpu) {
+TEST(GpuSm90, WgmmaOneChunkStateAndOutputMatchCpu) {
   REQUIRE_SM90();
   std::mt19937 rng(77);
   std::normal_distribution<float> nd;
   std::uniform_real_distribution<float> ug(-0.05f, 0.f);
-  std::vector<__nv_bfloat16> w(64 * 128), k(64 * 128), s16(128 * 64);
+  std::vector<__nv_bfloat16> w(64 * 128), k(64 * 128), s16(128 * 64), q(64 * 128), pm(64 * 64);
   std::vector<float> s32(128 * 64), u(64 * 64), gam(64);
   for (auto& x : w) x = __float2bfloat16(0.1f * nd(rng));
   for (auto& x : k) x = __float2bfloat16(0.1f * nd(rng));
+  for (auto& x : q) x = __float2bfloat16(0.1f * nd(rng));
+  for (int i = 0; i < 64 * 64; ++i) pm[i] = __float2bfloat16(i % 64 <= i / 64 ? 0.1f * nd(rng) : 0.f);
   for (int i = 0; i < 128 * 64; ++i) {
     s32[i] = nd(rng);
     s16[i] = __float2bfloat16(s32[i]);
@@ -604,32 +641,37 @@ TEST(GpuSm90, WgmmaChunkStateStepMatchesCpu) {
   void* dW = up(w.data(), w.size() * 2);
   void* dK = up(k.data(), k.size() * 2);
   void* dS16 = up(s16.data(), s16.size() * 2);
+  void* dQ = up(q.data(), q.size() * 2);
+  void* dPm = up(pm.data(), pm.size() * 2);
   float* dS32 = static_cast<float*>(up(s32.data(), s32.size() * 4));
   float* dU = static_cast<float*>(up(u.data(), u.size() * 4));
   float* dG = static_cast<float*>(up(gam.data(), gam.size() * 4));
   float* dOut;
-  ASSERT_EQ(cudaMalloc(&dOut, 128 * 64 * 4), cudaSuccess);
-  cudaMemset(dOut, 0xff, 128 * 64 * 4);
-  alignas(64) CUtensorMap map_w, map_k, map_s;
+  ASSERT_EQ(cudaMalloc(&dOut, 192 * 64 * 4), cudaSuccess);
+  cudaMemset(dOut, 0xff, 192 * 64 * 4);
+  alignas(64) CUtensorMap map_w, map_k, map_s, map_q, map_pm;
   for (auto [map, ptr, inner, rows, box_rows] :
        {std::tuple<CUtensorMap*, void*, int, int, int>{&map_w, dW, 128, 64, 64}, {&map_k, dK, 128, 64, 64},
-        {&map_s, dS16, 64, 128, 128}})
+        {&map_s, dS16, 64, 128, 128}, {&map_q, dQ, 128, 64, 64}, {&map_pm, dPm, 64, 64, 64}})
     ASSERT_EQ(encode_bf16_map(map, ptr, inner, rows, 64, box_rows, Swizzle::k128B), FLASHGDN_SUCCESS)
         << flashgdn_get_last_error();
-  const int smem = 57344 + 64 + 1024;
+  const int smem = 90112 + 64 + 1024;
+  const float scale = 0.0883883f;
   ASSERT_EQ(cudaFuncSetAttribute(chunk_step_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), cudaSuccess);
-  chunk_step_kernel<<<1, 128, smem>>>(map_w, map_k, map_s, dS32, dU, dG, dOut);
+  chunk_step_kernel<<<1, 128, smem>>>(map_w, map_k, map_s, map_q, map_pm, dS32, dU, dG, scale, dOut);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  std::vector<float> out(128 * 64);
+  std::vector<float> out(192 * 64);
   cudaMemcpy(out.data(), dOut, out.size() * 4, cudaMemcpyDeviceToHost);
   // CPU: the same math with the same roundings (bf16 S operand, bf16 Vd).
   auto bf = [](float x) { return __bfloat162float(__float2bfloat16(x)); };
-  std::vector<float> vd(64 * 64);
+  std::vector<float> vd(64 * 64), vn(64 * 64);
   for (int i = 0; i < 64; ++i)
     for (int j = 0; j < 64; ++j) {
       double a = 0;
       for (int e = 0; e < 128; ++e) a += double(__bfloat162float(w[i * 128 + e])) * __bfloat162float(s16[e * 64 + j]);
-      vd[i * 64 + j] = bf(std::exp(gam[63] - gam[i]) * static_cast<float>(u[i * 64 + j] - a));
+      const float n = static_cast<float>(u[i * 64 + j] - a);
+      vn[i * 64 + j] = bf(n);
+      vd[i * 64 + j] = bf(std::exp(gam[63] - gam[i]) * n);
     }
   double err = 0, ref = 0;
   for (int e = 0; e < 128; ++e)
@@ -641,8 +683,19 @@ TEST(GpuSm90, WgmmaChunkStateStepMatchesCpu) {
     }
   // NOTE: a permuted result (error ~1) points at the layouts (swizzled Vd writes, MN-major descriptors);
   // the bound leaves room for Vd elements that round to a neighbouring bf16 (__expf vs exp, sum order).
-  EXPECT_LT(std::sqrt(err / ref), 2e-3);
-  for (void* p : {dW, dK, dS16}) cudaFree(p);
+  EXPECT_LT(std::sqrt(err / ref), 2e-3) << "S'";
+  err = ref = 0;
+  for (int i = 0; i < 64; ++i)
+    for (int j = 0; j < 64; ++j) {
+      double qs = 0, pv = 0;
+      for (int e = 0; e < 128; ++e) qs += double(__bfloat162float(q[i * 128 + e])) * __bfloat162float(s16[e * 64 + j]);
+      for (int m = 0; m < 64; ++m) pv += double(__bfloat162float(pm[i * 64 + m])) * vn[m * 64 + j];
+      const double a = scale * std::exp(double(gam[i])) * qs + pv, g = out[128 * 64 + i * 64 + j];
+      err += (g - a) * (g - a);
+      ref += a * a;
+    }
+  EXPECT_LT(std::sqrt(err / ref), 2e-3) << "O";
+  for (void* p : {dW, dK, dS16, dQ, dPm}) cudaFree(p);
   for (float* p : {dS32, dU, dG, dOut}) cudaFree(p);
 }
 
