@@ -500,6 +500,22 @@ __device__ __forceinline__ uint32_t sw128_offset(int row, int col) {
   return static_cast<uint32_t>(row * 128 + ((((col * 2) >> 4) ^ (row & 7)) << 4) + ((col * 2) & 15));
 }
 
+// acc (64 x 64) = A S: A a (64, 128) K-major tile stored as two 64-wide 128-byte-swizzled atoms (8 KB
+// apart), S a (128, 64) MN-major swizzled tile; the recurrence's W S and Q S.
+__device__ void tile_times_s(float (&acc)[32], const unsigned char* sA, const unsigned char* sS) {
+  for (int i = 0; i < 32; ++i) acc[i] = 0.f;
+  sm90::wgmma_fence();
+#pragma unroll
+  for (int ks = 0; ks < 8; ++ks) {
+    const uint64_t da = make_smem_desc(smem_u32(sA) + 8192 * (ks / 4) + 32 * (ks % 4), 16, 1024, Swizzle::k128B);
+    const uint64_t db = make_smem_desc(smem_u32(sS) + 2048 * ks, 8192, 1024, Swizzle::k128B);
+    sm90::wgmma_m64n64k16<0, 1>(acc, da, db, 1);
+  }
+  sm90::wgmma_commit();
+  sm90::wgmma_wait<0>();
+  sm90::fence_regs(acc);
+}
+
 // One chunk of the sm_90a recurrence on one warpgroup, with the layouts it will use (K = 128, BV = 64):
 //   vn = U - W S  (W: (64, 128) K-major as two 64-wide swizzle atoms; S: (128, 64) bf16 as the MN-major B)
 //   Vd = e^{gl - gamma} o vn -> bf16, written by the epilogue into a swizzled MN-major B tile
@@ -539,17 +555,7 @@ __global__ void chunk_step_kernel(const __grid_constant__ CUtensorMap map_w, con
   const int row = 16 * (t / 32) + (t % 32) / 4, col = 2 * (t % 4);  // accumulator coordinates (+8, +1, +8j)
   // ---- vn = U - W S ----
   float acc[32];
-  for (int i = 0; i < 32; ++i) acc[i] = 0.f;
-  sm90::wgmma_fence();
-#pragma unroll
-  for (int ks = 0; ks < 8; ++ks) {
-    const uint64_t da = make_smem_desc(smem_u32(sW) + 8192 * (ks / 4) + 32 * (ks % 4), 16, 1024, Swizzle::k128B);
-    const uint64_t db = make_smem_desc(smem_u32(sS) + 2048 * ks, 8192, 1024, Swizzle::k128B);
-    sm90::wgmma_m64n64k16<0, 1>(acc, da, db, 1);
-  }
-  sm90::wgmma_commit();
-  sm90::wgmma_wait<0>();
-  sm90::fence_regs(acc);
+  tile_times_s(acc, sW, sS);
   const float gl = gam[63];
   for (int j = 0; j < 8; ++j)
     for (int h = 0; h < 2; ++h) {
@@ -586,17 +592,7 @@ __global__ void chunk_step_kernel(const __grid_constant__ CUtensorMap map_w, con
   for (int mt = 0; mt < 2; ++mt) store_acc<64>(st[mt], out + 64 * 64 * mt, t);
   // ---- O = scale e^{gamma} o (Q S) + Pm vn ----
   float o[32];
-  for (int i = 0; i < 32; ++i) o[i] = 0.f;
-  sm90::wgmma_fence();
-#pragma unroll
-  for (int ks = 0; ks < 8; ++ks) {
-    const uint64_t da = make_smem_desc(smem_u32(sQ) + 8192 * (ks / 4) + 32 * (ks % 4), 16, 1024, Swizzle::k128B);
-    const uint64_t db = make_smem_desc(smem_u32(sS) + 2048 * ks, 8192, 1024, Swizzle::k128B);
-    sm90::wgmma_m64n64k16<0, 1>(o, da, db, 1);
-  }
-  sm90::wgmma_commit();
-  sm90::wgmma_wait<0>();
-  sm90::fence_regs(o);
+  tile_times_s(o, sQ, sS);
   for (int j = 0; j < 8; ++j)
     for (int e = 0; e < 4; ++e) o[4 * j + e] *= scale * __expf(gam[row + 8 * (e / 2)]);
   sm90::wgmma_fence();
