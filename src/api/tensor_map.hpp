@@ -23,7 +23,7 @@ struct TmaTile {
   uint64_t dim2 = 1;
   uint64_t stride2_bytes = 0;
   uint32_t box2 = 1;
-  int rank() const { return dim2 > 1 || box2 > 1 ? 3 : 2; }
+  int rank() const { return dim2 > 1 || box2 > 1 || stride2_bytes != 0 ? 3 : 2; }  // set stride2 to force 3
 };
 
 // Checks what cuTensorMapEncodeTiled requires (16-byte aligned base and row stride, stride < 2^40,

@@ -186,6 +186,10 @@ __device__ __forceinline__ void cluster_sync() {
   cuda::ptx::barrier_cluster_wait();
 }
 
+// Arrive (release, CTA scope) on a local mbarrier: a consumer releasing a stage of its own CTA.
+// PTX ISA, "mbarrier.arrive" (.shared::cta).
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) { (void)cuda::ptx::mbarrier_arrive(bar); }
+
 // The consumer side of a multicast pipeline: a thread arrives (release, cluster scope) on the mbarrier at
 // `bar`'s offset in CTA `rank` of the cluster (the CTA whose producer refills everyone's stage), and
 // that producer waits with acquire at cluster scope. PTX ISA, "mbarrier.arrive" (.release.cluster

@@ -17,6 +17,8 @@
 #include "kernels/portable/fwd/plan.hpp"
 #include "kernels/portable/fwd/prepare.cuh"
 #include "kernels/portable/fwd/recurrence.cuh"
+#include "kernels/portable/fwd/scheduler_kernels.cuh"
+#include "kernels/sm90/fwd/fwd_sm90.hpp"
 
 namespace flashgdn::portable {
 
@@ -31,7 +33,7 @@ void strides3(const flashgdn_tensor_t& t, int64_t (&s)[3]) {
 
 // Per-device attributes, read once (the launch path stays free of repeated driver queries).
 struct DeviceInfo {
-  int num_sms = 0, max_smem = 0;
+  int num_sms = 0, max_smem = 0, cc_major = 0;
 };
 
 flashgdn_status_t device_info(int dev, DeviceInfo* out);
@@ -78,8 +80,10 @@ flashgdn_status_t launch_recurrence(const FwdArgs& a, int64_t ctas, int max_smem
   return launch_recurrence_stages<T, KD, BV, 2>(a, ctas, dev, stream);
 }
 
+// sm90_pr / sm90_p non-null: the experimental sm_90a recurrence replaces the portable one (bv = 64).
 template <class T, int KD, int VD>
-flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, cudaStream_t stream) {
+flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, cudaStream_t stream,
+                             const Problem* sm90_pr = nullptr, const flashgdn_chunk_fwd_params_t* sm90_p = nullptr) {
   // Shrink BV if the device cannot hold the recurrence's tile (before stage 1: U's image depends on it).
   if (bv == 64 && static_cast<int>(sizeof(RecurrenceSmem<T, KD, 64, 2>)) > max_smem) bv = 32;
   if (bv == 32 && static_cast<int>(sizeof(RecurrenceSmem<T, KD, 32, 2>)) > max_smem) bv = 16;
@@ -97,6 +101,7 @@ flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, cudaStrea
     return e == cudaSuccess ? FLASHGDN_SUCCESS : cuda_error("prepare kernel launch", e);
   };
   FLASHGDN_TRY(prepare_variant() == 4 ? prepare(std::true_type{}) : prepare(std::false_type{}));
+  if (sm90_pr != nullptr) return sm90fwd::launch(a, *sm90_pr, *sm90_p, stream);
   auto recurrence = [&](const FwdArgs& x, int64_t ranks, int columns) -> flashgdn_status_t {
     const int v_tiles = columns / bv;
     if (ranks * x.Hv * v_tiles > 0x7fffffff)
@@ -143,6 +148,7 @@ flashgdn_status_t device_info(int dev, DeviceInfo* out) {
   DeviceInfo info;
   cudaError_t e = cudaDeviceGetAttribute(&info.num_sms, cudaDevAttrMultiProcessorCount, dev);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&info.max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&info.cc_major, cudaDevAttrComputeCapabilityMajor, dev);
   if (e != cudaSuccess) return cuda_error("cudaDeviceGetAttribute", e);
   std::lock_guard<std::mutex> lock(mu);
   cache[dev] = info;
@@ -286,8 +292,12 @@ flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_
     if (e != cudaSuccess) return cuda_error("chunk table kernel launch", e);
   }
 
-  const int bv = l.cp.on ? kCpBv
-                         : (bv_override() > 0 && bv_override() <= pr.V ? bv_override() : choose_bv(pr, num_sms));
+  const bool sm90_path = !l.cp.on && sm90fwd::applies(pr, p, info.cc_major, max_smem);
+  const int bv = l.cp.on || sm90_path
+                     ? kCpBv
+                     : (bv_override() > 0 && bv_override() <= pr.V ? bv_override() : choose_bv(pr, num_sms));
+  if (sm90_path)  // bf16, K = V = 128 (sm90fwd::applies)
+    return launch_all<__nv_bfloat16, 128, 128>(a, bv, max_smem, dev, stream, &pr, &p);
   const bool bf16 = pr.io_dtype == FLASHGDN_DTYPE_BFLOAT16;
 #define FLASHGDN_DISPATCH(KD_, VD_)                                                          \
   if (pr.K == KD_ && pr.V == VD_)                                                            \

@@ -1,0 +1,93 @@
+// Host launcher of the sm_90a recurrence (fwd_sm90.hpp). Compiled for sm_90a only.
+#include "kernels/sm90/fwd/fwd_sm90.hpp"
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
+#include "api/error.hpp"
+#include "api/tensor_map.hpp"
+#include "kernels/sm90/fwd/recurrence_sm90.cuh"
+
+namespace flashgdn::sm90fwd {
+
+bool applies(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, int cc_major, int max_smem) {
+  const char* e = std::getenv("FLASHGDN_EXPERIMENTAL_SM90");
+  if (e == nullptr || std::strcmp(e, "1") != 0) return false;
+  if (cc_major != 9 || pr.K != 128 || pr.V != 128 || pr.io_dtype != FLASHGDN_DTYPE_BFLOAT16) return false;
+  if (pr.cp_mode == FLASHGDN_CP_ON) return false;
+  if (max_smem < static_cast<int>(kSmemBytes)) return false;
+  // The 3-D maps index tokens as b * T + t: batch rows must follow each other at the token stride.
+  if (pr.B > 1 && (p.q.stride[0] != pr.T * p.q.stride[1] || p.k.stride[0] != pr.T * p.k.stride[1])) return false;
+  return true;
+}
+
+namespace {
+
+flashgdn_status_t map_qk(CUtensorMap* map, const flashgdn_tensor_t& x, const Problem& pr, const char* name) {
+  TmaTile t;
+  t.base = x.data;
+  t.dtype = x.dtype;
+  t.dim0 = static_cast<uint64_t>(pr.K);
+  t.dim1 = static_cast<uint64_t>(pr.Hqk);
+  t.row_stride_bytes = static_cast<uint64_t>(x.stride[2]) * 2;
+  t.dim2 = static_cast<uint64_t>(pr.B * pr.T);
+  t.stride2_bytes = static_cast<uint64_t>(x.stride[1]) * 2;
+  t.box0 = 64;
+  t.box1 = 1;
+  t.box2 = 64;
+  t.swizzle = device::Swizzle::k128B;
+  return encode_tma_tile(map, t, "flashgdn_chunk_fwd", name);
+}
+
+// A workspace image array: rows of `inner` elements (16-byte pads included), `rows` of them, grouped in
+// `outer` blocks `outer_stride` elements apart when outer_stride > 0 (rank 3, even for one block).
+flashgdn_status_t map_image(CUtensorMap* map, const void* base, int inner, int64_t rows, int64_t outer,
+                            int64_t outer_stride, const char* name) {
+  TmaTile t;
+  t.base = base;
+  t.dtype = FLASHGDN_DTYPE_BFLOAT16;
+  t.dim0 = static_cast<uint64_t>(inner);
+  t.dim1 = static_cast<uint64_t>(rows);
+  t.row_stride_bytes = static_cast<uint64_t>(inner) * 2;
+  if (outer_stride > 0) {
+    t.dim2 = static_cast<uint64_t>(outer);
+    t.stride2_bytes = static_cast<uint64_t>(outer_stride) * 2;
+  }
+  t.box0 = 64;
+  t.box1 = 64;
+  t.swizzle = device::Swizzle::k128B;
+  return encode_tma_tile(map, t, "flashgdn_chunk_fwd", name);
+}
+
+}  // namespace
+
+flashgdn_status_t launch(const portable::FwdArgs& a, const Problem& pr, const flashgdn_chunk_fwd_params_t& p,
+                         cudaStream_t stream) {
+  using portable::kChunk;
+  Maps maps;
+  const int64_t ch = a.max_chunks * a.Hv;  // (chunk, head) images
+  FLASHGDN_TRY(map_qk(&maps.q, p.q, pr, "q"));
+  FLASHGDN_TRY(map_qk(&maps.k, p.k, pr, "k"));
+  FLASHGDN_TRY(map_image(&maps.w, a.W, a.K + 8, ch * kChunk, 1, 0, "workspace W"));
+  FLASHGDN_TRY(map_image(&maps.u, a.U, kBv + 8, 2 * kChunk, ch, a.u_stride, "workspace U"));
+  FLASHGDN_TRY(map_image(&maps.pm, a.Pm, kChunk + 8, ch * kChunk, 1, 0, "workspace Pm"));
+  // The shared-memory limit is raised once per device (bit `dev`).
+  static std::atomic<uint64_t> raised{0};
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  const uint64_t bit = dev < 64 ? uint64_t(1) << dev : 0;
+  if (e == cudaSuccess && !(bit && (raised.load() & bit))) {
+    e = cudaFuncSetAttribute(recurrence_sm90_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
+    if (e == cudaSuccess) raised.fetch_or(bit);
+  }
+  if (e != cudaSuccess)
+    return fail(FLASHGDN_ERROR_CUDA, "flashgdn_chunk_fwd: sm90 recurrence setup: %s", cudaGetErrorString(e));
+  recurrence_sm90_kernel<<<static_cast<unsigned>(int64_t(a.N) * a.Hv * 2), kThreads, kSmemBytes, stream>>>(maps, a);
+  e = cudaGetLastError();
+  if (e != cudaSuccess)
+    return fail(FLASHGDN_ERROR_CUDA, "flashgdn_chunk_fwd: sm90 recurrence launch: %s", cudaGetErrorString(e));
+  return FLASHGDN_SUCCESS;
+}
+
+}  // namespace flashgdn::sm90fwd
