@@ -2,6 +2,7 @@
 #include "kernels/sm90/fwd/fwd_sm90.hpp"
 
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
@@ -19,6 +20,11 @@ bool applies(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, int cc_maj
   if (max_smem < static_cast<int>(kSmemBytes)) return false;
   // The 3-D maps index tokens as b * T + t: batch rows must follow each other at the token stride.
   if (pr.B > 1 && (p.q.stride[0] != pr.T * p.q.stride[1] || p.k.stride[0] != pr.T * p.k.stride[1])) return false;
+  // TMA: 16-byte aligned bases and strides (8 bf16 elements).
+  for (const flashgdn_tensor_t* x : {&p.q, &p.k})
+    if (reinterpret_cast<uintptr_t>(x->data) % 16 != 0 || x->stride[1] % 8 != 0 || x->stride[2] % 8 != 0 ||
+        x->stride[2] < pr.K)
+      return false;
   return true;
 }
 
