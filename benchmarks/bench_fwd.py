@@ -160,6 +160,8 @@ def main():
     ap.add_argument("--rows", default="", help="only rows whose name contains this")
     ap.add_argument("--cp", default="auto", choices=["auto", "on", "off"],
                     help="FlashGDN's cp argument ('on' is experimental: sets FLASHGDN_EXPERIMENTAL_CP=1)")
+    ap.add_argument("--sm90", action="store_true",
+                    help="the experimental sm_90a recurrence (sets FLASHGDN_EXPERIMENTAL_SM90=1)")
     ap.add_argument("--tag", default=os.environ.get("FLASHGDN_BENCH_TAG", ""),
                     help="suffix of the output file names (e.g. the build variant)")
     args = ap.parse_args()
@@ -194,6 +196,9 @@ def main():
     if args.cp == "on":
         os.environ["FLASHGDN_EXPERIMENTAL_CP"] = "1"
     meta["flashgdn_cp"] = args.cp
+    if args.sm90:
+        os.environ["FLASHGDN_EXPERIMENTAL_SM90"] = "1"
+    meta["flashgdn_sm90"] = bool(args.sm90)
     timer = Timer(args.reps)
     rows = []
     print(f"GPU {gpu} ({prop.multi_processor_count} SMs), commit {commit}; copy {bw / 1e9:.0f} GB/s, "
