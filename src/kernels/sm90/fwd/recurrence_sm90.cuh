@@ -16,7 +16,7 @@
 //       refills stage s after mbarrier empty[s] (256 consumer arrivals).
 // Rows past a chunk's length: TMA brings the next sequence's (finite) Q/K rows or zeros past the tensor;
 // they are harmless because stage 1 zeroes W, U and Pm there (Vd rows are then 0) and O rows >= L are not
-// stored.
+// stored — provided those rows are finite (0 x NaN); the portable path zero-fills them instead.
 // Named barriers as in the portable kernel: kState (1, 128), kHandoff + (c & 1) (2-3, 256), kRelease +
 // (c & 1) (4-5, 256). mbarriers: full[2] (count 1 + tx), empty[2] (count 256).
 //
