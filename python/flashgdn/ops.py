@@ -54,20 +54,25 @@ def _launch_on_gpu(kind: str, p, device: torch.device) -> None:
                                                           nbytes.value, stream))
 
 
-def _launch_fwd(q, k, v, g, beta, o, scale, initial_state, final_state, cu_seqlens, state_indices,
-                has_initial_state, l2norm, v_first, cp_mode):
-    named = (("q", q), ("k", k), ("v", v), ("g", g), ("beta", beta), ("o", o), ("initial_state", initial_state),
-             ("final_state", final_state), ("cu_seqlens", cu_seqlens), ("state_indices", state_indices),
-             ("has_initial_state", has_initial_state))
+def _fill_params(p, q, named, scale, l2norm, v_first):
+    """The fields forward and backward parameters share; every tensor checked to be on q's device first."""
     _require_same_device(q, named)
-    p = _lib.new_fwd_params()
     for name, t in named:
         setattr(p, name, from_torch(t, name))
     p.scale = float(scale)
     p.use_qk_l2norm = int(l2norm)
     p.state_v_first = int(v_first)
-    p.cp_mode = int(cp_mode)
     p.check_inputs = int(_check_env())
+    return p
+
+
+def _launch_fwd(q, k, v, g, beta, o, scale, initial_state, final_state, cu_seqlens, state_indices,
+                has_initial_state, l2norm, v_first, cp_mode):
+    named = (("q", q), ("k", k), ("v", v), ("g", g), ("beta", beta), ("o", o), ("initial_state", initial_state),
+             ("final_state", final_state), ("cu_seqlens", cu_seqlens), ("state_indices", state_indices),
+             ("has_initial_state", has_initial_state))
+    p = _fill_params(_lib.new_fwd_params(), q, named, scale, l2norm, v_first)
+    p.cp_mode = int(cp_mode)
     if q.device.type == "cpu":
         _lib.check(_lib.lib.flashgdn_reference_fwd(ctypes.byref(p), _lib.REFERENCE_RECURRENT_FP64))
         return
@@ -124,14 +129,7 @@ def _launch_bwd(q, k, v, g, beta, scale, initial_state, cu_seqlens, do, dht, dq,
     named = (("q", q), ("k", k), ("v", v), ("g", g), ("beta", beta), ("initial_state", initial_state),
              ("cu_seqlens", cu_seqlens), ("d_o", do), ("d_final_state", dht), ("dq", dq), ("dk", dk), ("dv", dv),
              ("dg", dg), ("dbeta", dbeta), ("d_initial_state", dh0))
-    _require_same_device(q, named)
-    p = _lib.new_bwd_params()
-    for name, t in named:
-        setattr(p, name, from_torch(t, name))
-    p.scale = float(scale)
-    p.use_qk_l2norm = int(l2norm)
-    p.state_v_first = int(v_first)
-    p.check_inputs = int(_check_env())
+    p = _fill_params(_lib.new_bwd_params(), q, named, scale, l2norm, v_first)
     if q.device.type == "cpu":
         _lib.check(_lib.lib.flashgdn_reference_bwd(ctypes.byref(p)))
         return

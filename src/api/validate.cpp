@@ -2,12 +2,11 @@
 // Each failure names the argument; tests/cpp/test_validation.cpp asserts the message of each kind.
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <initializer_list>
 #include <string>
 #include <utility>
 
+#include "api/env.hpp"
 #include "api/error.hpp"
 #include "api/problem.hpp"
 #include "api/tensor.hpp"
@@ -317,8 +316,7 @@ flashgdn_status_t validate_fwd(const flashgdn_chunk_fwd_params_t* p, Target targ
   if (c.gpu() && p->cp_mode == FLASHGDN_CP_ON) {
     // NOTE: the context-parallel passes are written but not yet verified on a GPU; until they are, they
     // run only when FLASHGDN_EXPERIMENTAL_CP=1 (the GPU tests set it). Read on every call.
-    const char* e = std::getenv("FLASHGDN_EXPERIMENTAL_CP");
-    if (e == nullptr || std::strcmp(e, "1") != 0)
+    if (!env_is_one("FLASHGDN_EXPERIMENTAL_CP"))
       return fail(FLASHGDN_ERROR_UNSUPPORTED,
                   "%s: argument 'cp_mode' = on (1): intra-card context parallelism is experimental and not yet "
                   "verified on a GPU; set FLASHGDN_EXPERIMENTAL_CP=1 to run it, or use auto (0) / off (2), which run "

@@ -13,11 +13,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define FLASHGDN_HD __host__ __device__
-#else
-#define FLASHGDN_HD
-#endif
+#include "device/hd.hpp"
 
 namespace flashgdn::device {
 

@@ -12,8 +12,10 @@
 // thread (6 shared loads per 16 multiply-adds). Used by the prepare kernel.
 #pragma once
 
+#include "device/hd.hpp"
+
 #if defined(__CUDACC__)
-#define FLASHGDN_HD_SOLVE __host__ __device__ __forceinline__
+#define FLASHGDN_HD_SOLVE FLASHGDN_HD __forceinline__
 #else
 #define FLASHGDN_HD_SOLVE inline
 #endif

@@ -46,13 +46,7 @@ __global__ void __launch_bounds__(256) cp_scan_kernel(FwdArgs a) {
   const StateIO io = state_io(a, n);
   for (int e = tid; e < KD * kScanBV; e += 256) {
     const int i = e / kScanBV, j = e % kScanBV;
-    float x = 0.f;
-    if (io.src != nullptr) {
-      const int64_t off = state_offset(a, io.src_row, a.h0_row_stride, h, i, v0 + j);
-      x = a.h0_bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(io.src)[off])
-                    : static_cast<const float*>(io.src)[off];
-    }
-    sm.s[e] = x;
+    sm.s[e] = io.src != nullptr ? load_state(a, io.src, io.src_row, h, i, v0 + j) : 0.f;
   }
   __syncthreads();
 

@@ -54,9 +54,9 @@ flashgdn_status_t cuda_error(const char* what, cudaError_t e) {
   return fail(FLASHGDN_ERROR_CUDA, "flashgdn_chunk_fwd: %s: %s", what, cudaGetErrorString(e));
 }
 
-template <class T, int KD, int BV, int STAGES>
+template <class T, int KD, int BV, int STAGES, int CP>
 flashgdn_status_t launch_recurrence_stages(const FwdArgs& a, int64_t ctas, int dev, cudaStream_t stream) {
-  auto kernel = recurrence_kernel<T, KD, BV, STAGES>;
+  auto kernel = recurrence_kernel<T, KD, BV, STAGES, CP>;
   const int smem = static_cast<int>(sizeof(RecurrenceSmem<T, KD, BV, STAGES>));
   static std::atomic<uint64_t> done{0};
   cudaError_t e = raise_smem_limit_once(kernel, smem, dev, done);
@@ -69,15 +69,15 @@ flashgdn_status_t launch_recurrence_stages(const FwdArgs& a, int64_t ctas, int d
 // The largest shared-memory block any supported GPU grants (sm_90: 227 KB); deeper variants are not built.
 constexpr size_t kMaxSmemAnyGpu = 227 * 1024;
 
-template <class T, int KD, int BV>
+template <class T, int KD, int BV, int CP>
 flashgdn_status_t launch_recurrence(const FwdArgs& a, int64_t ctas, int max_smem, int dev, cudaStream_t stream) {
   // NOTE: a third input stage hides the latency of the first touch of a chunk's Q/K/W when the
   // per-chunk work is small (narrow V slices); taken wherever it fits.
   if constexpr (sizeof(RecurrenceSmem<T, KD, BV, 3>) <= kMaxSmemAnyGpu) {
     if (static_cast<int>(sizeof(RecurrenceSmem<T, KD, BV, 3>)) <= max_smem)
-      return launch_recurrence_stages<T, KD, BV, 3>(a, ctas, dev, stream);
+      return launch_recurrence_stages<T, KD, BV, 3, CP>(a, ctas, dev, stream);
   }
-  return launch_recurrence_stages<T, KD, BV, 2>(a, ctas, dev, stream);
+  return launch_recurrence_stages<T, KD, BV, 2, CP>(a, ctas, dev, stream);
 }
 
 // sm90_pr / sm90_p non-null: the experimental sm_90a recurrence replaces the portable one (bv = 64).
@@ -108,10 +108,18 @@ flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, cudaStrea
       return fail(FLASHGDN_ERROR_UNSUPPORTED, "flashgdn_chunk_fwd: %lld x Hv x (%d / %d) CTAs exceed the grid limit",
                   static_cast<long long>(ranks), columns, bv);
     const int64_t ctas = ranks * x.Hv * v_tiles;
-    switch (bv) {
-      case 64: return launch_recurrence<T, KD, 64>(x, ctas, max_smem, dev, stream);
-      case 32: return launch_recurrence<T, KD, 32>(x, ctas, max_smem, dev, stream);
-      default: return launch_recurrence<T, KD, 16>(x, ctas, max_smem, dev, stream);
+    auto by_bv = [&](auto cp_tag) -> flashgdn_status_t {
+      constexpr int kCp = decltype(cp_tag)::value;
+      switch (bv) {
+        case 64: return launch_recurrence<T, KD, 64, kCp>(x, ctas, max_smem, dev, stream);
+        case 32: return launch_recurrence<T, KD, 32, kCp>(x, ctas, max_smem, dev, stream);
+        default: return launch_recurrence<T, KD, 16, kCp>(x, ctas, max_smem, dev, stream);
+      }
+    };
+    switch (x.cp_pass) {
+      case 1: return by_bv(std::integral_constant<int, 1>{});
+      case 3: return by_bv(std::integral_constant<int, 3>{});
+      default: return by_bv(std::integral_constant<int, 0>{});
     }
   };
   if (a.cp_pass == 0) return recurrence(a, a.N, a.V);
@@ -281,10 +289,6 @@ flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_
     segment_table_kernel<<<static_cast<unsigned>((a.g_max + 255) / 256), 256, 0, stream>>>(a);
     e = cudaGetLastError();
     if (e != cudaSuccess) return cuda_error("segment table kernel launch", e);
-  } else {
-    seq_order_kernel<<<1, 1024, 0, stream>>>(a);
-    e = cudaGetLastError();
-    if (e != cudaSuccess) return cuda_error("sequence order kernel launch", e);
   }
   if (a.max_chunks > 0) {
     chunk_table_kernel<<<static_cast<unsigned>((a.max_chunks + 255) / 256), 256, 0, stream>>>(a);

@@ -2,9 +2,8 @@
 #include "kernels/portable/fwd/plan.hpp"
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 
+#include "api/env.hpp"
 #include "flashgdn/flashgdn.h"
 #include "kernels/portable/fwd/params.hpp"
 
@@ -15,10 +14,7 @@ namespace {
 constexpr size_t kAlign = 256;
 size_t align_up(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
-bool experimental_cp_allowed() {
-  const char* e = std::getenv("FLASHGDN_EXPERIMENTAL_CP");
-  return e != nullptr && std::strcmp(e, "1") == 0;
-}
+bool experimental_cp_allowed() { return env_is_one("FLASHGDN_EXPERIMENTAL_CP"); }
 
 }  // namespace
 

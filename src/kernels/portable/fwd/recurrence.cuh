@@ -72,7 +72,10 @@ struct RecurrenceSmem {
   T o[kChunk * kLdV];      // (64, BV)
 };
 
-template <class T, int KD, int BV, int STAGES>
+// CP = a.cp_pass as a template parameter (0 sequential, 1 transition pass, 3 final pass).
+// NOTE: compile-time so that the sequential kernel carries none of the CP bookkeeping in registers (the
+// runtime form spilled ~100 bytes per thread at BV = 64).
+template <class T, int KD, int BV, int STAGES, int CP>
 __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
   using namespace device;
   using Sm = RecurrenceSmem<T, KD, BV, STAGES>;
@@ -90,14 +93,14 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
   // 20% slower on H100 (905 vs 757 us, f8bfafc vs 3411de1); h-fastest is the order measured at 757 us.
   // With context parallelism the rank is a segment g (pass 1 also covers the K identity columns of the
   // augmented state [S | M]: slices v0 >= V), and a CTA walks only its segment's chunks.
-  const bool pass1 = a.cp_pass == 1;
+  constexpr bool pass1 = CP == 1;
   const int tiles = (pass1 ? a.V + a.K : a.V) / BV;
   const int h = static_cast<int>(blockIdx.x % a.Hv);
   const int slice = static_cast<int>((blockIdx.x / a.Hv) % tiles);
   const int64_t rank = blockIdx.x / (static_cast<int64_t>(tiles) * a.Hv);
   int64_t n, c_first = 0, nchunks;
   bool last_seg = true;
-  if (a.cp_pass != 0) {
+  if constexpr (CP != 0) {
     const FwdArgs::SegInfo si = a.seg[rank];
     // No such segment, or pass 1 of a last segment (its transition is never used): the whole CTA
     // leaves before any barrier.
@@ -113,7 +116,7 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
   const bool ident = pass1 && v0 >= a.V;  // pass 1, columns of M: start from I, U = 0
   const int hk = h / a.group;
   const Seq s = seq_range(a, n);
-  if (a.cp_pass == 0) nchunks = (s.eos - s.bos + kChunk - 1) / kChunk;
+  if constexpr (CP == 0) nchunks = (s.eos - s.bos + kChunk - 1) / kChunk;
   const int64_t c_base = a.chunk_offsets[n] + c_first;  // global chunk of this CTA's chunk 0
   const int64_t t_base = s.bos + c_first * kChunk;      // its first token
 
@@ -187,19 +190,17 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
   const int m0 = (warp & 3) * 16;  // this warp's rows of every (64, .) tile
   if (warp < kRecStateWarps) {
     // ================= state warps =================
-    const StateIO io = state_io(a, n);
-    const void* src = io.src;
-    void* dst = io.dst;
-    // CP: pass 1 starts from [0 | I]; pass 3 from the scan's start state (every segment, the first one
-    // included, so no CTA reads a pool slot that the sequence's last segment writes back).
-    if (a.cp_pass != 0) src = nullptr;
-    const float* cp_src = a.cp_pass == 3 ? a.cp_h0 + (rank * a.Hv + h) * int64_t(a.K) * a.V : nullptr;
-    if (!last_seg) dst = nullptr;
-
     float S[kSM][kNT][4];  // (K/4, BV) fp32 per warp
     const int srow0 = warp * (KD / 4);
-    auto elem_offset = [&](int64_t row, int64_t row_stride, int mt, int nt, int e) {
-      return state_offset(a, row, row_stride, h, srow0 + mt * 16 + acc_row(lane, e), v0 + nt * 8 + acc_col(lane, e));
+    // f(x, i, j) for every state element this thread holds: x = S[mt][nt][e], i over K, j over the columns.
+    auto for_each_state = [&](auto f) {
+#pragma unroll
+      for (int mt = 0; mt < kSM; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            f(S[mt][nt][e], srow0 + mt * 16 + acc_row(lane, e), v0 + nt * 8 + acc_col(lane, e));
     };
     auto store_s_operand = [&](T* dstS) {
 #pragma unroll
@@ -212,25 +213,21 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
             *reinterpret_cast<uint32_t*>(&dstS[i * Sm::kLdV + j]) = pack2<T>(S[mt][nt][2 * hf], S[mt][nt][2 * hf + 1]);
           }
     };
-#pragma unroll
-    for (int mt = 0; mt < kSM; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float x = 0.f;
-          const int i = srow0 + mt * 16 + acc_row(lane, e), j = v0 + nt * 8 + acc_col(lane, e);
-          if (src != nullptr) {
-            const int64_t off = elem_offset(io.src_row, a.h0_row_stride, mt, nt, e);
-            x = a.h0_bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(src)[off])
-                          : static_cast<const float*>(src)[off];
-          } else if (cp_src != nullptr) {
-            x = cp_src[static_cast<int64_t>(i) * a.V + j];
-          } else if (ident) {
-            x = (i == j - a.V) ? 1.f : 0.f;
-          }
-          S[mt][nt][e] = x;
-        }
+    {
+      // CP: pass 1 starts from [0 | I]; pass 3 from the scan's start state (every segment, the first one
+      // included, so no CTA reads a pool slot that the sequence's last segment writes back).
+      // NOTE: scoped (and the final state's destination looked up again after the loop) so that none of it
+      // stays live in registers across the chunk loop.
+      const StateIO io = state_io(a, n);
+      const void* src = CP == 0 ? io.src : nullptr;
+      const float* cp_src = CP == 3 ? a.cp_h0 + (rank * a.Hv + h) * int64_t(a.K) * a.V : nullptr;
+      for_each_state([&](float& x, int i, int j) {
+        x = src != nullptr      ? load_state(a, src, io.src_row, h, i, j)
+            : cp_src != nullptr ? cp_src[static_cast<int64_t>(i) * a.V + j]
+            : ident             ? ((i == j - a.V) ? 1.f : 0.f)
+                                : 0.f;
+      });
+    }
     store_s_operand(sm.s[0]);
     named_bar_sync(Bar::kState, 128);
 
@@ -283,35 +280,15 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
     if (nchunks > 0) named_bar_sync(Bar::kRelease + static_cast<int>((nchunks - 1) & 1), 256);
 
     // Pass 1: the end state [S_loc | M] slice, fp32, for the scan.
-    if (pass1) {
+    if constexpr (pass1) {
       float* e = a.cp_end + (rank * a.Hv + h) * int64_t(a.K) * (a.V + a.K);
-#pragma unroll
-      for (int mt = 0; mt < kSM; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            const int i = srow0 + mt * 16 + acc_row(lane, q), j = v0 + nt * 8 + acc_col(lane, q);
-            e[static_cast<int64_t>(i) * (a.V + a.K) + j] = S[mt][nt][q];
-          }
+      for_each_state([&](float& x, int i, int j) { e[static_cast<int64_t>(i) * (a.V + a.K) + j] = x; });
       return;
     }
     // Final state (the sequence's last segment only).
-    if (dst != nullptr) {
-#pragma unroll
-      for (int mt = 0; mt < kSM; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int64_t off = elem_offset(io.dst_row, a.ht_row_stride, mt, nt, e);
-            if (a.ht_bf16) {
-              static_cast<__nv_bfloat16*>(dst)[off] = __float2bfloat16_rn(S[mt][nt][e]);
-            } else {
-              static_cast<float*>(dst)[off] = S[mt][nt][e];
-            }
-          }
-    }
+    const StateIO io = state_io(a, n);
+    if (io.dst != nullptr && last_seg)
+      for_each_state([&](float& x, int i, int j) { store_state(a, io.dst, io.dst_row, h, i, j, x); });
     return;
   }
 
@@ -320,7 +297,7 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
   for (int64_t c = 0; c < nchunks; ++c) {
     const int st = static_cast<int>(c % STAGES), b = static_cast<int>(c & 1);
     named_bar_sync(Bar::kHandoff + b, 256);
-    if (pass1) {  // no output in the transition pass: keep the barrier protocol only
+    if constexpr (pass1) {  // no output in the transition pass: keep the barrier protocol only
       named_bar_arrive(Bar::kRelease + b, 256);
       named_bar_arrive(Bar::kEmpty + st, kEmptyCount);
       continue;

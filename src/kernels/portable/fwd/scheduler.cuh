@@ -2,6 +2,8 @@
 // is never trusted) and where a sequence's state comes from and goes to. The kernels: scheduler_kernels.cuh.
 #pragma once
 
+#include <cuda_bf16.h>
+
 #include <cstdint>
 
 #include "kernels/portable/fwd/params.hpp"
@@ -48,6 +50,18 @@ __device__ __forceinline__ StateIO state_io(const FwdArgs& a, int64_t n) {
 __device__ __forceinline__ int64_t state_offset(const FwdArgs& a, int64_t row, int64_t row_stride, int h, int i, int j) {
   return row * row_stride + static_cast<int64_t>(h) * a.K * a.V +
          (a.v_first ? static_cast<int64_t>(j) * a.K + i : static_cast<int64_t>(i) * a.V + j);
+}
+
+// Element (i, j) of head h in row `row` of the initial state (fp32 or bf16 storage, either layout).
+__device__ __forceinline__ float load_state(const FwdArgs& a, const void* src, int64_t row, int h, int i, int j) {
+  const int64_t off = state_offset(a, row, a.h0_row_stride, h, i, j);
+  return a.h0_bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(src)[off]) : static_cast<const float*>(src)[off];
+}
+// The same element of the final state.
+__device__ __forceinline__ void store_state(const FwdArgs& a, void* dst, int64_t row, int h, int i, int j, float x) {
+  const int64_t off = state_offset(a, row, a.ht_row_stride, h, i, j);
+  if (a.ht_bf16) static_cast<__nv_bfloat16*>(dst)[off] = __float2bfloat16_rn(x);
+  else static_cast<float*>(dst)[off] = x;
 }
 
 }  // namespace flashgdn::portable

@@ -37,8 +37,49 @@ __device__ __forceinline__ void block_offsets(int64_t N, Count count, int64_t* o
   __syncthreads();
 }
 
-// One block: chunk_offsets[n] = sum over m < n of ceil(len_m / 64), chunk_offsets[N] = total; with CP
-// also seg_offsets, sequence n having max(1, ceil(chunks_n / seg_chunks)) segments.
+// seq_order: the recurrence's dispatch order, longest sequence first (longest-processing-time first: with
+// varlen the long sequences' CTAs start in the first wave). Run by the offsets block: bitonic sort of
+// (length, index) keys in shared memory; identity order when N > kSortMax. Ties keep index order.
+inline constexpr int kSortMax = 2048;
+template <int kThreads>
+__device__ void order_sequences(const FwdArgs& a, int64_t* key) {
+  const int tid = threadIdx.x;
+  if (a.N > kSortMax) {
+    for (int64_t n = tid; n < a.N; n += kThreads) a.seq_order[n] = static_cast<int32_t>(n);
+    return;
+  }
+  int P = 1;
+  while (P < a.N) P <<= 1;
+  for (int i = tid; i < P; i += kThreads) {
+    if (i < a.N) {
+      const Seq s = seq_range(a, i);
+      // Larger key = earlier: length high, then the smaller index.
+      key[i] = ((s.eos - s.bos) << 12) | (kSortMax - 1 - i);
+    } else {
+      key[i] = -1;  // padding sorts last
+    }
+  }
+  __syncthreads();
+  for (int k = 2; k <= P; k <<= 1)
+    for (int j = k >> 1; j > 0; j >>= 1) {
+      for (int i = tid; i < P; i += kThreads) {
+        const int l = i ^ j;
+        if (l > i) {
+          const bool desc = (i & k) == 0;
+          const int64_t x = key[i], y = key[l];
+          if (desc ? x < y : x > y) {
+            key[i] = y;
+            key[l] = x;
+          }
+        }
+      }
+      __syncthreads();
+    }
+  for (int i = tid; i < a.N; i += kThreads) a.seq_order[i] = static_cast<int32_t>(kSortMax - 1 - (key[i] & (kSortMax - 1)));
+}
+
+// One block: chunk_offsets[n] = sum over m < n of ceil(len_m / 64), chunk_offsets[N] = total; then with CP
+// seg_offsets (sequence n has max(1, ceil(chunks_n / seg_chunks)) segments), without it seq_order.
 template <int kThreads>
 __global__ void __launch_bounds__(kThreads) chunk_offsets_kernel(FwdArgs a) {
   __shared__ int64_t warp_sums[kThreads / 32];
@@ -47,7 +88,11 @@ __global__ void __launch_bounds__(kThreads) chunk_offsets_kernel(FwdArgs a) {
     return (s.eos - s.bos + kChunk - 1) / kChunk;
   };
   block_offsets<kThreads>(a.N, chunks, a.chunk_offsets, warp_sums);
-  if (a.cp_pass == 0) return;
+  if (a.cp_pass == 0) {
+    __shared__ int64_t key[kSortMax];
+    order_sequences<kThreads>(a, key);
+    return;
+  }
   auto segments = [&](int64_t n) { return segments_of(chunks(n), a.seg_chunks); };
   block_offsets<kThreads>(a.N, segments, a.seg_offsets, warp_sums);
 }
@@ -65,47 +110,6 @@ __global__ void __launch_bounds__(256) chunk_table_kernel(FwdArgs a) {
     ci.b = static_cast<int32_t>(s.b);
   }
   a.chunk_info[c] = ci;
-}
-
-// seq_order: the recurrence's dispatch order, longest sequence first (longest-processing-time first: with
-// varlen the long sequences' CTAs start in the first wave). One block of 1024 threads, bitonic sort of
-// (length, index) keys in shared memory; identity order when N > kSortMax. Ties keep index order.
-inline constexpr int kSortMax = 2048;
-__global__ void __launch_bounds__(1024) seq_order_kernel(FwdArgs a) {
-  __shared__ int64_t key[kSortMax];
-  const int tid = threadIdx.x;
-  if (a.N > kSortMax) {
-    for (int64_t n = tid; n < a.N; n += 1024) a.seq_order[n] = static_cast<int32_t>(n);
-    return;
-  }
-  int P = 1;
-  while (P < a.N) P <<= 1;
-  for (int i = tid; i < P; i += 1024) {
-    if (i < a.N) {
-      const Seq s = seq_range(a, i);
-      // Larger key = earlier: length high, then the smaller index.
-      key[i] = ((s.eos - s.bos) << 12) | (kSortMax - 1 - i);
-    } else {
-      key[i] = -1;  // padding sorts last
-    }
-  }
-  __syncthreads();
-  for (int k = 2; k <= P; k <<= 1)
-    for (int j = k >> 1; j > 0; j >>= 1) {
-      for (int i = tid; i < P; i += 1024) {
-        const int l = i ^ j;
-        if (l > i) {
-          const bool desc = (i & k) == 0;
-          const int64_t x = key[i], y = key[l];
-          if (desc ? x < y : x > y) {
-            key[i] = y;
-            key[l] = x;
-          }
-        }
-      }
-      __syncthreads();
-    }
-  for (int i = tid; i < a.N; i += 1024) a.seq_order[i] = static_cast<int32_t>(kSortMax - 1 - (key[i] & (kSortMax - 1)));
 }
 
 // seg[g] for every g < g_max (CP only, after chunk_offsets_kernel): grid ceil(g_max / 256).

@@ -3,9 +3,8 @@
 
 #include <atomic>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 
+#include "api/env.hpp"
 #include "api/error.hpp"
 #include "api/tensor_map.hpp"
 #include "kernels/sm90/fwd/recurrence_sm90.cuh"
@@ -13,8 +12,7 @@
 namespace flashgdn::sm90fwd {
 
 bool applies(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, int cc_major, int max_smem) {
-  const char* e = std::getenv("FLASHGDN_EXPERIMENTAL_SM90");
-  if (e == nullptr || std::strcmp(e, "1") != 0) return false;
+  if (!env_is_one("FLASHGDN_EXPERIMENTAL_SM90")) return false;
   if (cc_major != 9 || pr.K != 128 || pr.V != 128 || pr.io_dtype != FLASHGDN_DTYPE_BFLOAT16) return false;
   if (pr.cp_mode == FLASHGDN_CP_ON) return false;
   if (max_smem < static_cast<int>(kSmemBytes)) return false;

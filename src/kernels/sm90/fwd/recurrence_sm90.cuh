@@ -133,12 +133,7 @@ __global__ void __launch_bounds__(kThreads, 1) recurrence_sm90_kernel(const __gr
           for (int e = 0; e < 4; ++e) f(S[mt][4 * jn + e], 64 * mt + row + 8 * (e / 2), v0 + 8 * jn + col + (e % 2));
     };
     for_each_state([&](float& x, int i, int j) {
-      x = 0.f;
-      if (io.src != nullptr) {
-        const int64_t off = portable::state_offset(a, io.src_row, a.h0_row_stride, h, i, j);
-        x = a.h0_bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(io.src)[off])
-                      : static_cast<const float*>(io.src)[off];
-      }
+      x = io.src != nullptr ? portable::load_state(a, io.src, io.src_row, h, i, j) : 0.f;
     });
     auto store_s = [&](int buf) {  // bf16 copy of S into sS[buf] (MN-major B: (128 k-rows, 64))
       unsigned char* d = smem + kS0 + 16384 * buf;
@@ -202,11 +197,7 @@ __global__ void __launch_bounds__(kThreads, 1) recurrence_sm90_kernel(const __gr
     }
     if (nchunks > 0) named_bar_sync(kBarRelease + static_cast<int>((nchunks - 1) & 1), 256);
     if (io.dst != nullptr)
-      for_each_state([&](float& x, int i, int j) {
-        const int64_t off = portable::state_offset(a, io.dst_row, a.ht_row_stride, h, i, j);
-        if (a.ht_bf16) static_cast<__nv_bfloat16*>(io.dst)[off] = __float2bfloat16_rn(x);
-        else static_cast<float*>(io.dst)[off] = x;
-      });
+      for_each_state([&](float& x, int i, int j) { portable::store_state(a, io.dst, io.dst_row, h, i, j, x); });
     return;
   }
 
