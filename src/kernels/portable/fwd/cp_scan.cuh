@@ -34,7 +34,7 @@ template <int KD>
 __global__ void __launch_bounds__(256) cp_scan_kernel(FwdArgs a) {
   using Sm = ScanSmem<KD>;
   constexpr int kRows = KD / 8;  // rows per thread
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  extern __shared__ __align__(128) unsigned char smem_raw[];
   Sm& sm = *reinterpret_cast<Sm*>(smem_raw);
   const int tid = threadIdx.x, jc = tid % kScanBV, r0 = tid / kScanBV;
   const int tiles = a.V / kScanBV;

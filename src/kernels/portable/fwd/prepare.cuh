@@ -213,20 +213,21 @@ __global__ void __launch_bounds__(128, LATE_V ? 4 : 3) prepare_kernel(FwdArgs a)
   }
 
   // ---- phase 4: Ab = Gamma o X diag(beta), Aw = diag(e^gamma) Gamma o X diag(beta rk) (T) ----
-  // Thread tid owns the column pair j, j + 1 (j = 2 (tid % 32)) of rows tid / 32 + 4 r: the column
-  // factors are read once.
-  const int j = (tid & 31) * 2;
-  const float bj[2] = {sm.beta[j], sm.beta[j + 1]}, gj[2] = {sm.gam[j], sm.gam[j + 1]};
-  const float rkj[2] = {sm.rk[j], sm.rk[j + 1]};
-  for (int i = tid >> 5; i < kChunk; i += 4) {
+  // NOTE: keep this loop in the flat form. The form with each thread's column factors hoisted out of a
+  // row loop (`for (i = tid / 32; i < 64; i += 4)`, ee672ff) is miscompiled by CUDA 13.0's NVVM: in the
+  // 4x-unrolled body the third and fourth X loads are displaced by +9216 bytes (the aw -> ab distance),
+  // already in the PTX; on H100 every output was wrong (rel L2 ~5, inf in the demo).
+  for (int e = tid; e < kChunk * kChunk / 2; e += 128) {
+    const int i = e >> 5, j = (e & 31) * 2;
     const float gi = sm.gam[i], egi = __expf(fminf(gi, 0.f));
     float ab[2], aw[2];
 #pragma unroll
     for (int u = 0; u < 2; ++u) {
-      const bool in = j + u <= i && i < L;
-      const float xb = in ? sm.xv.x[i * S::kLdF + j + u] * bj[u] : 0.f;
-      ab[u] = xb * __expf(fminf(gi - gj[u], 0.f));  // (Gamma o A)_ij beta_j
-      aw[u] = xb * egi * rkj[u];                     // e^{gamma_i} A_ij beta_j rk_j = (Gamma o A)_ij beta_j e^{gamma_j} rk_j
+      const int jj = j + u;
+      const bool in = jj <= i && i < L;
+      const float xb = in ? sm.xv.x[i * S::kLdF + jj] * sm.beta[jj] : 0.f;
+      ab[u] = xb * __expf(fminf(gi - sm.gam[jj], 0.f));  // (Gamma o A)_ij beta_j
+      aw[u] = xb * egi * sm.rk[jj];                       // e^{gamma_i} A_ij beta_j rk_j = (Gamma o A)_ij beta_j e^{gamma_j} rk_j
     }
     *reinterpret_cast<uint32_t*>(&sm.a.prod.ab[i * S::kLdA + j]) = pack2<T>(ab[0], ab[1]);
     *reinterpret_cast<uint32_t*>(&sm.a.prod.aw[i * S::kLdA + j]) = pack2<T>(aw[0], aw[1]);
