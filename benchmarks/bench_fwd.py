@@ -153,6 +153,27 @@ def rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
+VARIANT_ENV = {"cp_on": ("on", {"FLASHGDN_EXPERIMENTAL_CP": "1"}), "cp_off": ("off", {}),
+               "sm90": ("off", {"FLASHGDN_EXPERIMENTAL_SM90": "1"})}
+
+
+def time_variant(timer, var, q, k, v, g, beta, h0, cu):
+    """Graph-replay median of one FlashGDN variant; the environment switches are set only meanwhile
+    (the library reads them on every call, also while a graph is captured)."""
+    cp, env = VARIANT_ENV[var]
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        return timer.graph(lambda: flashgdn.chunk_gated_delta_rule(
+            q, k, v, g, beta, initial_state=h0, output_final_state=True, cu_seqlens=cu, cp=cp))
+    finally:
+        for key, val in saved.items():
+            if val is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = val
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
@@ -162,6 +183,9 @@ def main():
                     help="FlashGDN's cp argument ('on' is experimental: sets FLASHGDN_EXPERIMENTAL_CP=1)")
     ap.add_argument("--sm90", action="store_true",
                     help="the experimental sm_90a recurrence (sets FLASHGDN_EXPERIMENTAL_SM90=1)")
+    ap.add_argument("--variants", default="",
+                    help="extra FlashGDN variants timed per row (graph replay) in the same run, comma-separated: "
+                         "cp_on, cp_off, sm90 (experimental switches set only around each variant's calls)")
     ap.add_argument("--tag", default=os.environ.get("FLASHGDN_BENCH_TAG", ""),
                     help="suffix of the output file names (e.g. the build variant)")
     args = ap.parse_args()
@@ -199,6 +223,7 @@ def main():
     if args.sm90:
         os.environ["FLASHGDN_EXPERIMENTAL_SM90"] = "1"
     meta["flashgdn_sm90"] = bool(args.sm90)
+    meta["variants"] = args.variants
     timer = Timer(args.reps)
     rows = []
     print(f"GPU {gpu} ({prop.multi_processor_count} SMs), commit {commit}; copy {bw / 1e9:.0f} GB/s, "
@@ -224,6 +249,8 @@ def main():
             row["flashgdn_eager_ms"] = timer.eager(gdn)
             row["flashgdn_ms"] = row["flashgdn_graph_ms"]
             o_gdn, ht_gdn = gdn()
+            for var in [x for x in args.variants.split(",") if x]:
+                row[f"flashgdn_{var}_graph_ms"] = time_variant(timer, var, q, k, v, g, beta, h0, cu)
             if fla_gdr is not None:
                 cu64 = cu.long()
                 ci = prep_ci(cu64, 64)
@@ -258,7 +285,8 @@ def main():
             print(f"{name:<22} {f('floor_ms', 7)} {f('flashgdn_graph_ms')} {f('flashgdn_eager_ms')} "
                   f"{f('fla_graph_ms')} {f('fla_eager_ms')} {f('speedup_vs_fla', 6, 2)} {f('flashqla_h200_ms')} "
                   f"{f('flashqla_speedup_vs_fla_published', 8, 2)} {f('flashinfer_h200_ms')} "
-                  f"{f('flashinfer_speedup_vs_fla_published', 7, 2)} {row.get('rel_l2_o_vs_fla', float('nan')):>8.1e}",
+                  f"{f('flashinfer_speedup_vs_fla_published', 7, 2)} {row.get('rel_l2_o_vs_fla', float('nan')):>8.1e}"
+                  + "".join(f" {var} {f(f'flashgdn_{var}_graph_ms')}" for var in args.variants.split(",") if var),
                   flush=True)
             del q, k, v, g, beta, h0, cu
             torch.cuda.empty_cache()
@@ -282,12 +310,17 @@ def main():
           "| row | floor ms | FlashGDN ms (graph) | FlashGDN ms (eager) | FLA ms | FLA timing | x FLA | FlashQLA H200 ms | "
           "FlashQLA x FLA | FlashInfer H200 ms | FlashInfer x FLA | rel L2 o vs FLA |",
           "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    vars_ = [x for x in args.variants.split(",") if x]
+    if vars_:  # the variants' graph-replay medians as extra columns
+        md[-2] += "".join(f" {x} ms |" for x in vars_)
+        md[-1] += "---:|" * len(vars_)
     for r in rows:
         g = lambda k, p=3: (f"{r[k]:.{p}f}" if isinstance(r.get(k), float) else str(r.get(k, "n/a")))  # noqa: E731
         md.append(f"| {r['name']} | {g('floor_ms')} | {g('flashgdn_graph_ms')} | {g('flashgdn_eager_ms')} | "
                   f"{g('fla_ms')} | {r.get('fla_timing', 'n/a')} | {g('speedup_vs_fla', 2)} | {g('flashqla_h200_ms')} | "
                   f"{g('flashqla_speedup_vs_fla_published', 2)} | {g('flashinfer_h200_ms')} | "
-                  f"{g('flashinfer_speedup_vs_fla_published', 2)} | {r.get('rel_l2_o_vs_fla', float('nan')):.1e} |")
+                  f"{g('flashinfer_speedup_vs_fla_published', 2)} | {r.get('rel_l2_o_vs_fla', float('nan')):.1e} |"
+                  + "".join(f" {g(f'flashgdn_{x}_graph_ms')} |" for x in vars_))
     if sp:
         md += ["", f"Geometric-mean speedup over FLA: {meta['geomean_speedup_vs_fla']:.2f}x (min "
                    f"{meta['min_speedup_vs_fla']:.2f}x); rows slower than FLA: {meta['rows_slower_than_fla'] or 'none'}."]
