@@ -1,5 +1,5 @@
 // C++ forward benchmark (no Python), e.g. under ncu:
-//   flashgdn_bench_fwd --hqk 16 --hv 64 --seqlens 1x8192 [--reps 20] [--fp16] [--l2norm] [--no-state] [--cp]
+//   flashgdn_bench_fwd --hqk 16 --hv 64 --seqlens 1x8192 [--reps 20] [--fp16] [--l2norm] [--no-state] [--cp | --no-cp]
 // Same inputs as benchmarks/bench_fwd.py (packed varlen, int32 cu_seqlens, unit-norm q/k, g =
 // logsigmoid(randn)/16, beta = sigmoid(randn), fp32 initial and final state); prints the median of
 // --reps CUDA-event timings, each after a 512 MiB write that flushes L2.
@@ -65,7 +65,8 @@ int main(int argc, char** argv) {
   int64_t hqk = 16, hv = 64, D = 128;
   std::string seqlens = "1x8192";
   int reps = 20;
-  bool fp16 = false, l2norm = false, state = true, cp = false;
+  bool fp16 = false, l2norm = false, state = true;
+  flashgdn_cp_mode_t cp_mode = FLASHGDN_CP_AUTO;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -83,7 +84,8 @@ int main(int argc, char** argv) {
     else if (a == "--fp16") fp16 = true;
     else if (a == "--l2norm") l2norm = true;
     else if (a == "--no-state") state = false;
-    else if (a == "--cp") cp = true;  // cp_mode = on (experimental: also sets FLASHGDN_EXPERIMENTAL_CP=1)
+    else if (a == "--cp") cp_mode = FLASHGDN_CP_ON;
+    else if (a == "--no-cp") cp_mode = FLASHGDN_CP_OFF;
     else {
       std::fprintf(stderr, "unknown argument %s\n", a.c_str());
       return 2;
@@ -131,10 +133,7 @@ int main(int argc, char** argv) {
   p.beta = flashgdn::tensor(db, FLASHGDN_DTYPE_FLOAT32, {1, T, hv});
   p.cu_seqlens = flashgdn::tensor(dcu, FLASHGDN_DTYPE_INT32, {N + 1});
   p.use_qk_l2norm = l2norm;
-  if (cp) {
-    setenv("FLASHGDN_EXPERIMENTAL_CP", "1", 1);
-    p.cp_mode = FLASHGDN_CP_ON;
-  }
+  p.cp_mode = cp_mode;
   if (state) {
     CHECK_CUDA(cudaMalloc(&dh0, h0.size() * 4));
     CHECK_CUDA(cudaMalloc(&dht, h0.size() * 4));

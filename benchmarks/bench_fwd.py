@@ -153,7 +153,7 @@ def rel(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
-VARIANT_ENV = {"cp_on": ("on", {"FLASHGDN_EXPERIMENTAL_CP": "1"}), "cp_off": ("off", {}),
+VARIANT_ENV = {"cp_on": ("on", {}), "cp_off": ("off", {}),
                "sm90": ("off", {"FLASHGDN_EXPERIMENTAL_SM90": "1"})}
 
 
@@ -180,7 +180,7 @@ def main():
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--rows", default="", help="only rows whose name contains this")
     ap.add_argument("--cp", default="auto", choices=["auto", "on", "off"],
-                    help="FlashGDN's cp argument ('on' is experimental: sets FLASHGDN_EXPERIMENTAL_CP=1)")
+                    help="FlashGDN's cp argument")
     ap.add_argument("--sm90", action="store_true",
                     help="the experimental sm_90a recurrence (sets FLASHGDN_EXPERIMENTAL_SM90=1)")
     ap.add_argument("--variants", default="",
@@ -217,8 +217,6 @@ def main():
         "published": "flashqla_h200_ms / flashinfer_h200_ms from FlashQLA's H200 table (fla 0.5.1 there); "
                      "their speedups are relative to the FLA time in that same table",
     }
-    if args.cp == "on":
-        os.environ["FLASHGDN_EXPERIMENTAL_CP"] = "1"
     meta["flashgdn_cp"] = args.cp
     if args.sm90:
         os.environ["FLASHGDN_EXPERIMENTAL_SM90"] = "1"

@@ -115,7 +115,7 @@ typedef struct flashgdn_chunk_fwd_params {
   int32_t use_qk_l2norm;  /* nonzero: L2-normalise q and k per head inside the kernel */
   int32_t state_v_first;  /* nonzero: states are [.., V, K] instead of [.., K, V] */
   int32_t check_inputs;   /* nonzero: validate device contents (synchronises; not graph-capturable) */
-  int32_t cp_mode;        /* flashgdn_cp_mode_t; CP is experimental: "on" needs FLASHGDN_EXPERIMENTAL_CP=1 */
+  int32_t cp_mode;        /* flashgdn_cp_mode_t: auto (cost model), on, off */
   int32_t reserved0;
 } flashgdn_chunk_fwd_params_t;
 

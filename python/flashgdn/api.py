@@ -47,9 +47,9 @@ def chunk_gated_delta_rule(
         state_indices: ``[N]`` slots into a state pool; ``initial_state`` is then the pool ``[P, Hv, K, V]``,
             read and written in place (-1: start from zeros, write nothing); returns ``(o, None)``.
         has_initial_state: ``[N]`` bool; False starts that sequence from zeros.
-        cp: intra-card context parallelism, "auto" | "on" | "off". Experimental (not yet verified on a
-            GPU): "on" raises FlashGDNError unless FLASHGDN_EXPERIMENTAL_CP=1, and "auto" takes the
-            sequential recurrence unless that variable is set (docs/design.md §5.1).
+        cp: intra-card context parallelism, "auto" | "on" | "off": "auto" takes it where the cost model
+            predicts a gain (few heads x sequences, long sequences), "on" always, "off" never
+            (docs/design.md §5.1).
 
     FLA compatibility (keyword-only): ``use_beta_sigmoid_in_kernel`` (beta are logits: sigmoid applied
     first), ``allow_neg_eigval`` (with it, ``2 * sigmoid(beta)``), ``cu_seqlens_cpu`` and ``chunk_indices``

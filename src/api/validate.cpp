@@ -6,7 +6,6 @@
 #include <string>
 #include <utility>
 
-#include "api/env.hpp"
 #include "api/error.hpp"
 #include "api/problem.hpp"
 #include "api/tensor.hpp"
@@ -313,16 +312,6 @@ flashgdn_status_t validate_fwd(const flashgdn_chunk_fwd_params_t* p, Target targ
   if (p->cp_mode < FLASHGDN_CP_AUTO || p->cp_mode > FLASHGDN_CP_OFF)
     return fail(FLASHGDN_ERROR_INVALID_ARGUMENT, "%s: argument 'cp_mode' = %d is not one of auto (0), on (1), off (2)",
                 fn, p->cp_mode);
-  if (c.gpu() && p->cp_mode == FLASHGDN_CP_ON) {
-    // NOTE: the context-parallel passes are written but not yet verified on a GPU; until they are, they
-    // run only when FLASHGDN_EXPERIMENTAL_CP=1 (the GPU tests set it). Read on every call.
-    if (!env_is_one("FLASHGDN_EXPERIMENTAL_CP"))
-      return fail(FLASHGDN_ERROR_UNSUPPORTED,
-                  "%s: argument 'cp_mode' = on (1): intra-card context parallelism is experimental and not yet "
-                  "verified on a GPU; set FLASHGDN_EXPERIMENTAL_CP=1 to run it, or use auto (0) / off (2), which run "
-                  "the sequential recurrence",
-                  fn);
-  }
   pr->cp_mode = p->cp_mode;
 
   pr->pool = p->state_indices.data != nullptr;

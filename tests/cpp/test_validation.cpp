@@ -140,9 +140,7 @@ INSTANTIATE_TEST_SUITE_P(
         FwdCase{"mask_without_state", [](P& p) { p.initial_state.data = nullptr; p.has_initial_state = flashgdn::tensor(ptr(), FLASHGDN_DTYPE_BOOL, {3}); }, kBad,
                 "argument 'has_initial_state' requires 'initial_state'"},
         FwdCase{"scale_nan", [](P& p) { p.scale = NAN; }, kBad, "argument 'scale' must be finite"},
-        FwdCase{"cp_mode", [](P& p) { p.cp_mode = 7; }, kBad, "argument 'cp_mode' = 7"},
-        FwdCase{"cp_mode_on", [](P& p) { p.cp_mode = FLASHGDN_CP_ON; }, kUnsup,
-                "argument 'cp_mode' = on (1): intra-card context parallelism is experimental"}),
+        FwdCase{"cp_mode", [](P& p) { p.cp_mode = 7; }, kBad, "argument 'cp_mode' = 7"}),
     [](const ::testing::TestParamInfo<FwdCase>& i) { return std::string(i.param.name); });
 
 TEST(Validation, NullParamsAndBytes) {

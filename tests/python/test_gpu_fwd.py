@@ -164,16 +164,14 @@ def test_check_mode_reports_positive_g(monkeypatch):
         flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, cu_seqlens=cu)
 
 
-def test_cp_on_is_refused_unless_allowed(monkeypatch):
+def test_cp_bad_value_is_refused():
     q, k, v, g, beta, cu, h0 = inputs([300])
-    monkeypatch.delenv("FLASHGDN_EXPERIMENTAL_CP", raising=False)
-    with pytest.raises(flashgdn.FlashGDNError, match="FLASHGDN_EXPERIMENTAL_CP=1"):
-        flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, cu_seqlens=cu, cp="on")
+    with pytest.raises(ValueError, match="cp"):
+        flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, cu_seqlens=cu, cp="sometimes")
 
 
-def test_cp_on_matches_reference(monkeypatch):
-    """The experimental context-parallel passes (segments of one or two chunks at this size)."""
-    monkeypatch.setenv("FLASHGDN_EXPERIMENTAL_CP", "1")
+def test_cp_on_matches_reference():
+    """The context-parallel passes (segments of one or two chunks at this size)."""
     q, k, v, g, beta, cu, h0 = inputs([300, 0, 1, 129])
     o, ht = flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True,
                                             cu_seqlens=cu, use_qk_l2norm_in_kernel=True, cp="on")

@@ -9,31 +9,36 @@
 //     for each segment g of the sequence:  cp_h0[g] = S;  if g is not the last:  S = M_g S + S_loc_g
 // in fp32, fixed summation order (deterministic). The final pass then starts every segment from cp_h0.
 //
-// Grid N * Hv * (V / 32) (head fastest); 256 threads; thread t owns column t % 32 of rows t / 32 + 8 r.
-// Shared memory: M_g (K, K + 4) fp32 (rows read as float4 broadcasts), S (K, 32) fp32: 83.5 KB for K = 128.
+// Grid N * Hv * (V / 16) (head fastest); 256 threads; thread t owns column t % 16 of rows t / 16 + 16 r.
+// Shared memory: BUFS x M_g (K, K + 4) fp32 (rows read as float4 broadcasts), S (K, 16) fp32: 140 KB for
+// K = 128 and two buffers (M_{g+1} is fetched by cp.async while M_g S is formed), 74 KB with one.
 // Barriers: __syncthreads only.
+// NOTE: H100, 2/8 1x8192, 8 segments: the first form (32 columns per CTA, M loaded by plain loads, one
+// buffer) took 82 us, ~10 us a segment, most of it the serialised 64 KB load of M per step.
 #pragma once
 
 #include <cuda_bf16.h>
 
+#include "device/ptx.cuh"
 #include "kernels/portable/fwd/params.hpp"
 #include "kernels/portable/fwd/scheduler.cuh"
 
 namespace flashgdn::portable {
 
-inline constexpr int kScanBV = 32;
+inline constexpr int kScanBV = 16;
 
-template <int KD>
+template <int KD, int BUFS>
 struct ScanSmem {
   static constexpr int kLdM = KD + 4;
-  float m[KD * kLdM];   // (K, K) M_g
-  float s[KD * kScanBV];  // (K, 32) S
+  float m[BUFS][KD * kLdM];  // (K, K) M_g
+  float s[KD * kScanBV];     // (K, 16) S
 };
 
-template <int KD>
+template <int KD, int BUFS>
 __global__ void __launch_bounds__(256) cp_scan_kernel(FwdArgs a) {
-  using Sm = ScanSmem<KD>;
-  constexpr int kRows = KD / 8;  // rows per thread
+  using Sm = ScanSmem<KD, BUFS>;
+  constexpr int kGroups = 256 / kScanBV;  // row groups
+  constexpr int kRows = KD / kGroups;     // rows per thread
   extern __shared__ __align__(128) unsigned char smem_raw[];
   Sm& sm = *reinterpret_cast<Sm*>(smem_raw);
   const int tid = threadIdx.x, jc = tid % kScanBV, r0 = tid / kScanBV;
@@ -41,6 +46,19 @@ __global__ void __launch_bounds__(256) cp_scan_kernel(FwdArgs a) {
   const int h = static_cast<int>(blockIdx.x % a.Hv);
   const int v0 = static_cast<int>((blockIdx.x / a.Hv) % tiles) * kScanBV;
   const int64_t n = blockIdx.x / (static_cast<int64_t>(tiles) * a.Hv);
+  const int64_t g0 = a.seg_offsets[n], ns = a.seg_offsets[n + 1] - g0;
+  const int ldE = a.V + a.K;
+  auto end_state = [&](int64_t j) { return a.cp_end + ((g0 + j) * a.Hv + h) * int64_t(a.K) * ldE; };
+  // M of segment j into buffer b (asynchronous: one commit group).
+  auto fetch_m = [&](int64_t j, int b) {
+    const float* E = end_state(j);
+    for (int e = tid; e < KD * KD / 4; e += 256) {
+      const int i = e / (KD / 4), k4 = (e % (KD / 4)) * 4;
+      device::cp_async_16(&sm.m[b][i * Sm::kLdM + k4], &E[static_cast<int64_t>(i) * ldE + a.V + k4], true);
+    }
+    device::cp_async_commit();
+  };
+  if (ns > 1) fetch_m(0, 0);
 
   // The sequence's initial state, exactly as the sequential recurrence would read it.
   const StateIO io = state_io(a, n);
@@ -50,37 +68,37 @@ __global__ void __launch_bounds__(256) cp_scan_kernel(FwdArgs a) {
   }
   __syncthreads();
 
-  const int64_t g0 = a.seg_offsets[n], ns = a.seg_offsets[n + 1] - g0;
-  const int ldE = a.V + a.K;
   for (int64_t j = 0; j < ns; ++j) {
-    const int64_t g = g0 + j;
-    float* start = a.cp_h0 + (g * a.Hv + h) * int64_t(a.K) * a.V;
+    float* start = a.cp_h0 + ((g0 + j) * a.Hv + h) * int64_t(a.K) * a.V;
     for (int e = tid; e < KD * kScanBV; e += 256)
       start[static_cast<int64_t>(e / kScanBV) * a.V + v0 + e % kScanBV] = sm.s[e];
     if (j == ns - 1) break;
-    const float* E = a.cp_end + (g * a.Hv + h) * int64_t(a.K) * ldE;
-    for (int e = tid; e < KD * KD / 4; e += 256) {
-      const int i = e / (KD / 4), k4 = (e % (KD / 4)) * 4;
-      *reinterpret_cast<float4*>(&sm.m[i * Sm::kLdM + k4]) =
-          *reinterpret_cast<const float4*>(&E[static_cast<int64_t>(i) * ldE + a.V + k4]);
-    }
-    __syncthreads();
+    const int b = BUFS == 2 ? static_cast<int>(j & 1) : 0;
+    const float* E = end_state(j);
     float acc[kRows];
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) acc[r] = E[static_cast<int64_t>(r0 + 8 * r) * ldE + v0 + jc];  // S_loc
+    for (int r = 0; r < kRows; ++r) acc[r] = E[static_cast<int64_t>(r0 + kGroups * r) * ldE + v0 + jc];  // S_loc
+    if (BUFS == 2 && j + 2 < ns) {
+      fetch_m(j + 1, b ^ 1);  // in flight during this step (its buffer was released by the last barrier)
+      device::cp_async_wait<1>();
+    } else {
+      device::cp_async_wait<0>();
+    }
+    __syncthreads();  // M_j visible to every thread
 #pragma unroll 4
     for (int k4 = 0; k4 < KD; k4 += 4) {
       const float s0 = sm.s[(k4 + 0) * kScanBV + jc], s1 = sm.s[(k4 + 1) * kScanBV + jc];
       const float s2 = sm.s[(k4 + 2) * kScanBV + jc], s3 = sm.s[(k4 + 3) * kScanBV + jc];
 #pragma unroll
       for (int r = 0; r < kRows; ++r) {
-        const float4 m = *reinterpret_cast<const float4*>(&sm.m[(r0 + 8 * r) * Sm::kLdM + k4]);
+        const float4 m = *reinterpret_cast<const float4*>(&sm.m[b][(r0 + kGroups * r) * Sm::kLdM + k4]);
         acc[r] = fmaf(m.x, s0, fmaf(m.y, s1, fmaf(m.z, s2, fmaf(m.w, s3, acc[r]))));
       }
     }
-    __syncthreads();  // every thread is done reading S and M
+    __syncthreads();  // every thread is done reading S and M_j
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) sm.s[(r0 + 8 * r) * kScanBV + jc] = acc[r];
+    for (int r = 0; r < kRows; ++r) sm.s[(r0 + kGroups * r) * kScanBV + jc] = acc[r];
+    if (BUFS == 1 && j + 2 < ns) fetch_m(j + 1, 0);  // one buffer: M_{j+1} only now
     __syncthreads();
   }
 }

