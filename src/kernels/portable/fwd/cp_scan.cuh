@@ -9,12 +9,14 @@
 //     for each segment g of the sequence:  cp_h0[g] = S;  if g is not the last:  S = M_g S + S_loc_g
 // in fp32, fixed summation order (deterministic). The final pass then starts every segment from cp_h0.
 //
-// Grid N * Hv * (V / 16) (head fastest); 256 threads; thread t owns column t % 16 of rows t / 16 + 16 r.
-// Shared memory: BUFS x M_g (K, K + 4) fp32 (rows read as float4 broadcasts), S (K, 16) fp32: 140 KB for
-// K = 128 and two buffers (M_{g+1} is fetched by cp.async while M_g S is formed), 74 KB with one.
+// Grid N * Hv * (V / 8) (head fastest); 256 threads; thread t owns column t % 8 of rows t / 8 + 32 r.
+// Shared memory: BUFS x M_g (K, K + 4) fp32 (rows read as float4 broadcasts), S (K, 8) fp32: 136 KB for
+// K = 128 and two buffers (M_{g+1} is fetched by cp.async while M_g S is formed), 70 KB with one.
+// S_loc of the next segment is loaded into registers during the current step.
 // Barriers: __syncthreads only.
 // NOTE: H100, 2/8 1x8192, 8 segments: the first form (32 columns per CTA, M loaded by plain loads, one
-// buffer) took 82 us, ~10 us a segment, most of it the serialised 64 KB load of M per step.
+// buffer) took 82 us, ~10 us a segment, most of it the serialised 64 KB load of M per step; 16 columns
+// with M by cp.async, double-buffered: 42 us.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -25,13 +27,13 @@
 
 namespace flashgdn::portable {
 
-inline constexpr int kScanBV = 16;
+inline constexpr int kScanBV = 8;
 
 template <int KD, int BUFS>
 struct ScanSmem {
   static constexpr int kLdM = KD + 4;
   float m[BUFS][KD * kLdM];  // (K, K) M_g
-  float s[KD * kScanBV];     // (K, 16) S
+  float s[KD * kScanBV];     // (K, 8) S
 };
 
 template <int KD, int BUFS>
@@ -68,16 +70,24 @@ __global__ void __launch_bounds__(256) cp_scan_kernel(FwdArgs a) {
   }
   __syncthreads();
 
+  // S_loc of segment j, this thread's elements.
+  auto load_sloc = [&](int64_t j, float (&x)[kRows]) {
+    const float* E = end_state(j);
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) x[r] = E[static_cast<int64_t>(r0 + kGroups * r) * ldE + v0 + jc];
+  };
+  float next[kRows];
+  if (ns > 1) load_sloc(0, next);
   for (int64_t j = 0; j < ns; ++j) {
     float* start = a.cp_h0 + ((g0 + j) * a.Hv + h) * int64_t(a.K) * a.V;
     for (int e = tid; e < KD * kScanBV; e += 256)
       start[static_cast<int64_t>(e / kScanBV) * a.V + v0 + e % kScanBV] = sm.s[e];
     if (j == ns - 1) break;
     const int b = BUFS == 2 ? static_cast<int>(j & 1) : 0;
-    const float* E = end_state(j);
     float acc[kRows];
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) acc[r] = E[static_cast<int64_t>(r0 + kGroups * r) * ldE + v0 + jc];  // S_loc
+    for (int r = 0; r < kRows; ++r) acc[r] = next[r];
+    if (j + 2 < ns) load_sloc(j + 1, next);  // in flight during this step
     if (BUFS == 2 && j + 2 < ns) {
       fetch_m(j + 1, b ^ 1);  // in flight during this step (its buffer was released by the last barrier)
       device::cp_async_wait<1>();
