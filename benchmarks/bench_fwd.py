@@ -157,7 +157,7 @@ VARIANT_ENV = {"cp_on": ("on", {}), "cp_off": ("off", {}),
                "sm90": ("off", {"FLASHGDN_EXPERIMENTAL_SM90": "1"})}
 
 
-def time_variant(timer, var, q, k, v, g, beta, h0, cu):
+def time_variant(timer, var, q, k, v, g, beta, h0, cu, cu_cpu):
     """Graph-replay median of one FlashGDN variant; the environment switches are set only meanwhile
     (the library reads them on every call, also while a graph is captured)."""
     cp, env = VARIANT_ENV[var]
@@ -165,7 +165,8 @@ def time_variant(timer, var, q, k, v, g, beta, h0, cu):
     os.environ.update(env)
     try:
         return timer.graph(lambda: flashgdn.chunk_gated_delta_rule(
-            q, k, v, g, beta, initial_state=h0, output_final_state=True, cu_seqlens=cu, cp=cp))
+            q, k, v, g, beta, initial_state=h0, output_final_state=True, cu_seqlens=cu, cu_seqlens_cpu=cu_cpu,
+            cp=cp))
     finally:
         for key, val in saved.items():
             if val is None:
@@ -212,7 +213,8 @@ def main():
         "copy_bandwidth_GBps": bw / 1e9, "bf16_matmul_TFLOPs": rate / 1e12,
         "timing": f"median of {args.reps} runs, L2 flushed before each (512 MiB write); CUDA events; "
                   "'graph' = replay of a captured single call, 'eager' = direct call",
-        "inputs": "packed varlen, int32 cu_seqlens, q/k l2-normalised bf16, v bf16, g = logsigmoid(randn)/16 fp32, "
+        "inputs": "packed varlen, int32 cu_seqlens (+ its int64 host copy as cu_seqlens_cpu for both libraries), "
+                  "q/k l2-normalised bf16, v bf16, g = logsigmoid(randn)/16 fp32, "
                   "beta = sigmoid(randn) fp32, fp32 h0, output_final_state=True, K = V = 128",
         "published": "flashqla_h200_ms / flashinfer_h200_ms from FlashQLA's H200 table (fla 0.5.1 there); "
                      "their speedups are relative to the FLA time in that same table",
@@ -240,22 +242,26 @@ def main():
             row = {"name": name, "hqk": hqk, "hv": hv, "seqlens": sl, "floor_ms": fl, "flops": flops,
                    "bytes": nbytes}
 
+            # Both libraries get the host copy of cu_seqlens, as engines pass it (FLA: cu_seqlens_cpu and
+            # chunk_indices; FlashGDN plans its V slice and context parallelism from it).
+            cu_cpu = cu.long().cpu()
+
             def gdn():
                 return flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True,
-                                                       cu_seqlens=cu, cp=args.cp)
+                                                       cu_seqlens=cu, cu_seqlens_cpu=cu_cpu, cp=args.cp)
             row["flashgdn_graph_ms"] = timer.graph(gdn)
             row["flashgdn_eager_ms"] = timer.eager(gdn)
             row["flashgdn_ms"] = row["flashgdn_graph_ms"]
             o_gdn, ht_gdn = gdn()
             for var in [x for x in args.variants.split(",") if x]:
-                row[f"flashgdn_{var}_graph_ms"] = time_variant(timer, var, q, k, v, g, beta, h0, cu)
+                row[f"flashgdn_{var}_graph_ms"] = time_variant(timer, var, q, k, v, g, beta, h0, cu, cu_cpu)
             if fla_gdr is not None:
                 cu64 = cu.long()
                 ci = prep_ci(cu64, 64)
 
                 def fla():
                     return fla_gdr(q, k, v, g, beta, initial_state=h0, output_final_state=True, cu_seqlens=cu64,
-                                   chunk_indices=ci)
+                                   cu_seqlens_cpu=cu_cpu, chunk_indices=ci)
                 try:
                     row["fla_graph_ms"] = timer.graph(fla)
                     row["fla_ms"] = row["fla_graph_ms"]

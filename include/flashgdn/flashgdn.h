@@ -100,6 +100,10 @@ typedef enum flashgdn_cp_mode {
  *   state_indices   [N]              int32 | int64, optional: slot of each sequence in the pool;
  *                   -1 (or any value outside [0, P)) = start from zeros and write nothing back.
  *   has_initial_state [N]            bool, optional: false = start from zeros (still written back).
+ *   cu_seqlens_host [N + 1]          int32 | int64, host memory, optional: a host copy of cu_seqlens
+ *                   (as FLA's cu_seqlens_cpu). Used only to plan (V slice, context parallelism) from the
+ *                   real lengths; never read by a kernel, so it does not affect results, only speed.
+ *                   Checked (starts at 0, non-decreasing, ends <= T) and read during the call only.
  * N is the number of sequences: len(cu_seqlens) - 1, or B.
  */
 typedef struct flashgdn_chunk_fwd_params {
@@ -117,6 +121,7 @@ typedef struct flashgdn_chunk_fwd_params {
   int32_t check_inputs;   /* nonzero: validate device contents (synchronises; not graph-capturable) */
   int32_t cp_mode;        /* flashgdn_cp_mode_t: auto (cost model), on, off */
   int32_t reserved0;
+  flashgdn_tensor_t cu_seqlens_host; /* optional host copy of cu_seqlens (planning only; see above) */
 } flashgdn_chunk_fwd_params_t;
 
 /*

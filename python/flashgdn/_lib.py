@@ -60,6 +60,7 @@ class FwdParams(ctypes.Structure):
         ("check_inputs", ctypes.c_int32),
         ("cp_mode", ctypes.c_int32),
         ("reserved0", ctypes.c_int32),
+        ("cu_seqlens_host", Tensor),
     ]
 
 

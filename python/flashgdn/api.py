@@ -52,8 +52,9 @@ def chunk_gated_delta_rule(
             (docs/design.md §5.1).
 
     FLA compatibility (keyword-only): ``use_beta_sigmoid_in_kernel`` (beta are logits: sigmoid applied
-    first), ``allow_neg_eigval`` (with it, ``2 * sigmoid(beta)``), ``cu_seqlens_cpu`` and ``chunk_indices``
-    (accepted and unused: nothing here needs them), ``transpose_state_layout`` (FLA's deprecated name of
+    first), ``allow_neg_eigval`` (with it, ``2 * sigmoid(beta)``), ``cu_seqlens_cpu`` (a host copy of
+    cu_seqlens: used only to plan the V slice and context parallelism from the real lengths, never for
+    results), ``chunk_indices`` (accepted and unused), ``transpose_state_layout`` (FLA's deprecated name of
     ``state_v_first``). ``cp_context`` (FLA's multi-GPU context parallelism) and ``head_first`` are
     rejected with an error, as are unknown keyword arguments.
 
@@ -70,7 +71,7 @@ def chunk_gated_delta_rule(
         raise TypeError(f"flashgdn: unexpected keyword arguments {sorted(kwargs)}")
     if cp_context is not None:
         raise NotImplementedError("flashgdn: 'cp_context' (FLA's multi-GPU context parallelism) is not supported")
-    del cu_seqlens_cpu, chunk_indices  # accepted for drop-in compatibility; not needed
+    del chunk_indices  # accepted for drop-in compatibility; not needed
     if use_beta_sigmoid_in_kernel:
         beta = beta.float().sigmoid().to(beta.dtype) * (2.0 if allow_neg_eigval else 1.0)
     elif allow_neg_eigval:
@@ -90,8 +91,10 @@ def chunk_gated_delta_rule(
             raise ValueError("flashgdn: 'output_final_state' must be False with 'state_indices': final states are "
                              "written back into the 'initial_state' pool in place")
         o = chunk_fwd_pool_op(q, k, v, g, beta, float(scale), initial_state, state_indices, cu_seqlens,
-                              has_initial_state, bool(use_qk_l2norm_in_kernel), bool(state_v_first), cp_mode)
+                              has_initial_state, bool(use_qk_l2norm_in_kernel), bool(state_v_first), cp_mode,
+                              cu_seqlens_cpu)
         return o, None
     o, ht = chunk_fwd_op(q, k, v, g, beta, float(scale), initial_state, bool(output_final_state), cu_seqlens,
-                         has_initial_state, bool(use_qk_l2norm_in_kernel), bool(state_v_first), cp_mode)
+                         has_initial_state, bool(use_qk_l2norm_in_kernel), bool(state_v_first), cp_mode,
+                         cu_seqlens_cpu)
     return o, (ht if output_final_state else None)

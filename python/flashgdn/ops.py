@@ -67,12 +67,17 @@ def _fill_params(p, q, named, scale, l2norm, v_first):
 
 
 def _launch_fwd(q, k, v, g, beta, o, scale, initial_state, final_state, cu_seqlens, state_indices,
-                has_initial_state, l2norm, v_first, cp_mode):
+                has_initial_state, l2norm, v_first, cp_mode, cu_seqlens_cpu=None):
     named = (("q", q), ("k", k), ("v", v), ("g", g), ("beta", beta), ("o", o), ("initial_state", initial_state),
              ("final_state", final_state), ("cu_seqlens", cu_seqlens), ("state_indices", state_indices),
              ("has_initial_state", has_initial_state))
     p = _fill_params(_lib.new_fwd_params(), q, named, scale, l2norm, v_first)
     p.cp_mode = int(cp_mode)
+    if cu_seqlens_cpu is not None and q.device.type != "cpu":
+        # Planning only (V slice, context parallelism from the real lengths); read during this call.
+        if cu_seqlens_cpu.device.type != "cpu":
+            raise ValueError(f"flashgdn: argument 'cu_seqlens_cpu' is on {cu_seqlens_cpu.device}, expected the CPU")
+        p.cu_seqlens_host = from_torch(cu_seqlens_cpu, "cu_seqlens_cpu")
     if q.device.type == "cpu":
         _lib.check(_lib.lib.flashgdn_reference_fwd(ctypes.byref(p), _lib.REFERENCE_RECURRENT_FP64))
         return
@@ -83,7 +88,8 @@ def _launch_fwd(q, k, v, g, beta, o, scale, initial_state, final_state, cu_seqle
 def chunk_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
                  scale: float, initial_state: Optional[torch.Tensor], output_final_state: bool,
                  cu_seqlens: Optional[torch.Tensor], has_initial_state: Optional[torch.Tensor], l2norm: bool,
-                 v_first: bool, cp_mode: int) -> Tuple[torch.Tensor, torch.Tensor]:
+                 v_first: bool, cp_mode: int,
+                 cu_seqlens_cpu: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     o = torch.empty(v.shape, dtype=q.dtype, device=q.device)
     if output_final_state:
         n = _num_seqs(q, cu_seqlens)
@@ -92,13 +98,13 @@ def chunk_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Ten
     else:
         ht = torch.empty(0, dtype=_state_dtype(q), device=q.device)
     _launch_fwd(q, k, v, g, beta, o, scale, initial_state, ht if output_final_state else None, cu_seqlens, None,
-                has_initial_state, l2norm, v_first, cp_mode)
+                has_initial_state, l2norm, v_first, cp_mode, cu_seqlens_cpu)
     return o, ht
 
 
 @chunk_fwd_op.register_fake
 def _(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, has_initial_state, l2norm, v_first,
-      cp_mode):
+      cp_mode, cu_seqlens_cpu=None):
     o = q.new_empty(v.shape)
     if output_final_state:
         n = _num_seqs(q, cu_seqlens)
@@ -112,15 +118,16 @@ def _(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, ha
 def chunk_fwd_pool_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
                       scale: float, pool: torch.Tensor, state_indices: torch.Tensor,
                       cu_seqlens: Optional[torch.Tensor], has_initial_state: Optional[torch.Tensor], l2norm: bool,
-                      v_first: bool, cp_mode: int) -> torch.Tensor:
+                      v_first: bool, cp_mode: int, cu_seqlens_cpu: Optional[torch.Tensor] = None) -> torch.Tensor:
     o = torch.empty(v.shape, dtype=q.dtype, device=q.device)
     _launch_fwd(q, k, v, g, beta, o, scale, pool, None, cu_seqlens, state_indices, has_initial_state, l2norm,
-                v_first, cp_mode)
+                v_first, cp_mode, cu_seqlens_cpu)
     return o
 
 
 @chunk_fwd_pool_op.register_fake
-def _(q, k, v, g, beta, scale, pool, state_indices, cu_seqlens, has_initial_state, l2norm, v_first, cp_mode):
+def _(q, k, v, g, beta, scale, pool, state_indices, cu_seqlens, has_initial_state, l2norm, v_first, cp_mode,
+      cu_seqlens_cpu=None):
     return q.new_empty(v.shape)
 
 
@@ -167,7 +174,7 @@ def _(q, k, v, g, beta, scale, initial_state, cu_seqlens, do, dht, l2norm, v_fir
 
 def _fwd_setup_context(ctx, inputs, output):
     (q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, has_initial_state, l2norm, v_first,
-     cp_mode) = inputs
+     cp_mode, cu_seqlens_cpu) = inputs
     if initial_state is not None and has_initial_state is not None:
         # Sequences whose mask is False start from zeros: their initial state takes no part in the result.
         mask = has_initial_state.view(-1, *([1] * (initial_state.dim() - 1)))
@@ -193,7 +200,7 @@ def _fwd_backward(ctx, do, dht):
         if mask is not None:
             dh0 = torch.where(mask, dh0, torch.zeros_like(dh0))
         dh0 = dh0.to(ctx.initial_state_dtype)
-    return dq, dk, dv, dg, dbeta, None, dh0, None, None, None, None, None, None
+    return dq, dk, dv, dg, dbeta, None, dh0, None, None, None, None, None, None, None
 
 
 chunk_fwd_op.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
@@ -204,11 +211,12 @@ def _default_scale(q: torch.Tensor, scale: Optional[float]) -> float:
 
 
 def chunk_fwd(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
-              use_qk_l2norm_in_kernel=False, state_v_first=False, has_initial_state=None, cp="auto"):
+              use_qk_l2norm_in_kernel=False, state_v_first=False, has_initial_state=None, cp="auto",
+              cu_seqlens_cpu=None):
     """Low-level forward without autograd bookkeeping: returns ``(o, final_state or None)``."""
     o, ht = chunk_fwd_op(q, k, v, g, beta, _default_scale(q, scale), initial_state, bool(output_final_state),
                          cu_seqlens, has_initial_state, bool(use_qk_l2norm_in_kernel), bool(state_v_first),
-                         _lib.CP_MODES[cp])
+                         _lib.CP_MODES[cp], cu_seqlens_cpu)
     return o, (ht if output_final_state else None)
 
 

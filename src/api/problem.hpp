@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "flashgdn/flashgdn.h"
 
@@ -30,6 +31,8 @@ struct Problem {
   double scale64 = 0.0;      // the same in fp64 (the reference uses it)
   flashgdn_dtype_t io_dtype = FLASHGDN_DTYPE_BFLOAT16;  // q/k/v/o
   flashgdn_dtype_t beta_dtype = FLASHGDN_DTYPE_FLOAT32;
+  // Chunks per sequence from cu_seqlens_host (empty: lengths unknown on the host). Planning only.
+  std::vector<int64_t> seq_chunks;
 
   // Upper bound on the number of 64-token chunks over all sequences: ceil(T_total/64) + N.
   int64_t max_chunks() const { return (B * T + 63) / 64 + N; }

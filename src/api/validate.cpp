@@ -6,6 +6,7 @@
 #include <string>
 #include <utility>
 
+#include "api/dispatch.hpp"
 #include "api/error.hpp"
 #include "api/problem.hpp"
 #include "api/tensor.hpp"
@@ -286,6 +287,40 @@ flashgdn_status_t check_state(Checker& c, const flashgdn_tensor_t& t, const char
   return c.state_layout(t, name);
 }
 
+// cu_seqlens_host: a host copy of cu_seqlens used only for planning; checked like any input.
+flashgdn_status_t read_host_seqlens(const flashgdn_chunk_fwd_params_t* p, const char* fn, Problem* pr) {
+  const flashgdn_tensor_t& t = p->cu_seqlens_host;
+  if (p->cu_seqlens.data == nullptr)
+    return fail(FLASHGDN_ERROR_INVALID_ARGUMENT, "%s: argument 'cu_seqlens_host' requires 'cu_seqlens'", fn);
+  if (t.ndim != 1 || t.shape[0] != pr->N + 1)
+    return fail(FLASHGDN_ERROR_INVALID_ARGUMENT, "%s: argument 'cu_seqlens_host' must have shape [N + 1] = [%lld]", fn,
+                static_cast<long long>(pr->N + 1));
+  if (t.dtype != FLASHGDN_DTYPE_INT32 && t.dtype != FLASHGDN_DTYPE_INT64)
+    return fail(FLASHGDN_ERROR_INVALID_ARGUMENT, "%s: argument 'cu_seqlens_host' must be int32 or int64", fn);
+  if (is_device_only_pointer(t.data))
+    return fail(FLASHGDN_ERROR_INVALID_ARGUMENT, "%s: argument 'cu_seqlens_host' is device memory; it must be a host copy",
+                fn);
+  auto at = [&](int64_t i) -> int64_t {
+    return t.dtype == FLASHGDN_DTYPE_INT64 ? static_cast<const int64_t*>(t.data)[i * t.stride[0]]
+                                           : static_cast<const int32_t*>(t.data)[i * t.stride[0]];
+  };
+  pr->seq_chunks.resize(static_cast<size_t>(pr->N));
+  int64_t prev = at(0);
+  if (prev != 0)
+    return fail(FLASHGDN_ERROR_INVALID_ARGUMENT, "%s: argument 'cu_seqlens_host'[0] = %lld, expected 0", fn,
+                static_cast<long long>(prev));
+  for (int64_t n = 0; n < pr->N; ++n) {
+    const int64_t next = at(n + 1);
+    if (next < prev || next > pr->T)
+      return fail(FLASHGDN_ERROR_INVALID_ARGUMENT,
+                  "%s: argument 'cu_seqlens_host'[%lld] = %lld: offsets must be non-decreasing and <= T = %lld", fn,
+                  static_cast<long long>(n + 1), static_cast<long long>(next), static_cast<long long>(pr->T));
+    pr->seq_chunks[static_cast<size_t>(n)] = (next - prev + 63) / 64;
+    prev = next;
+  }
+  return FLASHGDN_SUCCESS;
+}
+
 }  // namespace
 
 flashgdn_status_t validate_fwd(const flashgdn_chunk_fwd_params_t* p, Target target, const char* fn, Problem* pr) {
@@ -342,6 +377,7 @@ flashgdn_status_t validate_fwd(const flashgdn_chunk_fwd_params_t* p, Target targ
                              {FLASHGDN_DTYPE_FLOAT32, FLASHGDN_DTYPE_BFLOAT16}));
     FLASHGDN_TRY(c.non_overlapping(p->final_state, "final_state"));
   }
+  if (p->cu_seqlens_host.data != nullptr) FLASHGDN_TRY(read_host_seqlens(p, fn, pr));
   return FLASHGDN_SUCCESS;
 }
 

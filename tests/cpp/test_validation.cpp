@@ -4,7 +4,9 @@
 
 #include <cmath>
 #include <functional>
+#include <initializer_list>
 #include <string>
+#include <vector>
 
 #include "flashgdn/flashgdn.hpp"
 
@@ -12,6 +14,13 @@ namespace {
 
 alignas(256) unsigned char g_arena[1 << 12];
 void* ptr(size_t off = 0) { return g_arena + off; }
+
+// A host int32 copy of cu_seqlens (storage lives for the test binary: the cases are static).
+flashgdn_tensor_t host_cu(std::initializer_list<int32_t> v) {
+  static std::vector<std::vector<int32_t>> keep;
+  keep.emplace_back(v);
+  return flashgdn::tensor(keep.back().data(), FLASHGDN_DTYPE_INT32, {static_cast<int64_t>(v.size())});
+}
 
 // A valid Qwen-shaped GPU problem: B=1, T=100, Hqk=2, Hv=6 (GVA 3), K=V=128, varlen N=3, fp32 state.
 flashgdn::ChunkFwdParams valid_fwd() {
@@ -140,7 +149,22 @@ INSTANTIATE_TEST_SUITE_P(
         FwdCase{"mask_without_state", [](P& p) { p.initial_state.data = nullptr; p.has_initial_state = flashgdn::tensor(ptr(), FLASHGDN_DTYPE_BOOL, {3}); }, kBad,
                 "argument 'has_initial_state' requires 'initial_state'"},
         FwdCase{"scale_nan", [](P& p) { p.scale = NAN; }, kBad, "argument 'scale' must be finite"},
-        FwdCase{"cp_mode", [](P& p) { p.cp_mode = 7; }, kBad, "argument 'cp_mode' = 7"}),
+        FwdCase{"cp_mode", [](P& p) { p.cp_mode = 7; }, kBad, "argument 'cp_mode' = 7"},
+        FwdCase{"cu_seqlens_host_shape", [](P& p) { p.cu_seqlens_host = host_cu({0, 10, 100}); }, kBad,
+                "argument 'cu_seqlens_host' must have shape [N + 1] = [4]"},
+        FwdCase{"cu_seqlens_host_first", [](P& p) { p.cu_seqlens_host = host_cu({5, 10, 20, 100}); }, kBad,
+                "argument 'cu_seqlens_host'[0] = 5, expected 0"},
+        FwdCase{"cu_seqlens_host_order", [](P& p) { p.cu_seqlens_host = host_cu({0, 50, 20, 100}); }, kBad,
+                "argument 'cu_seqlens_host'[2] = 20: offsets must be non-decreasing and <= T = 100"},
+        FwdCase{"cu_seqlens_host_past_t", [](P& p) { p.cu_seqlens_host = host_cu({0, 10, 20, 101}); }, kBad,
+                "argument 'cu_seqlens_host'[3] = 101"},
+        FwdCase{"cu_seqlens_host_alone",
+                [](P& p) {
+                  p.cu_seqlens = flashgdn_tensor_t{};
+                  p.initial_state.data = p.final_state.data = nullptr;
+                  p.cu_seqlens_host = host_cu({0, 100});
+                },
+                kBad, "argument 'cu_seqlens_host' requires 'cu_seqlens'"}),
     [](const ::testing::TestParamInfo<FwdCase>& i) { return std::string(i.param.name); });
 
 TEST(Validation, NullParamsAndBytes) {
@@ -173,6 +197,10 @@ TEST(Validation, ValidProblemsPass) {
   p.initial_state.shape[0] = 5;
   p.state_indices = flashgdn::tensor(ptr(), FLASHGDN_DTYPE_INT64, {3});
   p.has_initial_state = flashgdn::tensor(ptr(), FLASHGDN_DTYPE_BOOL, {3});
+  EXPECT_EQ(flashgdn_chunk_fwd_workspace_size(&p, &bytes), FLASHGDN_SUCCESS) << flashgdn_get_last_error();
+  // A host copy of cu_seqlens (planning only), int64 like FLA's cu_seqlens_cpu.
+  static const int64_t cu_host[4] = {0, 30, 30, 100};
+  p.cu_seqlens_host = flashgdn::tensor(const_cast<int64_t*>(cu_host), FLASHGDN_DTYPE_INT64, {4});
   EXPECT_EQ(flashgdn_chunk_fwd_workspace_size(&p, &bytes), FLASHGDN_SUCCESS) << flashgdn_get_last_error();
   flashgdn::ChunkBwdParams b = valid_bwd();
   EXPECT_EQ(flashgdn_chunk_bwd_workspace_size(&b, &bytes), FLASHGDN_SUCCESS) << flashgdn_get_last_error();

@@ -164,6 +164,22 @@ def test_check_mode_reports_positive_g(monkeypatch):
         flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, cu_seqlens=cu)
 
 
+def test_cu_seqlens_cpu_plans_only():
+    """The host copy of cu_seqlens steers only the plan (V slice, context parallelism), never the results;
+    a wrong copy is refused."""
+    q, k, v, g, beta, cu, h0 = inputs([1000, 64, 1, 0, 200])
+    cu_cpu = cu.long().cpu()
+    o, ht = flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True,
+                                            cu_seqlens=cu, cu_seqlens_cpu=cu_cpu)
+    o_ref, ht_ref = flashgdn.chunk_gated_delta_rule(*cpu(q, k, v, g, beta), initial_state=h0.cpu(),
+                                                    output_final_state=True, cu_seqlens=cu.cpu())
+    assert rel(o, o_ref) <= 1e-2 and rel(ht, ht_ref) <= 1e-2
+    bad = cu_cpu.clone()
+    bad[2] = bad[1] - 1
+    with pytest.raises(flashgdn.FlashGDNError, match=r"argument 'cu_seqlens_host'\[2\]"):
+        flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, cu_seqlens=cu, cu_seqlens_cpu=bad)
+
+
 def test_cp_bad_value_is_refused():
     q, k, v, g, beta, cu, h0 = inputs([300])
     with pytest.raises(ValueError, match="cp"):

@@ -15,20 +15,52 @@ size_t align_up(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
 }  // namespace
 
+namespace {
+
+// Chunks of the longest sequence and of all sequences: from cu_seqlens_host when given, else equal
+// lengths (T_total / N each: the best case for the sequential recurrence).
+struct Lengths {
+  int64_t longest, total;
+};
+Lengths lengths(const Problem& pr) {
+  if (!pr.seq_chunks.empty()) {
+    Lengths l{0, 0};
+    for (int64_t c : pr.seq_chunks) {
+      l.longest = std::max(l.longest, c);
+      l.total += c;
+    }
+    return l;
+  }
+  const int64_t chunks_total = (pr.B * pr.T + kChunk - 1) / kChunk;
+  const int64_t per_seq = std::max<int64_t>(1, (chunks_total + pr.N - 1) / pr.N);
+  return {per_seq, per_seq * pr.N};
+}
+
+// Sequential recurrence, one CTA per SM, longest sequence first: the longest sequence's CTAs in whole
+// waves, or all the work spread over the SMs, whichever is longer.
+// NOTE: H100, 8/32 28672+4096: BV = 32 2.05 ms vs BV = 64 2.35 ms (cd5b8bc), which the equal-length
+// estimate got backwards; the lengths come from cu_seqlens_host.
+double sequential_cost(const Problem& pr, int bv, int sms) {
+  const Lengths l = lengths(pr);
+  const int64_t per_seq_ctas = pr.Hv * (pr.V / bv);
+  const double long_waves = static_cast<double>((per_seq_ctas + sms - 1) / sms);
+  const double spread = static_cast<double>(l.total) * per_seq_ctas / sms;
+  return std::max(static_cast<double>(l.longest) * long_waves, spread) * chunk_time(bv);
+}
+
+}  // namespace
+
 int choose_bv(const Problem& pr, int num_sms) {
   // Narrow slices buy parallelism when sequences x heads cannot fill the GPU; wide slices do less
   // redundant Q/K/W traffic and fewer products per column when they can.
+  // NOTE: measured on H100 at 036f30d: fractional waves for N = 1 picked BV = 32 on 16/48 1x8192
+  // (192 CTAs, two full waves) and lost 19%: one sequence's CTAs count in whole waves.
   num_sms = std::max(1, num_sms);
   int best = 16;
   double best_cost = 1e300;
   for (int bv : {64, 32, 16}) {
     if (bv > pr.V) continue;
-    const int64_t ctas = pr.N * pr.Hv * (pr.V / bv);
-    // NOTE: measured on H100 at 036f30d: fractional waves for N = 1 picked BV = 32 on 16/48 1x8192
-    // (192 CTAs, two full waves) and lost 19%.
-    const double waves = pr.N == 1 ? static_cast<double>((ctas + num_sms - 1) / num_sms)
-                                   : std::max(1.0, static_cast<double>(ctas) / num_sms);
-    const double cost = waves * chunk_time(bv);
+    const double cost = sequential_cost(pr, bv, num_sms);
     if (cost < best_cost - 1e-9) {
       best_cost = cost;
       best = bv;
@@ -42,31 +74,41 @@ CpPlan cp_plan(const Problem& pr, int num_sms) {
   if (pr.N == 0 || pr.cp_mode == FLASHGDN_CP_OFF) return p;
   num_sms = std::max(0, num_sms);
   const int64_t chunks_total = (pr.B * pr.T + kChunk - 1) / kChunk;
-  const int64_t per_seq = std::max<int64_t>(1, (chunks_total + pr.N - 1) / pr.N);  // lengths are on the device
-  const int64_t units = pr.N * pr.Hv * std::max<int64_t>(1, pr.V / kCpBv);
-  // Segments per sequence: the final pass (units CTAs per segment) should fit one wave.
-  const int64_t segs = std::max<int64_t>(2, num_sms / units);
+  const int64_t per_seq = std::max<int64_t>(1, (chunks_total + pr.N - 1) / pr.N);
+  const int64_t units = pr.Hv * std::max<int64_t>(1, pr.V / kCpBv);  // final-pass CTAs per segment
+  // Segments per sequence (of the average length): the final pass should fit one wave.
+  const int64_t segs = std::max<int64_t>(2, num_sms / (pr.N * units));
   const int seg_chunks = static_cast<int>(std::max<int64_t>(1, (per_seq + segs - 1) / segs));
   if (pr.cp_mode == FLASHGDN_CP_AUTO) {
     // Cost model (whole waves; one CTA per SM): sequential recurrence vs transition pass + scan + final pass.
-    const int sms = std::max(1, num_sms);
-    auto waves = [&](int64_t ctas) { return static_cast<double>((ctas + sms - 1) / sms); };
-    const int bv = choose_bv(pr, sms);
-    const double seq = waves(pr.N * pr.Hv * (pr.V / bv)) * per_seq * chunk_time(bv);
-    const int64_t nseg = (per_seq + seg_chunks - 1) / seg_chunks;
     // NOTE: calibrated on H100 (2/8 1x8192, 16-chunk segments): the transition pass (no output work) took
     // 0.75 x a chunk per chunk, the final pass 1 x, each plus about one chunk of pipeline fill; the scan
-    // ~3 us a segment. Lengths are unknown on the host: the sequential side assumes equal lengths, its
-    // best case, so CP is taken only where it wins even then.
+    // ~4 us a segment. Without cu_seqlens_host the sequential side assumes equal lengths, its best case,
+    // so CP is taken only where it wins even then.
+    const int sms = std::max(1, num_sms);
+    auto waves = [&](int64_t ctas) { return static_cast<double>((ctas + sms - 1) / sms); };
+    const double seq = sequential_cost(pr, choose_bv(pr, sms), sms);
+    int64_t segments = 0, transitions = 0, longest_chain = 0;
+    auto add = [&](int64_t count, int64_t chunks) {
+      const int64_t ns = segments_of(chunks, seg_chunks);
+      segments += count * ns;
+      transitions += count * (ns - 1);
+      longest_chain = std::max(longest_chain, ns - 1);
+    };
+    if (!pr.seq_chunks.empty()) {
+      for (int64_t c : pr.seq_chunks) add(1, c);
+    } else {
+      add(pr.N, per_seq);
+    }
     const double pass1 =
-        waves((nseg - 1) * pr.N * pr.Hv * ((pr.V + pr.K) / kCpBv)) * (seg_chunks + 1) * 0.75 * chunk_time(kCpBv);
-    const double pass3 = waves(nseg * units) * (seg_chunks + 1) * chunk_time(kCpBv);
-    const double scan = 3.0 * (nseg - 1);
-    if (nseg < 2 || pass1 + pass3 + scan > 0.9 * seq) return p;
+        waves(transitions * pr.Hv * ((pr.V + pr.K) / kCpBv)) * (seg_chunks + 1) * 0.75 * chunk_time(kCpBv);
+    const double pass3 = waves(segments * units) * (seg_chunks + 1) * chunk_time(kCpBv);
+    const double scan = 4.0 * longest_chain;
+    if (transitions == 0 || pass1 + pass3 + scan > 0.9 * seq) return p;
   }
   p.on = true;
   p.seg_chunks = seg_chunks;
-  // Sum over sequences of max(1, ceil(c_n / L)) <= N + sum c_n / L <= N + max_chunks / L.
+  // Sum over sequences of max(1, ceil(c_n / L)) <= N + sum c_n / L <= N + max_chunks / L: any lengths.
   p.g_max = pr.N + (pr.max_chunks() + p.seg_chunks - 1) / p.seg_chunks;
   return p;
 }

@@ -1,6 +1,7 @@
 // Host-side planning of the portable forward: the recurrence's V slice (BV), intra-card context
-// parallelism (CP), and the workspace layout. Shapes and the SM count only (cu_seqlens lives on the
-// device), so the workspace query and the launch agree. Host-only (no CUDA): tests/cpp/test_plan.cpp.
+// parallelism (CP), and the workspace layout. From the shapes, the SM count and, when the caller passes
+// cu_seqlens_host, the sequence lengths (cu_seqlens itself lives on the device); the workspace query and
+// the launch see the same parameters, so they agree. Host-only (no CUDA): tests/cpp/test_plan.cpp.
 #pragma once
 
 #include <cstddef>
@@ -14,8 +15,8 @@ namespace flashgdn::portable {
 // 1.5 / 2.0 / 3.0 for BV = 16 / 32 / 64).
 inline double chunk_time(int bv) { return 1.0 + bv / 32.0; }
 
-// BV in {64, 32, 16} minimising waves x chunk_time (one CTA per SM; whole waves for one sequence,
-// fractional for several: the long sequences are dispatched first and short ones free their SMs).
+// BV in {64, 32, 16} minimising the sequential recurrence's time: max(longest sequence's chunks x its
+// CTAs' whole waves, all chunks x CTAs / SMs) x chunk_time (lengths from cu_seqlens_host, else equal).
 int choose_bv(const Problem& pr, int num_sms);
 
 // The V slice the CP passes use (the widest: the segments supply the parallelism).
