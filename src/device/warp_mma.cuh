@@ -65,51 +65,6 @@ __device__ __forceinline__ void warp_gemm(float (&acc)[MT][NT][4], const T* A, i
   }
 }
 
-// The same product with the k-steps split between two accumulator sets (even / odd k-steps), summed at
-// the end: twice the independent mma chains, half their length.
-// NOTE: for narrow products (MT x NT <= 4 chains) whose latency, not throughput, is on a critical path
-// (the recurrence's W S and Q S at BV <= 32). Sums in a different order than warp_gemm.
-template <int MT, int NT, int KSTEPS, Major AM, BMajor BM, class T>
-__device__ __forceinline__ void warp_gemm_split_k(float (&acc)[MT][NT][4], const T* A, int lda, int m0, const T* B,
-                                                  int ldb, int n0, int lane) {
-  static_assert(NT % 2 == 0 && KSTEPS % 2 == 0, "NT and KSTEPS must be even");
-  float acc2[MT][NT][4];
-#pragma unroll
-  for (int i = 0; i < MT; ++i)
-#pragma unroll
-    for (int j = 0; j < NT; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc2[i][j][e] = 0.f;
-  uint32_t a[2][MT][4];
-  uint32_t b[2][NT / 2][4];
-  auto load = [&](int ks, int buf) {
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) load_a<AM>(a[buf][mt], A, lda, m0 + mt * 16, ks * 16, lane);
-#pragma unroll
-    for (int np = 0; np < NT / 2; ++np) load_b2<BM>(b[buf][np], B, ldb, ks * 16, n0 + np * 16, lane);
-  };
-  load(0, 0);
-#pragma unroll
-  for (int ks = 0; ks < KSTEPS; ++ks) {
-    const int cur = ks & 1;
-    if (ks + 1 < KSTEPS) load(ks + 1, cur ^ 1);
-    float (&d)[MT][NT][4] = (ks & 1) ? acc2 : acc;
-#pragma unroll
-    for (int np = 0; np < NT / 2; ++np)
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        mma_16816<T>(d[mt][2 * np], a[cur][mt], b[cur][np][0], b[cur][np][1]);
-        mma_16816<T>(d[mt][2 * np + 1], a[cur][mt], b[cur][np][2], b[cur][np][3]);
-      }
-  }
-#pragma unroll
-  for (int i = 0; i < MT; ++i)
-#pragma unroll
-    for (int j = 0; j < NT; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[i][j][e] += acc2[i][j][e];
-}
-
 template <int MT, int NT>
 __device__ __forceinline__ void zero(float (&acc)[MT][NT][4]) {
 #pragma unroll

@@ -188,17 +188,6 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
   }
 
   const int m0 = (warp & 3) * 16;  // this warp's rows of every (64, .) tile
-  // (16, BV) += A[m0 : m0 + 16, 0 : K] x sS: W S (state warps) and Q S (output warps).
-  // NOTE: at BV <= 32 these are 2-4 mma chains of K / 16 = 8 steps on each chunk's critical path: split-k
-  // halves the chain length (FLASHGDN_SPLIT_K A/B switch, compile-time).
-  auto narrow_gemm = [&](float (&acc)[1][kNT][4], const T* A, const T* Sop) {
-#if FLASHGDN_SPLIT_K
-    if constexpr (kNT <= 4)
-      warp_gemm_split_k<1, kNT, KD / 16, Major::kMK, BMajor::kKN>(acc, A, Sm::kLdK, m0, Sop, Sm::kLdV, 0, lane);
-    else
-#endif
-      warp_gemm<1, kNT, KD / 16, Major::kMK, BMajor::kKN>(acc, A, Sm::kLdK, m0, Sop, Sm::kLdV, 0, lane);
-  };
   if (warp < kRecStateWarps) {
     // ================= state warps =================
     float S[kSM][kNT][4];  // (K/4, BV) fp32 per warp
@@ -253,7 +242,7 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
       {
         float acc[1][kNT][4];
         zero(acc);
-        narrow_gemm(acc, X.w, sm.s[b]);
+        warp_gemm<1, kNT, KD / 16, Major::kMK, BMajor::kKN>(acc, X.w, Sm::kLdK, m0, sm.s[b], Sm::kLdV, 0, lane);
         T* vn = sm.vn[b];
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
@@ -321,7 +310,7 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
     // O = scale exp(gamma) o rq o (Q S_c) + Pm vn_c.
     float acc[1][kNT][4];
     zero(acc);
-    narrow_gemm(acc, X.q, sm.s[b]);
+    warp_gemm<1, kNT, KD / 16, Major::kMK, BMajor::kKN>(acc, X.q, Sm::kLdK, m0, sm.s[b], Sm::kLdV, 0, lane);
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
       const int i = m0 + (lane >> 2) + hf * 8;
