@@ -28,6 +28,28 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+// ---- release / acquire flags between concurrently running grids ----
+// PTX ISA, "Data Movement and Conversion Instructions: st" (.release, .gpu scope) and "Memory Consistency
+// Model" (release pattern): every write of this thread that precedes it in causality order (e.g. a CTA's
+// writes before a bar.sync this thread completed) is visible to a thread that acquires the flag.
+__device__ __forceinline__ void store_release_gpu(int32_t* p, int32_t v) {
+  asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+// PTX ISA, "Data Movement and Conversion Instructions: ld" (.acquire, .gpu scope).
+__device__ __forceinline__ int32_t load_acquire_gpu(const int32_t* p) {
+  int32_t v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+// PTX ISA, "Parallel Synchronization and Communication Instructions: griddepcontrol" (sm_90+): allows the
+// grid launched after this one with programmatic stream serialization to start before this one ends.
+// A no-op before sm_90 (the dependent grid then starts when this one completes).
+__device__ __forceinline__ void launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
 // ---- named barriers (PTX ISA, "Parallel Synchronization and Communication Instructions: bar, barrier") ----
 // Barrier 0 is __syncthreads(); kernels number their own from 1. `count` is a multiple of 32.
 __device__ __forceinline__ void named_bar_sync(int id, int count) {

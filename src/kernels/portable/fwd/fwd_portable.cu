@@ -10,6 +10,7 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "api/env.hpp"
 #include "api/error.hpp"
 #include "api/tensor.hpp"
 #include "kernels/portable/fwd/cp_scan.cuh"
@@ -54,15 +55,29 @@ flashgdn_status_t cuda_error(const char* what, cudaError_t e) {
   return fail(FLASHGDN_ERROR_CUDA, "flashgdn_chunk_fwd: %s: %s", what, cudaGetErrorString(e));
 }
 
+// pdl: programmatic dependent launch (sm_90+): the grid may start while the previous kernel in the stream
+// (prepare) runs its last wave; the producer acquires a.ready per (chunk, head) before reading its images.
+// NOTE: the overlap is at most prepare's last (partial) wave, ~25 us on H100 rows whose heads x sequences
+// leave the recurrence one wave.
 template <class T, int KD, int BV, int STAGES, int CP>
-flashgdn_status_t launch_recurrence_stages(const FwdArgs& a, int64_t ctas, int dev, cudaStream_t stream) {
+flashgdn_status_t launch_recurrence_stages(const FwdArgs& a, int64_t ctas, int dev, bool pdl, cudaStream_t stream) {
   auto kernel = recurrence_kernel<T, KD, BV, STAGES, CP>;
   const int smem = static_cast<int>(sizeof(RecurrenceSmem<T, KD, BV, STAGES>));
   static std::atomic<uint64_t> done{0};
   cudaError_t e = raise_smem_limit_once(kernel, smem, dev, done);
   if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(recurrence)", e);
-  kernel<<<static_cast<unsigned>(ctas), kRecThreads, smem, stream>>>(a);
-  e = cudaGetLastError();
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(static_cast<unsigned>(ctas));
+  cfg.blockDim = dim3(kRecThreads);
+  cfg.dynamicSmemBytes = static_cast<size_t>(smem);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  e = cudaLaunchKernelEx(&cfg, kernel, a);
+  if (e == cudaSuccess) e = cudaGetLastError();
   return e == cudaSuccess ? FLASHGDN_SUCCESS : cuda_error("recurrence kernel launch", e);
 }
 
@@ -70,19 +85,20 @@ flashgdn_status_t launch_recurrence_stages(const FwdArgs& a, int64_t ctas, int d
 constexpr size_t kMaxSmemAnyGpu = 227 * 1024;
 
 template <class T, int KD, int BV, int CP>
-flashgdn_status_t launch_recurrence(const FwdArgs& a, int64_t ctas, int max_smem, int dev, cudaStream_t stream) {
+flashgdn_status_t launch_recurrence(const FwdArgs& a, int64_t ctas, int max_smem, int dev, bool pdl,
+                                    cudaStream_t stream) {
   // NOTE: a third input stage hides the latency of the first touch of a chunk's Q/K/W when the
   // per-chunk work is small (narrow V slices); taken wherever it fits.
   if constexpr (sizeof(RecurrenceSmem<T, KD, BV, 3>) <= kMaxSmemAnyGpu) {
     if (static_cast<int>(sizeof(RecurrenceSmem<T, KD, BV, 3>)) <= max_smem)
-      return launch_recurrence_stages<T, KD, BV, 3, CP>(a, ctas, dev, stream);
+      return launch_recurrence_stages<T, KD, BV, 3, CP>(a, ctas, dev, pdl, stream);
   }
-  return launch_recurrence_stages<T, KD, BV, 2, CP>(a, ctas, dev, stream);
+  return launch_recurrence_stages<T, KD, BV, 2, CP>(a, ctas, dev, pdl, stream);
 }
 
 // sm90_pr / sm90_p non-null: the experimental sm_90a recurrence replaces the portable one (bv = 64).
 template <class T, int KD, int VD>
-flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, cudaStream_t stream,
+flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, bool pdl, cudaStream_t stream,
                              const Problem* sm90_pr = nullptr, const flashgdn_chunk_fwd_params_t* sm90_p = nullptr) {
   // Shrink BV if the device cannot hold the recurrence's tile (before stage 1: U's image depends on it).
   if (bv == 64 && static_cast<int>(sizeof(RecurrenceSmem<T, KD, 64, 2>)) > max_smem) bv = 32;
@@ -96,7 +112,11 @@ flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, cudaStrea
     static std::atomic<uint64_t> done{0};
     cudaError_t e = raise_smem_limit_once(kernel, smem, dev, done);
     if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(prepare)", e);
-    if (a.max_chunks > 0) kernel<<<dim3(static_cast<unsigned>(a.max_chunks), a.Hv), 128, smem, stream>>>(a);
+    const int64_t ctas = a.max_chunks * a.Hv;
+    if (ctas > 0x7fffffff)
+      return fail(FLASHGDN_ERROR_UNSUPPORTED, "flashgdn_chunk_fwd: %lld chunks x %d heads exceed the grid limit",
+                  static_cast<long long>(a.max_chunks), a.Hv);
+    if (ctas > 0) kernel<<<static_cast<unsigned>(ctas), 128, smem, stream>>>(a);
     e = cudaGetLastError();
     return e == cudaSuccess ? FLASHGDN_SUCCESS : cuda_error("prepare kernel launch", e);
   };
@@ -108,12 +128,14 @@ flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, cudaStrea
       return fail(FLASHGDN_ERROR_UNSUPPORTED, "flashgdn_chunk_fwd: %lld x Hv x (%d / %d) CTAs exceed the grid limit",
                   static_cast<long long>(ranks), columns, bv);
     const int64_t ctas = ranks * x.Hv * v_tiles;
+    // Only the pass right after prepare overlaps it; the final CP pass follows the scan in stream order.
+    const bool overlap = pdl && x.cp_pass != 3;
     auto by_bv = [&](auto cp_tag) -> flashgdn_status_t {
       constexpr int kCp = decltype(cp_tag)::value;
       switch (bv) {
-        case 64: return launch_recurrence<T, KD, 64, kCp>(x, ctas, max_smem, dev, stream);
-        case 32: return launch_recurrence<T, KD, 32, kCp>(x, ctas, max_smem, dev, stream);
-        default: return launch_recurrence<T, KD, 16, kCp>(x, ctas, max_smem, dev, stream);
+        case 64: return launch_recurrence<T, KD, 64, kCp>(x, ctas, max_smem, dev, overlap, stream);
+        case 32: return launch_recurrence<T, KD, 32, kCp>(x, ctas, max_smem, dev, overlap, stream);
+        default: return launch_recurrence<T, KD, 16, kCp>(x, ctas, max_smem, dev, overlap, stream);
       }
     };
     switch (x.cp_pass) {
@@ -285,6 +307,7 @@ flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_
     a.cp_h0 = reinterpret_cast<float*>(ws + l.cp_h0);
   }
   a.max_chunks = pr.max_chunks();
+  a.ready = reinterpret_cast<int32_t*>(ws + l.ready);
 
   chunk_offsets_kernel<256><<<1, 256, 0, stream>>>(a);
   e = cudaGetLastError();
@@ -304,13 +327,15 @@ flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_
   const int bv = l.cp.on || sm90_path
                      ? kCpBv
                      : (bv_override() > 0 && bv_override() <= pr.V ? bv_override() : choose_bv(pr, num_sms));
+  // Programmatic dependent launch of the recurrence on sm_90+ (FLASHGDN_PORTABLE_PDL=0 turns it off: A/B).
+  const bool pdl = info.cc_major >= 9 && !env_is_zero("FLASHGDN_PORTABLE_PDL");
   if (sm90_path)  // bf16, K = V = 128 (sm90fwd::applies)
-    return launch_all<__nv_bfloat16, 128, 128>(a, bv, max_smem, dev, stream, &pr, &p);
+    return launch_all<__nv_bfloat16, 128, 128>(a, bv, max_smem, dev, false, stream, &pr, &p);
   const bool bf16 = pr.io_dtype == FLASHGDN_DTYPE_BFLOAT16;
 #define FLASHGDN_DISPATCH(KD_, VD_)                                                          \
   if (pr.K == KD_ && pr.V == VD_)                                                            \
-    return bf16 ? launch_all<__nv_bfloat16, KD_, VD_>(a, bv, max_smem, dev, stream)          \
-                : launch_all<__half, KD_, VD_>(a, bv, max_smem, dev, stream);
+    return bf16 ? launch_all<__nv_bfloat16, KD_, VD_>(a, bv, max_smem, dev, pdl, stream)     \
+                : launch_all<__half, KD_, VD_>(a, bv, max_smem, dev, pdl, stream);
   FLASHGDN_DISPATCH(128, 128)
   FLASHGDN_DISPATCH(128, 64)
   FLASHGDN_DISPATCH(64, 128)

@@ -80,6 +80,9 @@ struct FwdArgs {
   int64_t u_stride;        // elements between the U images of consecutive (chunk, head): u_image_elems(V, kMinBv)
   int bv;                  // the recurrence's V slice (U's image layout)
   int64_t max_chunks;
+  // [max_chunks, Hv]: 1 once the prepare CTA of (chunk, head) has written its images (release), cleared
+  // by chunk_table_kernel. The recurrence, launched to overlap prepare's last wave, acquires it per chunk.
+  int32_t* ready;
 };
 
 // The last n with offsets[n] <= x (offsets non-decreasing, offsets[0] = 0 <= x).

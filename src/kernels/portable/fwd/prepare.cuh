@@ -77,8 +77,13 @@ __global__ void __launch_bounds__(128, LATE_V ? 4 : 3) prepare_kernel(FwdArgs a)
   extern __shared__ __align__(128) unsigned char smem_raw[];
   S& sm = *reinterpret_cast<S*>(smem_raw);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int64_t c = blockIdx.x;
-  const int h = blockIdx.y, hk = h / a.group;
+  // NOTE: the recurrence is launched to start during this grid's last wave (programmatic dependent
+  // launch, sm_90+); it waits per (chunk, head) on a.ready, never on the whole grid.
+  launch_dependents();
+  // 1-D grid, head fastest: the last wave holds the last chunks of every head, the ones the recurrence
+  // needs last.
+  const int64_t c = blockIdx.x / a.Hv;
+  const int h = static_cast<int>(blockIdx.x % a.Hv), hk = h / a.group;
   const FwdArgs::ChunkInfo ci = a.chunk_info[c];
   if (ci.L < 0) return;  // past the last chunk (the grid is sized from shapes)
   const int64_t t0 = ci.t0;
@@ -278,6 +283,11 @@ __global__ void __launch_bounds__(128, LATE_V ? 4 : 3) prepare_kernel(FwdArgs a)
            : which == 1 ? pmimg + r * (kChunk + 8) + kChunk
                         : uimg + (which - 2) * u_slice_elems(a.bv) + r * (a.bv + 8) + a.bv;
     *reinterpret_cast<uint4*>(dst) = make_uint4(0u, 0u, 0u, 0u);
+  }
+  __syncthreads();  // every image write of this CTA happens before the release below
+  if (tid == 0) {
+    __threadfence();
+    store_release_gpu(&a.ready[ch], 1);
   }
 }
 

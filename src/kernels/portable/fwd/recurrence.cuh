@@ -144,6 +144,8 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
       const int64_t t0 = t_base + c * kChunk;
       const int L = static_cast<int>(s.eos - t0 < kChunk ? s.eos - t0 : kChunk);
       const int64_t ch = (c_base + c) * a.Hv + h;
+      // Prepare may still be running (programmatic launch): acquire this (chunk, head)'s images first.
+      while (load_acquire_gpu(&a.ready[ch]) == 0) __nanosleep(100);
       copy_image(std::integral_constant<int, sizeof(T) * kChunk * Sm::kLdK>{}, X.w,
                  static_cast<const T*>(a.W) + ch * w_image_elems(KD));
       if (!ident)

@@ -97,10 +97,12 @@ __global__ void __launch_bounds__(kThreads) chunk_offsets_kernel(FwdArgs a) {
   block_offsets<kThreads>(a.N, segments, a.seg_offsets, warp_sums);
 }
 
-// chunk_info[c] for every c < max_chunks (after chunk_offsets_kernel): grid ceil(max_chunks / 256).
+// chunk_info[c] for every c < max_chunks (after chunk_offsets_kernel), and the ready flags of chunk c
+// cleared: grid ceil(max_chunks / 256).
 __global__ void __launch_bounds__(256) chunk_table_kernel(FwdArgs a) {
   const int64_t c = blockIdx.x * int64_t(256) + threadIdx.x;
   if (c >= a.max_chunks) return;
+  for (int h = 0; h < a.Hv; ++h) a.ready[c * a.Hv + h] = 0;
   FwdArgs::ChunkInfo ci{0, -1, 0};
   if (c < a.chunk_offsets[a.N]) {
     const int64_t n = find_sequence(a.chunk_offsets, a.N, c);
