@@ -13,6 +13,12 @@ inline bool env_is_one(const char* name) {
   return e != nullptr && std::strcmp(e, "1") == 0;
 }
 
+// True when the variable `name` is set to exactly `value`.
+inline bool env_is_value(const char* name, const char* value) {
+  const char* e = std::getenv(name);
+  return e != nullptr && std::strcmp(e, value) == 0;
+}
+
 // True when the variable `name` is set to exactly "0" (switches that are on by default).
 inline bool env_is_zero(const char* name) {
   const char* e = std::getenv(name);

@@ -41,6 +41,10 @@ __device__ __forceinline__ int32_t load_acquire_gpu(const int32_t* p) {
   asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
   return v;
 }
+// PTX ISA, "Parallel Synchronization and Communication Instructions: red" (.add, .release, .gpu scope).
+__device__ __forceinline__ void atomic_add_release_gpu(int32_t* p, int32_t v) {
+  asm volatile("red.release.gpu.global.add.s32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
 // PTX ISA, "Parallel Synchronization and Communication Instructions: griddepcontrol" (sm_90+): allows the
 // grid launched after this one with programmatic stream serialization to start before this one ends.
 // A no-op before sm_90 (the dependent grid then starts when this one completes).

@@ -158,7 +158,7 @@ TEST(Plan, LayoutRegionsAreAlignedAndDisjoint) {
   for (int32_t cp : {FLASHGDN_CP_OFF, FLASHGDN_CP_ON}) {
     const Problem pr = problem(2, 6, {300, 0, 65}, cp);
     const fp::Layout l = fp::layout(pr, kH100Sms);
-    std::vector<size_t> starts = {l.offsets, l.order, l.info, l.ready, l.aux, l.w, l.u, l.pm};
+    std::vector<size_t> starts = {l.offsets, l.order, l.info, l.ready, l.prepared, l.aux, l.w, l.u, l.pm};
     if (l.cp.on) starts.insert(starts.end(), {l.seg_offsets, l.seg, l.cp_end, l.cp_h0});
     for (size_t i = 0; i < starts.size(); ++i) {
       EXPECT_EQ(starts[i] % 256, 0u);

@@ -308,6 +308,9 @@ flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_
   }
   a.max_chunks = pr.max_chunks();
   a.ready = reinterpret_cast<int32_t*>(ws + l.ready);
+  a.prepared = reinterpret_cast<int32_t*>(ws + l.prepared);
+  // FLASHGDN_PORTABLE_PREP_ORDER=chunk: prepare's grid chunk-fastest (A/B; default head-fastest).
+  a.prep_head_fastest = env_is_value("FLASHGDN_PORTABLE_PREP_ORDER", "chunk") ? 0 : 1;
 
   chunk_offsets_kernel<256><<<1, 256, 0, stream>>>(a);
   e = cudaGetLastError();

@@ -127,6 +127,7 @@ Layout layout(const Problem& pr, int num_sms) {
   l.order = region(pr.N * sizeof(int32_t));
   l.info = region(chunks * sizeof(FwdArgs::ChunkInfo));
   l.ready = region(chunks * hv * sizeof(int32_t));
+  l.prepared = region(sizeof(int32_t));
   l.aux = region(chunks * hv * 3 * kChunk * sizeof(float));
   l.w = region(chunks * hv * w_image_elems(static_cast<int>(pr.K)) * 2);
   l.u = region(chunks * hv * u_image_elems(static_cast<int>(pr.V), kMinBv) * 2);

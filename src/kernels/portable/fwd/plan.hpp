@@ -34,7 +34,7 @@ CpPlan cp_plan(const Problem& pr, int num_sms);
 
 // Byte offsets of the workspace regions (256-byte aligned).
 struct Layout {
-  size_t offsets, order, info, ready, aux, w, u, pm, seg_offsets, seg, cp_end, cp_h0, total;
+  size_t offsets, order, info, ready, prepared, aux, w, u, pm, seg_offsets, seg, cp_end, cp_h0, total;
   CpPlan cp;
 };
 Layout layout(const Problem& pr, int num_sms);

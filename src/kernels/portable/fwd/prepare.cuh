@@ -82,10 +82,14 @@ __global__ void __launch_bounds__(128, LATE_V ? 4 : 3) prepare_kernel(FwdArgs a)
   launch_dependents();
   // 1-D grid, head fastest: the last wave holds the last chunks of every head, the ones the recurrence
   // needs last.
-  const int64_t c = blockIdx.x / a.Hv;
-  const int h = static_cast<int>(blockIdx.x % a.Hv), hk = h / a.group;
+  const int64_t c = a.prep_head_fastest ? blockIdx.x / a.Hv : blockIdx.x % a.max_chunks;
+  const int h = static_cast<int>(a.prep_head_fastest ? blockIdx.x % a.Hv : blockIdx.x / a.max_chunks);
+  const int hk = h / a.group;
   const FwdArgs::ChunkInfo ci = a.chunk_info[c];
-  if (ci.L < 0) return;  // past the last chunk (the grid is sized from shapes)
+  if (ci.L < 0) {  // past the last chunk (the grid is sized from shapes)
+    if (tid == 0) atomic_add_release_gpu(a.prepared, 1);
+    return;
+  }
   const int64_t t0 = ci.t0;
   const int L = ci.L;
   const int64_t brow = ci.b;
@@ -288,6 +292,7 @@ __global__ void __launch_bounds__(128, LATE_V ? 4 : 3) prepare_kernel(FwdArgs a)
   if (tid == 0) {
     __threadfence();
     store_release_gpu(&a.ready[ch], 1);
+    atomic_add_release_gpu(a.prepared, 1);
   }
 }
 

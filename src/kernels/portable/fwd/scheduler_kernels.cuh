@@ -83,6 +83,7 @@ __device__ void order_sequences(const FwdArgs& a, int64_t* key) {
 template <int kThreads>
 __global__ void __launch_bounds__(kThreads) chunk_offsets_kernel(FwdArgs a) {
   __shared__ int64_t warp_sums[kThreads / 32];
+  if (threadIdx.x == 0) *a.prepared = 0;
   auto chunks = [&](int64_t n) {
     const Seq s = seq_range(a, n);
     return (s.eos - s.bos + kChunk - 1) / kChunk;
