@@ -45,6 +45,14 @@ __device__ __forceinline__ int32_t load_acquire_gpu(const int32_t* p) {
 __device__ __forceinline__ void atomic_add_release_gpu(int32_t* p, int32_t v) {
   asm volatile("red.release.gpu.global.add.s32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
 }
+// PTX ISA, "Parallel Synchronization and Communication Instructions: griddepcontrol" (sm_90+): waits until
+// the grids this one depends on (programmatic launch) have completed and their memory is visible. Returns
+// at once without such a dependency; a no-op before sm_90.
+__device__ __forceinline__ void grid_dependency_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
 // PTX ISA, "Parallel Synchronization and Communication Instructions: griddepcontrol" (sm_90+): allows the
 // grid launched after this one with programmatic stream serialization to start before this one ends.
 // A no-op before sm_90 (the dependent grid then starts when this one completes).

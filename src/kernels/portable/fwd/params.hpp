@@ -83,7 +83,7 @@ struct FwdArgs {
   // [max_chunks, Hv]: 1 once the prepare CTA of (chunk, head) has written its images (release), cleared
   // by chunk_table_kernel. The recurrence, launched to overlap prepare's last wave, acquires it per chunk.
   int32_t* ready;
-  int32_t* prepared;     // prepare CTAs finished (released by each), zeroed by chunk_offsets_kernel
+  int32_t* prepared;     // prepare CTAs of real chunks finished (released by each), zeroed by chunk_offsets_kernel
   int prep_head_fastest;  // prepare's 1-D grid order: head fastest (1) or chunk fastest (0)
 };
 

@@ -86,10 +86,7 @@ __global__ void __launch_bounds__(128, LATE_V ? 4 : 3) prepare_kernel(FwdArgs a)
   const int h = static_cast<int>(a.prep_head_fastest ? blockIdx.x % a.Hv : blockIdx.x / a.max_chunks);
   const int hk = h / a.group;
   const FwdArgs::ChunkInfo ci = a.chunk_info[c];
-  if (ci.L < 0) {  // past the last chunk (the grid is sized from shapes)
-    if (tid == 0) atomic_add_release_gpu(a.prepared, 1);
-    return;
-  }
+  if (ci.L < 0) return;  // past the last chunk (the grid is sized from shapes): not counted
   const int64_t t0 = ci.t0;
   const int L = ci.L;
   const int64_t brow = ci.b;
@@ -289,10 +286,12 @@ __global__ void __launch_bounds__(128, LATE_V ? 4 : 3) prepare_kernel(FwdArgs a)
     *reinterpret_cast<uint4*>(dst) = make_uint4(0u, 0u, 0u, 0u);
   }
   __syncthreads();  // every image write of this CTA happens before the release below
+  // NOTE: the count before the flag: a recurrence that has seen every flag has also seen every count, so
+  // no increment of this call can land after the next call's offsets kernel has zeroed the counter.
   if (tid == 0) {
     __threadfence();
-    store_release_gpu(&a.ready[ch], 1);
     atomic_add_release_gpu(a.prepared, 1);
+    store_release_gpu(&a.ready[ch], 1);
   }
 }
 

@@ -104,7 +104,10 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
     const FwdArgs::SegInfo si = a.seg[rank];
     // No such segment, or pass 1 of a last segment (its transition is never used): the whole CTA
     // leaves before any barrier.
-    if (si.nch < 0 || (pass1 && si.last)) return;
+    if (si.nch < 0 || (pass1 && si.last)) {
+      grid_dependency_wait();  // see the producer's exit
+      return;
+    }
     n = si.n;
     c_first = si.c0;
     nchunks = si.nch;
@@ -139,7 +142,8 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
       for (int o = 0; o < kBytes; o += 16 * kRecProducerThreads)
         if (o + ptid * 16 < kBytes) cp_async_16(d + o, g + o, true);
     };
-    const int32_t prepare_ctas = static_cast<int32_t>(a.max_chunks * a.Hv);
+    // Prepare CTAs that do real work (those past the last chunk are not counted).
+    const int32_t prepare_ctas = static_cast<int32_t>(a.chunk_offsets[a.N] * a.Hv);
     bool all_prepared = false;
     auto load_chunk = [&](int64_t c, int st) {
       typename Sm::Stage& X = sm.st[st];
@@ -196,6 +200,10 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
     // Match the releases of the last chunks (every arrival has its sync).
     for (int64_t c = nchunks > STAGES ? nchunks : STAGES; c < nchunks + STAGES; ++c)
       named_bar_sync(Bar::kEmpty + static_cast<int>((c - STAGES) % STAGES), kEmptyCount);
+    // This grid may have started while prepare ran (programmatic launch). Its completion must imply
+    // prepare's: the next call's offsets kernel (stream-ordered after this grid only) clears the ready
+    // flags and the counter, which a straggling prepare CTA could otherwise still write.
+    grid_dependency_wait();
     return;
   }
 
