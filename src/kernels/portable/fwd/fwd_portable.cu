@@ -59,6 +59,54 @@ flashgdn_status_t cuda_error(const char* what, cudaError_t e) {
 // (prepare) runs its last wave; the producer acquires a.ready per (chunk, head) before reading its images.
 // NOTE: the overlap is at most prepare's last (partial) wave, ~25 us on H100 rows whose heads x sequences
 // leave the recurrence one wave.
+#if FLASHGDN_TRACE
+// Diagnostic builds only (FLASHGDN_TRACE): synchronises the stream after the recurrence and prints CTA 0's
+// per-phase means in cycles over chunks [8, min(nchunks, 64)) to stderr.
+void print_recurrence_trace(cudaStream_t stream, int bv, int stages) {
+  static long long t[kTraceChunks][kRecThreads / 32][kTraceEvents];
+  if (cudaStreamSynchronize(stream) != cudaSuccess || cudaMemcpyFromSymbol(t, g_rec_trace, sizeof(t)) != cudaSuccess) {
+    std::fprintf(stderr, "flashgdn trace: readback failed\n");
+    return;
+  }
+  const int w_state = 0, w_out = kRecStateWarps, w_prod = kRecStateWarps + kRecOutputWarps;
+  int n = 0;
+  double period = 0, st[6] = {0}, out[3] = {0}, prod[3] = {0};
+  for (int c = 8; c + 1 < kTraceChunks; ++c) {
+    const long long* s0 = t[c][w_state];
+    const long long* s1 = t[c + 1][w_state];
+    const long long* o = t[c][w_out];
+    const long long* p = t[c][w_prod];
+    if (s1[1] == 0 || o[3] == 0 || p[3] == 0) break;
+    ++n;
+    period += double(s1[1] - s0[1]);
+    st[0] += double(s0[1] - s0[0]);  // wait for the stage (kFull)
+    st[1] += double(s0[2] - s0[1]);  // W S, vn / Vd stores
+    st[2] += double(s0[3] - s0[2]);  // kState (Vd complete)
+    st[3] += double(s0[4] - s0[3]);  // S update
+    st[4] += double(s0[5] - s0[4]);  // wait for the output warps (kRelease)
+    st[5] += double(s0[6] - s0[5]);  // S operand store + kState
+    out[0] += double(o[1] - o[0]);   // wait for the hand-off
+    out[1] += double(o[2] - o[1]);   // Q S, Pm vn
+    out[2] += double(o[3] - o[2]);   // O stores
+    prod[0] += double(p[1] - p[0]);  // wait for the stage to be released (kEmpty)
+    prod[1] += double(p[2] - p[1]);  // flag acquire + copy issue
+    prod[2] += double(p[3] - p[2]);  // until the copies landed
+  }
+  std::memset(t, 0, sizeof(t));
+  cudaMemcpyToSymbol(g_rec_trace, t, sizeof(t));
+  if (n == 0) {
+    std::fprintf(stderr, "flashgdn trace: fewer than 10 chunks traced\n");
+    return;
+  }
+  std::fprintf(stderr,
+               "flashgdn trace BV=%d stages=%d (CTA 0, cycles, mean of %d chunks): period %.0f | state: wait-full %.0f, "
+               "WS %.0f, sync %.0f, S-update %.0f, wait-release %.0f, S-store+sync %.0f | output: wait-handoff %.0f, "
+               "QS+PmVn %.0f, O-store %.0f | producer: wait-empty %.0f, issue %.0f, land %.0f\n",
+               bv, stages, n, period / n, st[0] / n, st[1] / n, st[2] / n, st[3] / n, st[4] / n, st[5] / n, out[0] / n,
+               out[1] / n, out[2] / n, prod[0] / n, prod[1] / n, prod[2] / n);
+}
+#endif
+
 template <class T, int KD, int BV, int STAGES, int CP>
 flashgdn_status_t launch_recurrence_stages(const FwdArgs& a, int64_t ctas, int dev, bool pdl, cudaStream_t stream) {
   auto kernel = recurrence_kernel<T, KD, BV, STAGES, CP>;
@@ -78,6 +126,9 @@ flashgdn_status_t launch_recurrence_stages(const FwdArgs& a, int64_t ctas, int d
   cfg.numAttrs = pdl ? 1 : 0;
   e = cudaLaunchKernelEx(&cfg, kernel, a);
   if (e == cudaSuccess) e = cudaGetLastError();
+#if FLASHGDN_TRACE
+  if (e == cudaSuccess) print_recurrence_trace(stream, BV, STAGES);
+#endif
   return e == cudaSuccess ? FLASHGDN_SUCCESS : cuda_error("recurrence kernel launch", e);
 }
 

@@ -42,6 +42,23 @@ inline constexpr int kRecStateWarps = 4, kRecOutputWarps = 4, kRecProducerWarps 
 inline constexpr int kRecThreads = 32 * (kRecStateWarps + kRecOutputWarps + kRecProducerWarps);
 inline constexpr int kRecProducerThreads = 32 * kRecProducerWarps;
 
+// FLASHGDN_TRACE builds (CMake option, a diagnostic): CTA 0 records clock64() at fixed points of each
+// role's chunk loop (lane 0 of every warp, the first kTraceChunks chunks); the launcher prints the
+// per-phase means (fwd_portable.cu). Default builds compile none of it.
+#if FLASHGDN_TRACE
+inline constexpr int kTraceChunks = 64, kTraceEvents = 8;
+__device__ long long g_rec_trace[kTraceChunks][kRecThreads / 32][kTraceEvents];
+#define FLASHGDN_TRACE_EVENT(c, ev)                                                   \
+  do {                                                                                \
+    if (blockIdx.x == 0 && lane == 0 && (c) >= 0 && (c) < kTraceChunks)              \
+      g_rec_trace[c][warp][ev] = clock64();                                           \
+  } while (0)
+#else
+#define FLASHGDN_TRACE_EVENT(c, ev) \
+  do {                              \
+  } while (0)
+#endif
+
 template <int STAGES>
 struct RecurrenceBarriers {
   static constexpr int kState = 1;
@@ -187,13 +204,17 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
     for (int64_t c = 0; c < nchunks + STAGES - 1; ++c) {
       if (c < nchunks) {
         const int st = static_cast<int>(c % STAGES);
+        FLASHGDN_TRACE_EVENT(c, 0);
         if (c >= STAGES) named_bar_sync(Bar::kEmpty + st, kEmptyCount);  // chunk c - STAGES released
+        FLASHGDN_TRACE_EVENT(c, 1);
         load_chunk(c, st);
+        FLASHGDN_TRACE_EVENT(c, 2);
       }
       cp_async_commit();  // one group per iteration (empty at the tail) keeps the wait count uniform
       const int64_t d = c - (STAGES - 1);
       if (d >= 0) {
         cp_async_wait<STAGES - 1>();  // chunk d has landed (for this thread's copies)
+        FLASHGDN_TRACE_EVENT(d, 3);
         named_bar_arrive(Bar::kFull + static_cast<int>(d % STAGES), kFullCount);
       }
     }
@@ -253,7 +274,9 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
 
     for (int64_t c = 0; c < nchunks; ++c) {
       const int st = static_cast<int>(c % STAGES), b = static_cast<int>(c & 1);
+      FLASHGDN_TRACE_EVENT(c, 0);
       named_bar_sync(Bar::kFull + st, kFullCount);
+      FLASHGDN_TRACE_EVENT(c, 1);
       const typename Sm::Stage& X = sm.st[st];
       const float* gam = X.aux;
       const float* rk = X.aux + 2 * kChunk;
@@ -280,7 +303,9 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
           }
         }
       }
+      FLASHGDN_TRACE_EVENT(c, 2);
       named_bar_sync(Bar::kState, 128);  // sVd complete
+      FLASHGDN_TRACE_EVENT(c, 3);
       // S = exp(gamma_L) S + Kᵀ Vd.
       const float egl = __expf(gl);
 #pragma unroll
@@ -290,10 +315,13 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
 #pragma unroll
           for (int e = 0; e < 4; ++e) S[mt][nt][e] *= egl;
       warp_gemm<kSM, kNT, kChunk / 16, Major::kKM, BMajor::kKN>(S, X.k, Sm::kLdK, srow0, sm.vd, Sm::kLdV, 0, lane);
+      FLASHGDN_TRACE_EVENT(c, 4);
       // sS[b ^ 1] held S_{c-1}: wait until the output warps are done with chunk c - 1.
       if (c >= 1) named_bar_sync(Bar::kRelease + (b ^ 1), 256);
+      FLASHGDN_TRACE_EVENT(c, 5);
       store_s_operand(sm.s[b ^ 1]);
       named_bar_sync(Bar::kState, 128);               // S_{c+1} complete; sVd free
+      FLASHGDN_TRACE_EVENT(c, 6);
       named_bar_arrive(Bar::kHandoff + b, 256);       // vn_c (and S_c) to the output warps
       named_bar_arrive(Bar::kEmpty + st, kEmptyCount);  // done with stage st
     }
@@ -316,7 +344,9 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
   T* og = static_cast<T*>(a.o) + s.b * a.o_s[0] + h * a.o_s[2] + v0;
   for (int64_t c = 0; c < nchunks; ++c) {
     const int st = static_cast<int>(c % STAGES), b = static_cast<int>(c & 1);
+    FLASHGDN_TRACE_EVENT(c, 0);
     named_bar_sync(Bar::kHandoff + b, 256);
+    FLASHGDN_TRACE_EVENT(c, 1);
     if constexpr (pass1) {  // no output in the transition pass: keep the barrier protocol only
       named_bar_arrive(Bar::kRelease + b, 256);
       named_bar_arrive(Bar::kEmpty + st, kEmptyCount);
@@ -342,6 +372,7 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
       }
     }
     warp_gemm<1, kNT, kChunk / 16, Major::kMK, BMajor::kKN>(acc, X.pm, Sm::kLdA, m0, sm.vn[b], Sm::kLdV, 0, lane);
+    FLASHGDN_TRACE_EVENT(c, 2);
     named_bar_arrive(Bar::kRelease + b, 256);                        // sS[b], sVn[b] free
     named_bar_arrive(Bar::kEmpty + st, kEmptyCount);                 // Q, Pm, aux of stage st read
 #pragma unroll
@@ -359,6 +390,7 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
         *reinterpret_cast<uint4*>(og + (t0 + r) * a.o_s[1] + cv) = *reinterpret_cast<const uint4*>(&sm.o[r * Sm::kLdV + cv]);
     }
     __syncwarp();
+    FLASHGDN_TRACE_EVENT(c, 3);
   }
 }
 
