@@ -134,9 +134,15 @@ version = lib.flashgdn_version_string().decode()
 built_with_gpu = bool(lib.flashgdn_built_with_gpu())
 
 
+# C field names that the Python API spells differently: named in the message as the caller wrote them.
+_PY_NAMES = {"'cu_seqlens_host'": "'cu_seqlens_cpu'"}
+
+
 def check(status: int) -> None:
     if status != SUCCESS:
         msg = lib.flashgdn_get_last_error().decode(errors="replace")
+        for c_name, py_name in _PY_NAMES.items():
+            msg = msg.replace(c_name, py_name)
         raise FlashGDNError(status, f"{lib.flashgdn_status_string(status).decode()}: {msg}")
 
 

@@ -176,7 +176,7 @@ def test_cu_seqlens_cpu_plans_only():
     assert rel(o, o_ref) <= 1e-2 and rel(ht, ht_ref) <= 1e-2
     bad = cu_cpu.clone()
     bad[2] = bad[1] - 1
-    with pytest.raises(flashgdn.FlashGDNError, match=r"argument 'cu_seqlens_host'\[2\]"):
+    with pytest.raises(flashgdn.FlashGDNError, match=r"argument 'cu_seqlens_cpu'\[2\]"):
         flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, cu_seqlens=cu, cu_seqlens_cpu=bad)
 
 
