@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -173,7 +174,10 @@ struct Outputs {
 };
 
 // Runs the GPU forward; returns false (with a gtest failure) on error.
-void run_gpu(const Problem& pr, Outputs* out, bool graph = false, int repeats = 1, int ws_fill = 0xff) {
+// alternate_cp: the eager repeats alternate cp_mode on / off on one workspace and stream (no sync between
+// calls), the last call in the case's own mode: consecutive calls whose kernel sequences differ.
+void run_gpu(const Problem& pr, Outputs* out, bool graph = false, int repeats = 1, int ws_fill = 0xff,
+             bool alternate_cp = false) {
   const Case& c = pr.c;
   const auto dt = c.fp16 ? FLASHGDN_DTYPE_FLOAT16 : FLASHGDN_DTYPE_BFLOAT16;
   const int64_t ohv = pr.B * pr.T * c.Hv * c.V;
@@ -236,10 +240,14 @@ void run_gpu(const Problem& pr, Outputs* out, bool graph = false, int repeats = 
   p.state_v_first = c.v_first;
   p.scale = c.scale;
   // CP cases: cp = on; the others pin the sequential recurrence (off) so each case tests what it names
-  // ("auto" is covered by GpuForwardCp and the pytest suite).
-  p.cp_mode = c.cp ? FLASHGDN_CP_ON : FLASHGDN_CP_OFF;
-  size_t bytes = 0;
+  // ("auto", the default, is covered by the pytest suite).
+  const int32_t mode = c.cp ? FLASHGDN_CP_ON : FLASHGDN_CP_OFF;
+  p.cp_mode = FLASHGDN_CP_ON;
+  size_t bytes = 0, bytes_on = 0;
+  ASSERT_EQ(flashgdn_chunk_fwd_workspace_size(&p, &bytes_on), FLASHGDN_SUCCESS) << flashgdn_get_last_error();
+  p.cp_mode = mode;
   ASSERT_EQ(flashgdn_chunk_fwd_workspace_size(&p, &bytes), FLASHGDN_SUCCESS) << flashgdn_get_last_error();
+  if (alternate_cp) bytes = std::max(bytes, bytes_on);
   DevBuf ws(bytes);
   CUDA_OK(cudaMemset(ws.p, ws_fill, bytes));  // the kernels must not depend on workspace contents
   cudaStream_t stream;
@@ -256,8 +264,11 @@ void run_gpu(const Problem& pr, Outputs* out, bool graph = false, int repeats = 
     CUDA_OK(cudaGraphExecDestroy(ge));
     CUDA_OK(cudaGraphDestroy(g));
   } else {
-    for (int r = 0; r < repeats; ++r)
+    for (int r = 0; r < repeats; ++r) {
+      if (alternate_cp)  // the last call (r = repeats - 1) in the case's own mode
+        p.cp_mode = ((repeats - 1 - r) % 2 == 0) ? mode : (mode == FLASHGDN_CP_ON ? FLASHGDN_CP_OFF : FLASHGDN_CP_ON);
       ASSERT_EQ(flashgdn_chunk_fwd(&p, ws.p, bytes, stream), FLASHGDN_SUCCESS) << flashgdn_get_last_error();
+    }
   }
   CUDA_OK(cudaStreamSynchronize(stream));
   CUDA_OK(cudaStreamDestroy(stream));
@@ -463,6 +474,22 @@ TEST(GpuForwardGraph, CaptureReplayAndDeterminism) {
   ASSERT_EQ(0, std::memcmp(eager1.ht.data(), eager2.ht.data(), eager1.ht.size() * sizeof(double)));
   ASSERT_EQ(0, std::memcmp(eager1.o.data(), graph.o.data(), eager1.o.size() * sizeof(double)));
   ASSERT_EQ(0, std::memcmp(eager1.ht.data(), graph.ht.data(), eager1.ht.size() * sizeof(double)));
+}
+
+// Back-to-back calls on one stream and workspace whose kernel sequences differ (CP on / off alternating):
+// the recurrence of one call may overlap its prepare (programmatic launch, sm_90+), and the next call's
+// offsets kernel clears the ready flags and counter; the last call must equal an isolated one bitwise.
+TEST(GpuForwardOverlap, BackToBackCallsOnOneWorkspace) {
+  REQUIRE_GPU();
+  const Problem pr(mk("back_to_back", [](Case& c) { c.Hqk = 2; c.Hv = 4; c.lens = {1500, 700, 1}; }));
+  Outputs once, chained, ref;
+  run_gpu(pr, &once, false, 1, 0x11);
+  run_gpu(pr, &chained, false, 9, 0x22, /*alternate_cp=*/true);
+  run_reference(pr, &ref);
+  EXPECT_LE(rel_l2(chained.o, ref.o), 1e-2);
+  EXPECT_LE(rel_l2(chained.ht, ref.ht), 1e-2);
+  ASSERT_EQ(0, std::memcmp(once.o.data(), chained.o.data(), once.o.size() * sizeof(double)));
+  ASSERT_EQ(0, std::memcmp(once.ht.data(), chained.ht.data(), once.ht.size() * sizeof(double)));
 }
 
 // A tiny valid problem (B = 1, T = 8, one head, K = V = 64) laid out in device buffer b; o at o_off.
