@@ -7,22 +7,14 @@
 
 namespace flashgdn {
 
-// True when the variable `name` is set to exactly "1".
-inline bool env_is_one(const char* name) {
-  const char* e = std::getenv(name);
-  return e != nullptr && std::strcmp(e, "1") == 0;
-}
-
 // True when the variable `name` is set to exactly `value`.
 inline bool env_is_value(const char* name, const char* value) {
   const char* e = std::getenv(name);
   return e != nullptr && std::strcmp(e, value) == 0;
 }
 
-// True when the variable `name` is set to exactly "0" (switches that are on by default).
-inline bool env_is_zero(const char* name) {
-  const char* e = std::getenv(name);
-  return e != nullptr && std::strcmp(e, "0") == 0;
-}
+// Switches that are off by default ("1" turns them on) and on by default ("0" turns them off).
+inline bool env_is_one(const char* name) { return env_is_value(name, "1"); }
+inline bool env_is_zero(const char* name) { return env_is_value(name, "0"); }
 
 }  // namespace flashgdn

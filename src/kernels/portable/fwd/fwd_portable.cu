@@ -55,10 +55,6 @@ flashgdn_status_t cuda_error(const char* what, cudaError_t e) {
   return fail(FLASHGDN_ERROR_CUDA, "flashgdn_chunk_fwd: %s: %s", what, cudaGetErrorString(e));
 }
 
-// pdl: programmatic dependent launch (sm_90+): the grid may start while the previous kernel in the stream
-// (prepare) runs its last wave; the producer acquires a.ready per (chunk, head) before reading its images.
-// NOTE: the overlap is at most prepare's last (partial) wave, ~25 us on H100 rows whose heads x sequences
-// leave the recurrence one wave.
 #if FLASHGDN_TRACE
 // Diagnostic builds only (FLASHGDN_TRACE): synchronises the stream after the recurrence and prints CTA 0's
 // per-phase means in cycles over chunks [8, min(nchunks, 64)) to stderr.
@@ -107,6 +103,10 @@ void print_recurrence_trace(cudaStream_t stream, int bv, int stages) {
 }
 #endif
 
+// pdl: programmatic dependent launch (sm_90+): the grid may start while the previous kernel in the stream
+// (prepare) runs its last wave; the producer acquires a.ready per (chunk, head) before reading its images.
+// NOTE: the overlap is at most prepare's last (partial) wave, ~25 us on H100 rows whose heads x sequences
+// leave the recurrence one wave.
 template <class T, int KD, int BV, int STAGES, int CP>
 flashgdn_status_t launch_recurrence_stages(const FwdArgs& a, int64_t ctas, int dev, bool pdl, cudaStream_t stream) {
   auto kernel = recurrence_kernel<T, KD, BV, STAGES, CP>;

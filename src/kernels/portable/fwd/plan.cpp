@@ -13,9 +13,11 @@ namespace {
 constexpr size_t kAlign = 256;
 size_t align_up(size_t x) { return (x + kAlign - 1) / kAlign * kAlign; }
 
-}  // namespace
-
-namespace {
+// Chunks of a sequence of the average length (at least one).
+int64_t average_chunks(const Problem& pr) {
+  const int64_t chunks_total = (pr.B * pr.T + kChunk - 1) / kChunk;
+  return std::max<int64_t>(1, (chunks_total + pr.N - 1) / pr.N);
+}
 
 // Chunks of the longest sequence and of all sequences: from cu_seqlens_host when given, else equal
 // lengths (T_total / N each: the best case for the sequential recurrence).
@@ -31,8 +33,7 @@ Lengths lengths(const Problem& pr) {
     }
     return l;
   }
-  const int64_t chunks_total = (pr.B * pr.T + kChunk - 1) / kChunk;
-  const int64_t per_seq = std::max<int64_t>(1, (chunks_total + pr.N - 1) / pr.N);
+  const int64_t per_seq = average_chunks(pr);
   return {per_seq, per_seq * pr.N};
 }
 
@@ -73,8 +74,7 @@ CpPlan cp_plan(const Problem& pr, int num_sms) {
   CpPlan p;
   if (pr.N == 0 || pr.cp_mode == FLASHGDN_CP_OFF) return p;
   num_sms = std::max(0, num_sms);
-  const int64_t chunks_total = (pr.B * pr.T + kChunk - 1) / kChunk;
-  const int64_t per_seq = std::max<int64_t>(1, (chunks_total + pr.N - 1) / pr.N);
+  const int64_t per_seq = average_chunks(pr);
   const int64_t units = pr.Hv * std::max<int64_t>(1, pr.V / kCpBv);  // final-pass CTAs per segment
   // Segments per sequence (of the average length): the final pass should fit one wave.
   const int64_t segs = std::max<int64_t>(2, num_sms / (pr.N * units));
