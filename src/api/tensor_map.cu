@@ -41,10 +41,10 @@ flashgdn_status_t encode_tma_tile(void* out, const TmaTile& t, const char* fn, c
     case FLASHGDN_DTYPE_FLOAT32: dt = CU_TENSOR_MAP_DATA_TYPE_FLOAT32; break;
     default: return fail(FLASHGDN_ERROR_INTERNAL, "%s: TMA map for '%s': unsupported dtype", fn, name);
   }
-  const cuuint64_t dims[3] = {t.dim0, t.dim1, t.dim2};
-  const cuuint64_t strides[2] = {t.row_stride_bytes, t.stride2_bytes};
-  const cuuint32_t box[3] = {t.box0, t.box1, t.box2};
-  const cuuint32_t estr[3] = {1, 1, 1};
+  const cuuint64_t dims[4] = {t.dim0, t.dim1, t.dim2, t.dim3};
+  const cuuint64_t strides[3] = {t.row_stride_bytes, t.stride2_bytes, t.stride3_bytes};
+  const cuuint32_t box[4] = {t.box0, t.box1, t.box2, t.box3};
+  const cuuint32_t estr[4] = {1, 1, 1, 1};
   const CUtensorMapSwizzle sw = t.swizzle == device::Swizzle::k128B  ? CU_TENSOR_MAP_SWIZZLE_128B
                                 : t.swizzle == device::Swizzle::k64B ? CU_TENSOR_MAP_SWIZZLE_64B
                                 : t.swizzle == device::Swizzle::k32B ? CU_TENSOR_MAP_SWIZZLE_32B

@@ -23,7 +23,14 @@ struct TmaTile {
   uint64_t dim2 = 1;
   uint64_t stride2_bytes = 0;
   uint32_t box2 = 1;
-  int rank() const { return dim2 > 1 || box2 > 1 || stride2_bytes != 0 ? 3 : 2; }  // set stride2 to force 3
+  // Optional fourth dimension (rank 4 when stride3_bytes != 0): e.g. q [B, T, H, K] as (K, H, T, B).
+  uint64_t dim3 = 1;
+  uint64_t stride3_bytes = 0;
+  uint32_t box3 = 1;
+  int rank() const {
+    if (dim3 > 1 || box3 > 1 || stride3_bytes != 0) return 4;
+    return dim2 > 1 || box2 > 1 || stride2_bytes != 0 ? 3 : 2;  // set stride2 to force 3
+  }
 };
 
 // Checks what cuTensorMapEncodeTiled requires (16-byte aligned base and row stride, stride < 2^40,

@@ -19,7 +19,7 @@ flashgdn_status_t validate_tma_tile(const TmaTile& t, const char* fn, const char
                 name, (unsigned long long)t.row_stride_bytes);
   if (t.box0 == 0 || t.box1 == 0 || t.box0 > 256 || t.box1 > 256)
     return fail(FLASHGDN_ERROR_INTERNAL, "%s: TMA box %u x %u for '%s' outside [1, 256]", fn, t.box0, t.box1, name);
-  if (t.rank() == 3) {
+  if (t.rank() >= 3) {
     if (t.dim2 == 0 || t.dim2 > (uint64_t(1) << 32) || t.box2 == 0 || t.box2 > 256 || t.box2 > t.dim2)
       return fail(FLASHGDN_ERROR_INTERNAL, "%s: TMA third extent %llu / box %u for '%s' outside [1, 2^32] / [1, 256]",
                   fn, (unsigned long long)t.dim2, t.box2, name);
@@ -27,6 +27,15 @@ flashgdn_status_t validate_tma_tile(const TmaTile& t, const char* fn, const char
       return fail(FLASHGDN_ERROR_INVALID_ARGUMENT,
                   "%s: argument '%s' outer stride %llu bytes is not a positive multiple of 16 below 2^40", fn, name,
                   (unsigned long long)t.stride2_bytes);
+  }
+  if (t.rank() == 4) {
+    if (t.dim3 == 0 || t.dim3 > (uint64_t(1) << 32) || t.box3 == 0 || t.box3 > 256 || t.box3 > t.dim3)
+      return fail(FLASHGDN_ERROR_INTERNAL, "%s: TMA fourth extent %llu / box %u for '%s' outside [1, 2^32] / [1, 256]",
+                  fn, (unsigned long long)t.dim3, t.box3, name);
+    if (t.stride3_bytes % 16 != 0 || t.stride3_bytes >= (uint64_t(1) << 40) || t.stride3_bytes == 0)
+      return fail(FLASHGDN_ERROR_INVALID_ARGUMENT,
+                  "%s: argument '%s' outermost stride %llu bytes is not a positive multiple of 16 below 2^40", fn,
+                  name, (unsigned long long)t.stride3_bytes);
   }
   const uint64_t inner_bytes = t.box0 * static_cast<uint64_t>(es);
   if (inner_bytes % 16 != 0)

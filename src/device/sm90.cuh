@@ -128,8 +128,15 @@ __device__ __forceinline__ void setmaxnreg_dec() {
 //      (PTX ISA, "Parallel Synchronization and Communication Instructions: membar / fence",
 //      fence.proxy.async) ----
 __device__ __forceinline__ void fence_proxy_async_smem() {
-#ifdef FLASHGDN_SM90A
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+// Global data this thread observed through the generic proxy (e.g. written by another CTA and acquired
+// through a flag) before bulk copies (async proxy) read it. Same section, fence.proxy.async.global.
+__device__ __forceinline__ void fence_proxy_async_global() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("fence.proxy.async.global;\n" ::: "memory");
 #endif
 }
 
@@ -137,6 +144,12 @@ __device__ __forceinline__ void fence_proxy_async_smem() {
 // PTX ISA, "Parallel Synchronization and Communication Instructions: mbarrier" (init, arrive.expect_tx,
 // try_wait.parity).
 __device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) { cuda::ptx::mbarrier_init(bar, count); }
+// Makes this thread's mbarrier.init visible to the other CTAs of the cluster (their remote arrivals and
+// multicast complete_tx) once a cluster barrier follows. PTX ISA, "membar / fence" (fence.mbarrier_init
+// .release.cluster).
+__device__ __forceinline__ void fence_mbarrier_init_cluster() {
+  cuda::ptx::fence_mbarrier_init(cuda::ptx::sem_release, cuda::ptx::scope_cluster);
+}
 
 __device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, uint32_t bytes) {
   cuda::ptx::mbarrier_arrive_expect_tx(cuda::ptx::sem_release, cuda::ptx::scope_cta, cuda::ptx::space_shared, bar,
@@ -161,6 +174,20 @@ __device__ __forceinline__ void tma_load_3d(void* smem, const void* map, int32_t
   const int32_t coords[3] = {c0, c1, c2};
   // PTX ISA, "Data Movement and Conversion Instructions: cp.async.bulk.tensor" (.3d, .shared::cluster dst).
   cuda::ptx::cp_async_bulk_tensor(cuda::ptx::space_cluster, cuda::ptx::space_global, smem, map, coords, bar);
+}
+
+// 4-D tile load (rank-4 map, e.g. (K, heads, tokens, batch)), completing on `bar`; and the same tile into
+// the same shared-memory offset of every CTA of the cluster in `cta_mask`, each completing on its own
+// mbarrier at `bar`'s offset. PTX ISA, "cp.async.bulk.tensor" (.4d, .tile; .multicast::cluster, sm_90a).
+__device__ __forceinline__ void tma_load_4d(void* smem, const void* map, int32_t c0, int32_t c1, int32_t c2,
+                                            int32_t c3, uint64_t* bar) {
+  const int32_t coords[4] = {c0, c1, c2, c3};
+  cuda::ptx::cp_async_bulk_tensor(cuda::ptx::space_cluster, cuda::ptx::space_global, smem, map, coords, bar);
+}
+__device__ __forceinline__ void tma_load_4d_multicast(void* smem, const void* map, int32_t c0, int32_t c1, int32_t c2,
+                                                      int32_t c3, uint64_t* bar, uint16_t cta_mask) {
+  const int32_t coords[4] = {c0, c1, c2, c3};
+  cuda::ptx::cp_async_bulk_tensor(cuda::ptx::space_cluster, cuda::ptx::space_global, smem, map, coords, bar, cta_mask);
 }
 
 // Contiguous bulk copy global -> shared (no tensor map), completing on `bar` (transaction bytes).
@@ -196,8 +223,10 @@ __device__ __forceinline__ void mbar_arrive(uint64_t* bar) { (void)cuda::ptx::mb
 // .shared::cluster) on an address from "mapa" (__cluster_map_shared_rank); "mbarrier.try_wait.parity"
 // (.acquire.cluster).
 __device__ __forceinline__ void mbar_arrive_cluster(uint64_t* bar, uint32_t rank) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // __cluster_map_shared_rank exists from sm_90 on
   auto* remote = static_cast<uint64_t*>(__cluster_map_shared_rank(bar, rank));
   cuda::ptx::mbarrier_arrive(cuda::ptx::sem_release, cuda::ptx::scope_cluster, cuda::ptx::space_cluster, remote);
+#endif
 }
 __device__ __forceinline__ void mbar_wait_cluster(uint64_t* bar, uint32_t phase) {
   while (!cuda::ptx::mbarrier_try_wait_parity(cuda::ptx::sem_acquire, cuda::ptx::scope_cluster, bar, phase)) {

@@ -4,6 +4,9 @@
 //
 // Storage names say which index is contiguous:
 //   A "mk": A[m][k] row-major (ldmatrix)       A "km": A stored transposed, [k][m] (ldmatrix.trans)
+//   A "mk_sw128" / "km_sw128": the same, stored as TMA writes a tile with SWIZZLE_128B: column halves of
+//     64 elements, each (ld rows, 64) with 128-byte rows whose 16-byte chunks are XOR-permuted by
+//     row % 8 (1024-byte aligned); `ld` is the tile's row count.
 //   B "kn": B[k][n], n contiguous (ldmatrix.trans)   B "nk": B stored as [n][k] (ldmatrix)
 #pragma once
 
@@ -11,7 +14,15 @@
 
 namespace flashgdn::device {
 
-enum class Major { kMK, kKM };  // for A
+enum class Major { kMK, kKM, kMKSw128, kKMSw128 };  // for A
+
+// Element (r, c) of a 2-byte tile of `rows` rows stored with the 128-byte swizzle (see above): half c / 64,
+// row r, 16-byte chunk (c % 64) / 8 ^ r % 8. `c` is a multiple of 8 here (an ldmatrix row start).
+template <class T>
+__device__ __forceinline__ const T* sw128_at(const T* A, int rows, int r, int c) {
+  static_assert(sizeof(T) == 2, "64 elements per 128-byte row");
+  return A + (c >> 6) * rows * 64 + r * 64 + ((((c & 63) >> 3) ^ (r & 7)) << 3);
+}
 enum class BMajor { kKN, kNK };  // for B
 
 // A fragment of the 16x16 block at (m0, k0).
@@ -19,8 +30,12 @@ template <Major M, class T>
 __device__ __forceinline__ void load_a(uint32_t (&a)[4], const T* A, int ld, int m0, int k0, int lane) {
   if constexpr (M == Major::kMK) {
     ldmatrix_x4(a, A + (m0 + (lane & 15)) * ld + k0 + ((lane >> 4) << 3));
-  } else {
+  } else if constexpr (M == Major::kKM) {
     ldmatrix_x4_trans(a, A + (k0 + (lane & 7) + ((lane >> 4) << 3)) * ld + m0 + (((lane >> 3) & 1) << 3));
+  } else if constexpr (M == Major::kMKSw128) {
+    ldmatrix_x4(a, sw128_at(A, ld, m0 + (lane & 15), k0 + ((lane >> 4) << 3)));
+  } else {
+    ldmatrix_x4_trans(a, sw128_at(A, ld, k0 + (lane & 7) + ((lane >> 4) << 3), m0 + (((lane >> 3) & 1) << 3)));
   }
 }
 

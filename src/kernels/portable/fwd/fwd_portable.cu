@@ -8,11 +8,13 @@
 #include <cstring>
 #include <cstdint>
 #include <mutex>
+#include <type_traits>
 #include <unordered_map>
 
 #include "api/env.hpp"
 #include "api/error.hpp"
 #include "api/tensor.hpp"
+#include "api/tensor_map.hpp"
 #include "kernels/portable/fwd/cp_scan.cuh"
 #include "kernels/portable/fwd/fwd_portable.hpp"
 #include "kernels/portable/fwd/plan.hpp"
@@ -27,6 +29,7 @@ namespace {
 
 int current_num_sms();
 int prepare_variant();
+int cluster_override();
 
 void strides3(const flashgdn_tensor_t& t, int64_t (&s)[3]) {
   for (int i = 0; i < 3; ++i) s[i] = t.stride[i];
@@ -35,6 +38,7 @@ void strides3(const flashgdn_tensor_t& t, int64_t (&s)[3]) {
 // Per-device attributes, read once (the launch path stays free of repeated driver queries).
 struct DeviceInfo {
   int num_sms = 0, max_smem = 0, cc_major = 0;
+  bool tma_recurrence = false;  // the recurrence's sm_90a (TMA) instantiations run on this device
 };
 
 flashgdn_status_t device_info(int dev, DeviceInfo* out);
@@ -107,10 +111,45 @@ void print_recurrence_trace(cudaStream_t stream, int bv, int stages) {
 // (prepare) runs its last wave; the producer acquires a.ready per (chunk, head) before reading its images.
 // NOTE: the overlap is at most prepare's last (partial) wave, ~25 us on H100 rows whose heads x sequences
 // leave the recurrence one wave.
-template <class T, int KD, int BV, int STAGES, int CP>
-flashgdn_status_t launch_recurrence_stages(const FwdArgs& a, int64_t ctas, int dev, bool pdl, cudaStream_t stream) {
-  auto kernel = recurrence_kernel<T, KD, BV, STAGES, CP>;
-  const int smem = static_cast<int>(sizeof(RecurrenceSmem<T, KD, BV, STAGES>));
+// The TMA path's tensor map of q or k [B, T, Hqk, K] as (K, Hqk, T, B), boxes of (64, 1, 64 / cs, 1) with the
+// 128-byte swizzle. Extents of 1 get a stride that TMA accepts (never used to step).
+template <class T>
+flashgdn_status_t map_qk(CUtensorMap* map, const void* base, const int64_t (&st)[3], const FwdArgs& a, int cs,
+                         const char* name) {
+  TmaTile t;
+  t.base = base;
+  t.dtype = std::is_same_v<T, __half> ? FLASHGDN_DTYPE_FLOAT16 : FLASHGDN_DTYPE_BFLOAT16;
+  const uint64_t es = sizeof(T);
+  t.dim0 = static_cast<uint64_t>(a.K);
+  t.dim1 = static_cast<uint64_t>(a.Hqk);
+  t.row_stride_bytes = (a.Hqk > 1 ? static_cast<uint64_t>(st[2]) : t.dim0) * es;
+  t.dim2 = static_cast<uint64_t>(a.T);
+  t.stride2_bytes = a.T > 1 ? static_cast<uint64_t>(st[1]) * es : t.row_stride_bytes * t.dim1;
+  t.dim3 = static_cast<uint64_t>(a.B);
+  t.stride3_bytes = a.B > 1 ? static_cast<uint64_t>(st[0]) * es : t.stride2_bytes * t.dim2;
+  t.box0 = 64;
+  t.box1 = 1;
+  t.box2 = static_cast<uint32_t>(kChunk / cs);
+  t.box3 = 1;
+  t.swizzle = device::Swizzle::k128B;
+  return encode_tma_tile(map, t, "flashgdn_chunk_fwd", name);
+}
+
+template <class T, int KD, int BV, int STAGES, int CP, bool TMA>
+flashgdn_status_t launch_recurrence_stages(FwdArgs a, int64_t ctas, int dev, bool pdl, cudaStream_t stream) {
+  auto kernel = recurrence_kernel<T, KD, BV, STAGES, CP, TMA>;
+  // A cluster is consecutive V slices of one (rank, head): the largest power of two <= rec_cluster that
+  // divides this pass's slices (pass 1 also covers the K columns of M).
+  const int tiles = (CP == 1 ? a.V + a.K : a.V) / BV;
+  int cs = TMA ? a.rec_cluster : 1;
+  while (cs > 1 && tiles % cs != 0) cs /= 2;
+  a.rec_cluster = cs;
+  RecMaps maps{};
+  if constexpr (TMA) {
+    FLASHGDN_TRY(map_qk<T>(&maps.q, a.q, a.q_s, a, cs, "q"));
+    FLASHGDN_TRY(map_qk<T>(&maps.k, a.k, a.k_s, a, cs, "k"));
+  }
+  const int smem = static_cast<int>(recurrence_smem_bytes<T, KD, BV, STAGES, TMA>());
   static std::atomic<uint64_t> done{0};
   cudaError_t e = raise_smem_limit_once(kernel, smem, dev, done);
   if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(recurrence)", e);
@@ -119,12 +158,21 @@ flashgdn_status_t launch_recurrence_stages(const FwdArgs& a, int64_t ctas, int d
   cfg.blockDim = dim3(kRecThreads);
   cfg.dynamicSmemBytes = static_cast<size_t>(smem);
   cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute attr[2];
+  unsigned n_attr = 0;
+  if (pdl) {
+    attr[n_attr].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n_attr++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (cs > 1) {
+    attr[n_attr].id = cudaLaunchAttributeClusterDimension;
+    attr[n_attr].val.clusterDim.x = static_cast<unsigned>(cs);
+    attr[n_attr].val.clusterDim.y = 1;
+    attr[n_attr++].val.clusterDim.z = 1;
+  }
   cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 1 : 0;
-  e = cudaLaunchKernelEx(&cfg, kernel, a);
+  cfg.numAttrs = n_attr;
+  e = cudaLaunchKernelEx(&cfg, kernel, maps, a);
   if (e == cudaSuccess) e = cudaGetLastError();
 #if FLASHGDN_TRACE
   if (e == cudaSuccess) print_recurrence_trace(stream, BV, STAGES);
@@ -135,16 +183,23 @@ flashgdn_status_t launch_recurrence_stages(const FwdArgs& a, int64_t ctas, int d
 // The largest shared-memory block any supported GPU grants (sm_90: 227 KB); deeper variants are not built.
 constexpr size_t kMaxSmemAnyGpu = 227 * 1024;
 
+template <class T, int KD, int BV, int CP, bool TMA>
+flashgdn_status_t launch_recurrence_path(const FwdArgs& a, int64_t ctas, int max_smem, int dev, bool pdl,
+                                         cudaStream_t stream) {
+  // NOTE: a third input stage hides the latency of the first touch of a chunk's Q/K/W when the
+  // per-chunk work is small (narrow V slices); taken wherever it fits.
+  if constexpr (recurrence_smem_bytes<T, KD, BV, 3, TMA>() <= kMaxSmemAnyGpu) {
+    if (static_cast<int>(recurrence_smem_bytes<T, KD, BV, 3, TMA>()) <= max_smem)
+      return launch_recurrence_stages<T, KD, BV, 3, CP, TMA>(a, ctas, dev, pdl, stream);
+  }
+  return launch_recurrence_stages<T, KD, BV, 2, CP, TMA>(a, ctas, dev, pdl, stream);
+}
+
 template <class T, int KD, int BV, int CP>
 flashgdn_status_t launch_recurrence(const FwdArgs& a, int64_t ctas, int max_smem, int dev, bool pdl,
                                     cudaStream_t stream) {
-  // NOTE: a third input stage hides the latency of the first touch of a chunk's Q/K/W when the
-  // per-chunk work is small (narrow V slices); taken wherever it fits.
-  if constexpr (sizeof(RecurrenceSmem<T, KD, BV, 3>) <= kMaxSmemAnyGpu) {
-    if (static_cast<int>(sizeof(RecurrenceSmem<T, KD, BV, 3>)) <= max_smem)
-      return launch_recurrence_stages<T, KD, BV, 3, CP>(a, ctas, dev, pdl, stream);
-  }
-  return launch_recurrence_stages<T, KD, BV, 2, CP>(a, ctas, dev, pdl, stream);
+  return a.rec_tma ? launch_recurrence_path<T, KD, BV, CP, true>(a, ctas, max_smem, dev, pdl, stream)
+                   : launch_recurrence_path<T, KD, BV, CP, false>(a, ctas, max_smem, dev, pdl, stream);
 }
 
 // sm90_pr / sm90_p non-null: the experimental sm_90a recurrence replaces the portable one (bv = 64).
@@ -152,8 +207,8 @@ template <class T, int KD, int VD>
 flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, bool pdl, cudaStream_t stream,
                              const Problem* sm90_pr = nullptr, const flashgdn_chunk_fwd_params_t* sm90_p = nullptr) {
   // Shrink BV if the device cannot hold the recurrence's tile (before stage 1: U's image depends on it).
-  if (bv == 64 && static_cast<int>(sizeof(RecurrenceSmem<T, KD, 64, 2>)) > max_smem) bv = 32;
-  if (bv == 32 && static_cast<int>(sizeof(RecurrenceSmem<T, KD, 32, 2>)) > max_smem) bv = 16;
+  if (bv == 64 && static_cast<int>(recurrence_smem_bytes<T, KD, 64, 2, true>()) > max_smem) bv = 32;
+  if (bv == 32 && static_cast<int>(recurrence_smem_bytes<T, KD, 32, 2, true>()) > max_smem) bv = 16;
   a.bv = bv;
   // Stage 1: prepare (parallel over chunks and value heads).
   auto prepare = [&](auto late_v_tag) -> flashgdn_status_t {
@@ -235,6 +290,15 @@ flashgdn_status_t device_info(int dev, DeviceInfo* out) {
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&info.max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&info.cc_major, cudaDevAttrComputeCapabilityMajor, dev);
   if (e != cudaSuccess) return cuda_error("cudaDeviceGetAttribute", e);
+  if (info.cc_major == 9) {
+    // The fatbin has sm_90a code when FLASHGDN_PORTABLE_ARCHS lists 90a; the binary the driver picks for
+    // this device says whether the TMA instantiations have a body.
+    // (device_info is called for the current device.)
+    cudaFuncAttributes fa{};
+    if (cudaFuncGetAttributes(&fa, recurrence_kernel<__nv_bfloat16, 128, 16, 3, 0, true>) == cudaSuccess)
+      info.tma_recurrence = fa.binaryVersion == 90;
+    cudaGetLastError();  // leave no sticky error behind
+  }
   std::lock_guard<std::mutex> lock(mu);
   cache[dev] = info;
   *out = info;
@@ -263,6 +327,20 @@ int bv_override() {
     return 0;
   }();
   return bv;
+}
+
+// FLASHGDN_PORTABLE_CLUSTER=1|2|4|8: the recurrence's cluster size on the bulk path (read once; default 1
+// until measured). Anything else is ignored with a message on stderr.
+int cluster_override() {
+  static const int cs = [] {
+    const char* e = std::getenv("FLASHGDN_PORTABLE_CLUSTER");
+    if (e == nullptr || *e == 0) return 1;
+    const int v = std::atoi(e);
+    if (v == 1 || v == 2 || v == 4 || v == 8) return v;
+    std::fprintf(stderr, "flashgdn: ignoring FLASHGDN_PORTABLE_CLUSTER=%s (expected 1, 2, 4 or 8)\n", e);
+    return 1;
+  }();
+  return cs;
 }
 
 // SM count of the current device (0 when it cannot be read: the plan is then still deterministic).
@@ -362,6 +440,11 @@ flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_
   a.prepared = reinterpret_cast<int32_t*>(ws + l.prepared);
   // FLASHGDN_PORTABLE_PREP_ORDER=chunk: prepare's grid chunk-fastest (A/B; default head-fastest).
   a.prep_head_fastest = env_is_value("FLASHGDN_PORTABLE_PREP_ORDER", "chunk") ? 0 : 1;
+  // The recurrence's TMA producer where an sm_90a binary runs (FLASHGDN_PORTABLE_TMA=0: cp.async, for
+  // A/B) and its cluster size (FLASHGDN_PORTABLE_CLUSTER=1|2|4|8 pins it). Fewer than 64 tokens per batch
+  // row (a box would exceed the tensor) take the cp.async producer.
+  a.rec_tma = info.tma_recurrence && pr.T >= kChunk && !env_is_zero("FLASHGDN_PORTABLE_TMA") ? 1 : 0;
+  a.rec_cluster = a.rec_tma ? cluster_override() : 1;
 
   chunk_offsets_kernel<256><<<1, 256, 0, stream>>>(a);
   e = cudaGetLastError();

@@ -85,6 +85,11 @@ struct FwdArgs {
   int32_t* ready;
   int32_t* prepared;     // prepare CTAs of real chunks finished (released by each), zeroed by chunk_offsets_kernel
   int prep_head_fastest;  // prepare's 1-D grid order: head fastest (1) or chunk fastest (0)
+  // The recurrence's producer: TMA (1: sm_90a; tensor maps and bulk copies completing on mbarriers) or
+  // cp.async (0). With TMA, rec_cluster CTAs (1, 2, 4 or 8: a cluster of consecutive V slices of one
+  // (sequence, head)) share Q, K, W, Pm and aux by cluster multicast.
+  int rec_tma;
+  int rec_cluster;
 };
 
 // The last n with offsets[n] <= x (offsets non-decreasing, offsets[0] = 0 <= x).

@@ -9,7 +9,19 @@
 //       S  = exp(gamma_L) S + Kᵀ Vd                 (raw K; rk folded into Vd)  -> sS[(c + 1) & 1] (T copy)
 //   output warps 4-7   (one chunk behind the state warps; 16 rows of the chunk each):
 //       O  = scale exp(gamma) o rq o (Q S_c) + Pm vn_c   staged through sO, 16-byte stores to o
-//   producer warps 8-9 (cp.async of chunk c + STAGES - 1: Q, K, W, the U slice, Pm, aux).
+//   producer warps 8-9 (chunk c + STAGES - 1: Q, K, W, the U slice, Pm, aux), by one of two paths:
+//     cp.async (sm_80+; TMA = false): 16 bytes per thread and copy, landing signalled by kFull;
+//     TMA (sm_90a; TMA = true): Q and K by tensor maps (two 64-column boxes each, 128-byte swizzle), W,
+//       Pm, aux and the U slice by bulk copies, all completing on the stage's mbarrier full[s]
+//       (transaction bytes). With a cluster of cs = a.rec_cluster CTAs (consecutive V slices of one
+//       (sequence, head)), each CTA issues 1/cs of the shared tiles by multicast into every CTA of the
+//       cluster (Q/K: 64/cs rows of each box), and its own U slice.
+// NOTE: on H100 the cp.async producer moved ~62 KB per chunk at ~21 B/cycle per SM whatever the number of
+// CTAs (64 or 128 on the BV = 16 rows; FLASHGDN_TRACE at 0644f83): its issue (~2900 cycles) set the chunk
+// period (~3300 cycles), and the state warps' ldmatrix queued behind it. With TMA the period is ~1950
+// cycles (4/16 1x8192: 0.379 -> 0.290 ms). Measured and not taken: one bulk copy per Q/K row (slower
+// than cp.async: 0.54 ms), cp.async rows + bulk images (0.41 ms), and multicast over clusters of 2-8
+// (0.39-0.63 ms: each CTA's refill waits for the slowest CTA's release; the default cluster is 1).
 // The state warps' critical path per chunk is two products (W S, Kᵀ Vd) and never waits for a load
 // issue or for the output. Every exponent is <= 0. The state operand copy sS is in the input dtype, as in
 // FLA/FlashQLA.
@@ -21,17 +33,25 @@
 //   kBarHandoff + b   (256): state arrive after chunk c (b = c & 1): vn_c and S_c ready; output sync.
 //   kBarRelease + b   (256): output arrive after chunk c: sVn[b], sS[b] free; state sync before writing
 //                            sS[b] again (end of chunk c + 1) — so the state warps run at most one chunk ahead.
-//   kBarFull + s      (192): producer arrive when stage s has landed (cp.async.wait_group); state sync.
-//                            The output warps see the stage through kBarHandoff (causality is transitive).
+//   kBarFull + s      (192): cp.async path: producer arrive when stage s has landed (cp.async.wait_group);
+//                            state sync. The output warps see the stage through kBarHandoff.
 //   kBarEmpty + s     (320): state and output arrive when done with stage s; producer sync before refilling.
+// mbarriers (TMA path): full[s] (count 1: the producer's arrive.expect_tx; the copies' complete_tx) —
+//   state and output warps wait on its phase; empty[s] (count cs, cluster only): each CTA's producer
+//   arrives on every CTA's empty[s] once its own consumers released stage s (after kBarEmpty), and waits
+//   on its own before multicasting into stage s again.
 //
 // Shared memory (K = 128): per stage Q, K, W (64, 136) T = 52 KB, U (64, BV + 8) T, Pm (64, 72) T 9 KB,
 // aux 768 B; sS x2 (128, BV + 8) T; sVn x2, sVd, sO (64, BV + 8) T. BV = 64, 2 stages: ~217 KB;
-// BV = 16, 3 stages: ~220 KB. The launcher takes 3 stages where they fit and checks the device limit.
+// BV = 16, 3 stages: ~220 KB; plus 2 x STAGES mbarriers. The launcher takes 3 stages where they fit and
+// checks the device limit.
 #pragma once
+
+#include <cuda.h>  // CUtensorMap
 
 #include <type_traits>
 
+#include "device/sm90.cuh"
 #include "device/warp_mma.cuh"
 #include "kernels/portable/fwd/params.hpp"
 #include "kernels/portable/fwd/scheduler.cuh"
@@ -69,14 +89,30 @@ struct RecurrenceBarriers {
   static_assert(kEmpty + STAGES <= 16, "16 named barriers per CTA");
 };
 
-template <class T, int KD, int BV, int STAGES>
+// The TMA path's Q and K tensor maps: (K, Hqk, T, B) with boxes of (64, 1, 64 / cluster, 1), SWIZZLE_128B.
+struct RecMaps {
+  CUtensorMap q, k;
+};
+
+#ifdef FLASHGDN_SM90A
+inline constexpr bool kSm90aBuild = true;
+#else
+inline constexpr bool kSm90aBuild = false;
+#endif
+
+// TMA: Q and K as TMA writes them (column halves of (64, 64), 128-byte swizzle; 1024-byte aligned stages),
+// else padded rows (cp.async).
+template <class T, int KD, int BV, int STAGES, bool TMA>
 struct RecurrenceSmem {
   static constexpr int kLdK = KD + 8;  // NOTE: +16 bytes per row: conflict-free ldmatrix
   static constexpr int kLdV = BV + 8;
   static constexpr int kLdA = kChunk + 8;
-  struct Stage {
-    T q[kChunk * kLdK];   // (64, K)
-    T k[kChunk * kLdK];   // (64, K)
+  static constexpr int kLdQK = TMA ? kChunk : kLdK;  // warp_gemm's ld for Q/K (the row count when swizzled)
+  static constexpr device::Major kQMajor = TMA ? device::Major::kMKSw128 : device::Major::kMK;
+  static constexpr device::Major kKMajor = TMA ? device::Major::kKMSw128 : device::Major::kKM;
+  struct alignas(TMA ? 1024 : 16) Stage {
+    T q[TMA ? kChunk * KD : kChunk * kLdK];  // (64, K)
+    T k[TMA ? kChunk * KD : kChunk * kLdK];  // (64, K)
     T w[kChunk * kLdK];   // (64, K)
     T u[kChunk * kLdV];   // (64, BV)
     T pm[kChunk * kLdA];  // (64, 64)
@@ -87,22 +123,34 @@ struct RecurrenceSmem {
   T vn[2][kChunk * kLdV];  // (64, BV) x 2
   T vd[kChunk * kLdV];     // (64, BV)
   T o[kChunk * kLdV];      // (64, BV)
+  uint64_t bar[2 * STAGES];  // TMA path: full[s] = bar[s], empty[s] = bar[STAGES + s]
 };
+
+// Dynamic shared memory of a recurrence variant (the TMA path aligns its base to 1024 bytes itself).
+template <class T, int KD, int BV, int STAGES, bool TMA>
+constexpr size_t recurrence_smem_bytes() {
+  return sizeof(RecurrenceSmem<T, KD, BV, STAGES, TMA>) + (TMA ? 1024 : 0);
+}
 
 // CP = a.cp_pass as a template parameter (0 sequential, 1 transition pass, 3 final pass).
 // NOTE: compile-time so that the sequential kernel carries none of the CP bookkeeping in registers (the
 // runtime form spilled ~100 bytes per thread at BV = 64).
-template <class T, int KD, int BV, int STAGES, int CP>
-__global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
+// TMA: the sm_90a producer (tensor maps for Q/K, bulk copies for the images, optional cluster multicast).
+// Its instantiation has an empty body in non-sm_90a passes; the launcher takes it only for an sm_90a binary.
+template <class T, int KD, int BV, int STAGES, int CP, bool TMA>
+__global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(const __grid_constant__ RecMaps maps, FwdArgs a) {
+ if constexpr (TMA && !kSm90aBuild) {
+  return;
+ } else {
   using namespace device;
-  using Sm = RecurrenceSmem<T, KD, BV, STAGES>;
+  using Sm = RecurrenceSmem<T, KD, BV, STAGES, TMA>;
   using Bar = RecurrenceBarriers<STAGES>;
   static_assert(STAGES >= 2, "at least double buffering");
   constexpr int kNT = BV / 8;   // n-tiles of a (., BV) accumulator
   constexpr int kSM = KD / 64;  // m-tiles of the state per state warp (K/4 rows)
   constexpr int kFullCount = 128 + kRecProducerThreads, kEmptyCount = 256 + kRecProducerThreads;
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  Sm& sm = *reinterpret_cast<Sm*>(smem_raw);
+  Sm& sm = *reinterpret_cast<Sm*>(TMA ? smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023) : smem_raw);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   // Linear CTA id = (rank, slice, h), h fastest; rank r is the r-th longest sequence (seq_order), so the
   // long sequences' CTAs are dispatched first.
@@ -111,16 +159,19 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
   // With context parallelism the rank is a segment g (pass 1 also covers the K identity columns of the
   // augmented state [S | M]: slices v0 >= V), and a CTA walks only its segment's chunks.
   constexpr bool pass1 = CP == 1;
+  // With clusters (TMA path, cs > 1) the cluster's CTAs are consecutive slices of one (rank, h): slice
+  // fastest (the launcher makes cs divide tiles).
   const int tiles = (pass1 ? a.V + a.K : a.V) / BV;
-  const int h = static_cast<int>(blockIdx.x % a.Hv);
-  const int slice = static_cast<int>((blockIdx.x / a.Hv) % tiles);
+  const int cs = TMA ? a.rec_cluster : 1;
+  const int h = static_cast<int>(cs > 1 ? (blockIdx.x / tiles) % a.Hv : blockIdx.x % a.Hv);
+  const int slice = static_cast<int>(cs > 1 ? blockIdx.x % tiles : (blockIdx.x / a.Hv) % tiles);
   const int64_t rank = blockIdx.x / (static_cast<int64_t>(tiles) * a.Hv);
   int64_t n, c_first = 0, nchunks;
   bool last_seg = true;
   if constexpr (CP != 0) {
     const FwdArgs::SegInfo si = a.seg[rank];
-    // No such segment, or pass 1 of a last segment (its transition is never used): the whole CTA
-    // leaves before any barrier.
+    // No such segment, or pass 1 of a last segment (its transition is never used): the whole CTA (and
+    // its whole cluster: same rank) leaves before any barrier.
     if (si.nch < 0 || (pass1 && si.last)) {
       grid_dependency_wait();  // see the producer's exit
       return;
@@ -139,6 +190,21 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
   if constexpr (CP == 0) nchunks = (s.eos - s.bos + kChunk - 1) / kChunk;
   const int64_t c_base = a.chunk_offsets[n] + c_first;  // global chunk of this CTA's chunk 0
   const int64_t t_base = s.bos + c_first * kChunk;      // its first token
+  if constexpr (TMA) {
+    if (tid == 0) {
+      for (int st = 0; st < STAGES; ++st) {
+        sm90::mbar_init(&sm.bar[st], 1);
+        sm90::mbar_init(&sm.bar[STAGES + st], static_cast<uint32_t>(cs));
+      }
+      sm90::fence_mbarrier_init_cluster();
+    }
+    if (cs > 1) sm90::cluster_sync(); else __syncthreads();
+  }
+  // The consumers' wait for stage st of chunk c.
+  auto wait_full = [&](int64_t c, int st) {
+    if constexpr (TMA) sm90::mbar_wait(&sm.bar[st], static_cast<uint32_t>((c / STAGES) & 1));
+    else named_bar_sync(Bar::kFull + st, kFullCount);
+  };
 
   if (warp >= kRecStateWarps + kRecOutputWarps) {
     // ================= producer warps =================
@@ -162,6 +228,23 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
     // Prepare CTAs that do real work (those past the last chunk are not counted).
     const int32_t prepare_ctas = static_cast<int32_t>(a.chunk_offsets[a.N] * a.Hv);
     bool all_prepared = false;
+    // Q and K rows [t0, t0 + 64) by cp.async, zero-filled past L.
+    auto copy_rows = [&](typename Sm::Stage& X, int64_t t0, int L) {
+      const int64_t qstep = kRowStep * a.q_s[1], kstep = kRowStep * a.k_s[1];
+      const T* qp = qg + (t0 + r0) * a.q_s[1] + cv;
+      const T* kp = kg + (t0 + r0) * a.k_s[1] + cv;
+      const T* q_safe = qg + t0 * a.q_s[1] + cv;  // a valid address for the zero-filled rows past L
+      const T* k_safe = kg + t0 * a.k_s[1] + cv;
+#pragma unroll
+      for (int j = 0; j < kChunk / kRowStep; ++j) {
+        const int r = r0 + j * kRowStep;
+        const bool ok = r < L;
+        if (!pass1) cp_async_16(&X.q[r * Sm::kLdK + cv], ok ? qp : q_safe, ok);
+        cp_async_16(&X.k[r * Sm::kLdK + cv], ok ? kp : k_safe, ok);
+        qp += qstep;
+        kp += kstep;
+      }
+    };
     auto load_chunk = [&](int64_t c, int st) {
       typename Sm::Stage& X = sm.st[st];
       const int64_t t0 = t_base + c * kChunk;
@@ -186,21 +269,79 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
         copy_image(std::integral_constant<int, sizeof(T) * kChunk * Sm::kLdA>{}, X.pm,
                    static_cast<const T*>(a.Pm) + ch * pm_image_elems());
       copy_image(std::integral_constant<int, sizeof(float) * 3 * kChunk>{}, X.aux, a.aux + ch * 3 * kChunk);
-      const int64_t qstep = kRowStep * a.q_s[1], kstep = kRowStep * a.k_s[1];
-      const T* qp = qg + (t0 + r0) * a.q_s[1] + cv;
-      const T* kp = kg + (t0 + r0) * a.k_s[1] + cv;
-      const T* q_safe = qg + t0 * a.q_s[1] + cv;  // a valid address for the zero-filled rows past L
-      const T* k_safe = kg + t0 * a.k_s[1] + cv;
-#pragma unroll
-      for (int j = 0; j < kChunk / kRowStep; ++j) {
-        const int r = r0 + j * kRowStep;
-        const bool ok = r < L;
-        if (!pass1) cp_async_16(&X.q[r * Sm::kLdK + cv], ok ? qp : q_safe, ok);
-        cp_async_16(&X.k[r * Sm::kLdK + cv], ok ? kp : k_safe, ok);
-        qp += qstep;
-        kp += kstep;
-      }
+      copy_rows(X, t0, L);
     };
+    if constexpr (TMA) {
+      const uint32_t crank = cs > 1 ? sm90::cluster_ctarank() : 0;
+      const uint16_t mask = static_cast<uint16_t>((1u << cs) - 1);
+      // This CTA's share (1/cs) of a shared image, multicast to the cluster when cs > 1.
+      auto share = [&](void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+        const uint32_t part = bytes / static_cast<uint32_t>(cs);
+        char* d = static_cast<char*>(dst) + crank * part;
+        const char* g = static_cast<const char*>(src) + crank * part;
+        if (cs > 1) sm90::bulk_load_multicast(d, g, part, bar, mask);
+        else sm90::bulk_load(d, g, part, bar);
+      };
+      constexpr uint32_t kQKBytes = sizeof(T) * kChunk * KD, kWBytes = sizeof(T) * kChunk * Sm::kLdK;
+      constexpr uint32_t kUBytes = sizeof(T) * kChunk * Sm::kLdV, kPmBytes = sizeof(T) * kChunk * Sm::kLdA;
+      constexpr uint32_t kAuxBytes = sizeof(float) * 3 * kChunk;
+      static_assert(kWBytes % 128 == 0 && kPmBytes % 128 == 0 && kAuxBytes % 128 == 0,
+                    "shared images split into up to 8 multicast parts of 16-byte multiples");
+      constexpr int kHalves = KD / 64;  // Q/K boxes are 64 columns wide (the 128-byte swizzle span)
+      const int box_rows = kChunk / cs;  // this CTA's rows of each Q/K box (the map's box extent)
+      for (int64_t c = 0; c < nchunks; ++c) {
+        const int st = static_cast<int>(c % STAGES);
+        FLASHGDN_TRACE_EVENT(c, 0);
+        if (c >= STAGES) {
+          named_bar_sync(Bar::kEmpty + st, kEmptyCount);  // this CTA's consumers released chunk c - STAGES
+          if (cs > 1) {
+            // Every CTA of the cluster writes into stage st: each waits for all cs releases.
+            if (ptid < cs) sm90::mbar_arrive_cluster(&sm.bar[STAGES + st], static_cast<uint32_t>(ptid));
+            sm90::mbar_wait_cluster(&sm.bar[STAGES + st], static_cast<uint32_t>((c / STAGES - 1) & 1));
+          }
+        }
+        FLASHGDN_TRACE_EVENT(c, 1);
+        typename Sm::Stage& X = sm.st[st];
+        uint64_t* full = &sm.bar[st];
+        const int64_t t0 = t_base + c * kChunk;
+        const int64_t ch = (c_base + c) * a.Hv + h;
+        if (!all_prepared) {  // as in load_chunk above
+          if (load_acquire_gpu(a.prepared) == prepare_ctas) all_prepared = true;
+          else while (load_acquire_gpu(&a.ready[ch]) == 0) __nanosleep(100);
+          sm90::fence_proxy_async_global();  // the images were written through the generic proxy
+        }
+        if (ptid == 0) {
+          // Whole boxes count, rows past the tensor's end (zero-filled) included.
+          const uint32_t bytes = kWBytes + kAuxBytes + (ident ? 0 : kUBytes) + (pass1 ? 0 : kPmBytes + kQKBytes) + kQKBytes;
+          sm90::mbar_expect_tx(full, bytes);
+          share(X.w, static_cast<const T*>(a.W) + ch * w_image_elems(KD), kWBytes, full);
+        } else if (ptid == 1) {
+          if (!pass1) share(X.pm, static_cast<const T*>(a.Pm) + ch * pm_image_elems(), kPmBytes, full);
+        } else if (ptid == 2) {
+          share(X.aux, a.aux + ch * 3 * kChunk, kAuxBytes, full);
+        } else if (ptid == 3) {
+          if (!ident)
+            sm90::bulk_load(X.u, static_cast<const T*>(a.U) + ch * a.u_stride + slice * u_slice_elems(BV), kUBytes, full);
+        } else if (ptid < 4 + 2 * kHalves) {
+          // Rows [t0 + crank * box_rows, + box_rows) of one 64-column half of Q (j = 0) or K (j = 1); rows
+          // past the sequence's end hold later tokens (or zeros past T): the state warps clear K's.
+          const int j = (ptid - 4) / kHalves, half = (ptid - 4) % kHalves;
+          if (!(j == 0 && pass1)) {
+            T* dst = (j == 0 ? X.q : X.k) + half * kChunk * 64 + crank * box_rows * 64;
+            const CUtensorMap* map = j == 0 ? &maps.q : &maps.k;
+            const int32_t r = static_cast<int32_t>(t0 + crank * box_rows);
+            if (cs > 1) sm90::tma_load_4d_multicast(dst, map, half * 64, hk, r, static_cast<int32_t>(s.b), full, mask);
+            else sm90::tma_load_4d(dst, map, half * 64, hk, r, static_cast<int32_t>(s.b), full);
+          }
+        }
+        FLASHGDN_TRACE_EVENT(c, 2);
+        FLASHGDN_TRACE_EVENT(c, 3);
+      }
+      for (int64_t c = nchunks > STAGES ? nchunks : STAGES; c < nchunks + STAGES; ++c)
+        named_bar_sync(Bar::kEmpty + static_cast<int>((c - STAGES) % STAGES), kEmptyCount);
+      grid_dependency_wait();  // see the cp.async path's exit
+      return;
+    } else {
     for (int64_t c = 0; c < nchunks + STAGES - 1; ++c) {
       if (c < nchunks) {
         const int st = static_cast<int>(c % STAGES);
@@ -226,6 +367,7 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
     // flags and the counter, which a straggling prepare CTA could otherwise still write.
     grid_dependency_wait();
     return;
+    }  // cp.async path
   }
 
   const int m0 = (warp & 3) * 16;  // this warp's rows of every (64, .) tile
@@ -275,7 +417,7 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
     for (int64_t c = 0; c < nchunks; ++c) {
       const int st = static_cast<int>(c % STAGES), b = static_cast<int>(c & 1);
       FLASHGDN_TRACE_EVENT(c, 0);
-      named_bar_sync(Bar::kFull + st, kFullCount);
+      wait_full(c, st);
       FLASHGDN_TRACE_EVENT(c, 1);
       const typename Sm::Stage& X = sm.st[st];
       const float* gam = X.aux;
@@ -303,6 +445,22 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
           }
         }
       }
+      if constexpr (TMA) {
+        // A chunk shorter than 64: K's rows past L hold later tokens (or TMA's zeros); they meet Vd's zero
+        // rows in Kᵀ Vd and must be finite, so clear them (this CTA's copy; before the kState sync below).
+        const int64_t t0 = t_base + c * kChunk;
+        const int L = static_cast<int>(s.eos - t0 < kChunk ? s.eos - t0 : kChunk);
+        if (L < kChunk) {
+          uint4* kk = reinterpret_cast<uint4*>(const_cast<T*>(X.k));
+          constexpr int kRowVecs = 64 * int(sizeof(T)) / 16;  // 16-byte chunks per 64-column row
+          const int n_vecs = (kChunk - L) * kRowVecs;
+          for (int i = tid; i < (KD / 64) * n_vecs; i += 128) {
+            const int half = i / n_vecs, r = L + (i % n_vecs) / kRowVecs, v = i % kRowVecs;
+            kk[(half * kChunk + r) * kRowVecs + v] = make_uint4(0, 0, 0, 0);  // any chunk order: all zeros
+          }
+          sm90::fence_proxy_async_smem();  // before the stage is refilled by the async proxy
+        }
+      }
       FLASHGDN_TRACE_EVENT(c, 2);
       named_bar_sync(Bar::kState, 128);  // sVd complete
       FLASHGDN_TRACE_EVENT(c, 3);
@@ -314,7 +472,7 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
         for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
           for (int e = 0; e < 4; ++e) S[mt][nt][e] *= egl;
-      warp_gemm<kSM, kNT, kChunk / 16, Major::kKM, BMajor::kKN>(S, X.k, Sm::kLdK, srow0, sm.vd, Sm::kLdV, 0, lane);
+      warp_gemm<kSM, kNT, kChunk / 16, Sm::kKMajor, BMajor::kKN>(S, X.k, Sm::kLdQK, srow0, sm.vd, Sm::kLdV, 0, lane);
       FLASHGDN_TRACE_EVENT(c, 4);
       // sS[b ^ 1] held S_{c-1}: wait until the output warps are done with chunk c - 1.
       if (c >= 1) named_bar_sync(Bar::kRelease + (b ^ 1), 256);
@@ -346,6 +504,8 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
     const int st = static_cast<int>(c % STAGES), b = static_cast<int>(c & 1);
     FLASHGDN_TRACE_EVENT(c, 0);
     named_bar_sync(Bar::kHandoff + b, 256);
+    if constexpr (TMA)
+      if (!pass1) wait_full(c, st);  // completed already (the state warps waited): the copies' acquire
     FLASHGDN_TRACE_EVENT(c, 1);
     if constexpr (pass1) {  // no output in the transition pass: keep the barrier protocol only
       named_bar_arrive(Bar::kRelease + b, 256);
@@ -360,7 +520,7 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
     // O = scale exp(gamma) o rq o (Q S_c) + Pm vn_c.
     float acc[1][kNT][4];
     zero(acc);
-    warp_gemm<1, kNT, KD / 16, Major::kMK, BMajor::kKN>(acc, X.q, Sm::kLdK, m0, sm.s[b], Sm::kLdV, 0, lane);
+    warp_gemm<1, kNT, KD / 16, Sm::kQMajor, BMajor::kKN>(acc, X.q, Sm::kLdQK, m0, sm.s[b], Sm::kLdV, 0, lane);
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
       const int i = m0 + (lane >> 2) + hf * 8;
@@ -392,6 +552,7 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(FwdArgs a) {
     __syncwarp();
     FLASHGDN_TRACE_EVENT(c, 3);
   }
+ }  // TMA && !kSm90aBuild
 }
 
 }  // namespace flashgdn::portable
