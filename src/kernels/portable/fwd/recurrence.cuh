@@ -291,7 +291,15 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(const __grid
       const int box_rows = kChunk / cs;  // this CTA's rows of each Q/K box (the map's box extent)
       for (int64_t c = 0; c < nchunks; ++c) {
         const int st = static_cast<int>(c % STAGES);
+        const int64_t ch = (c_base + c) * a.Hv + h;
         FLASHGDN_TRACE_EVENT(c, 0);
+        // NOTE: the acquire comes before the wait for the stage, so its L2 round trips (while prepare still
+        // runs) overlap the consumers' work instead of delaying the refill (2-stage variants).
+        if (!all_prepared) {  // as in load_chunk above
+          if (load_acquire_gpu(a.prepared) == prepare_ctas) all_prepared = true;
+          else while (load_acquire_gpu(&a.ready[ch]) == 0) __nanosleep(100);
+          sm90::fence_proxy_async_global();  // the images were written through the generic proxy
+        }
         if (c >= STAGES) {
           named_bar_sync(Bar::kEmpty + st, kEmptyCount);  // this CTA's consumers released chunk c - STAGES
           if (cs > 1) {
@@ -304,12 +312,6 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(const __grid
         typename Sm::Stage& X = sm.st[st];
         uint64_t* full = &sm.bar[st];
         const int64_t t0 = t_base + c * kChunk;
-        const int64_t ch = (c_base + c) * a.Hv + h;
-        if (!all_prepared) {  // as in load_chunk above
-          if (load_acquire_gpu(a.prepared) == prepare_ctas) all_prepared = true;
-          else while (load_acquire_gpu(&a.ready[ch]) == 0) __nanosleep(100);
-          sm90::fence_proxy_async_global();  // the images were written through the generic proxy
-        }
         if (ptid == 0) {
           // Whole boxes count, rows past the tensor's end (zero-filled) included.
           const uint32_t bytes = kWBytes + kAuxBytes + (ident ? 0 : kUBytes) + (pass1 ? 0 : kPmBytes + kQKBytes) + kQKBytes;
