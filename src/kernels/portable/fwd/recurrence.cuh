@@ -41,10 +41,11 @@
 //   arrives on every CTA's empty[s] once its own consumers released stage s (after kBarEmpty), and waits
 //   on its own before multicasting into stage s again.
 //
-// Shared memory (K = 128): per stage Q, K, W (64, 136) T = 52 KB, U (64, BV + 8) T, Pm (64, 72) T 9 KB,
-// aux 768 B; sS x2 (128, BV + 8) T; sVn x2, sVd, sO (64, BV + 8) T. BV = 64, 2 stages: ~217 KB;
-// BV = 16, 3 stages: ~220 KB; plus 2 x STAGES mbarriers. The launcher takes 3 stages where they fit and
-// checks the device limit.
+// Shared memory (K = 128): per stage Q, K (64, 128) T swizzled (TMA) or (64, 136) T (cp.async), W (64, 136)
+// T, U (64, BV + 8) T (Vd overwrites it), Pm (64, 72) T 9 KB (O staged in it), aux 768 B; sS x2
+// (128, BV + 8) T; sVn x2 (64, BV + 8) T; 2 x STAGES mbarriers. TMA: BV = 16 and 32 take 3 stages
+// (~207 / ~224 KB), BV = 64 2 stages (~190 KB). The launcher takes 3 stages where they fit and checks
+// the device limit.
 #pragma once
 
 #include <cuda.h>  // CUtensorMap
@@ -121,8 +122,9 @@ struct RecurrenceSmem {
   Stage st[STAGES];
   T s[2][KD * kLdV];       // (K, BV) x 2
   T vn[2][kChunk * kLdV];  // (64, BV) x 2
-  T vd[kChunk * kLdV];     // (64, BV)
-  T o[kChunk * kLdV];      // (64, BV)
+  // NOTE: no separate Vd and O tiles: Vd overwrites the stage's U (each element by the thread that read
+  // it) and O a warp's own rows of the stage's Pm (Pm's rows are the output rows: a warp reads only its
+  // own). The 10 KB this saves at BV = 32 make room for a third TMA stage.
   uint64_t bar[2 * STAGES];  // TMA path: full[s] = bar[s], empty[s] = bar[STAGES + s]
 };
 
@@ -431,6 +433,7 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(const __grid
         zero(acc);
         warp_gemm<1, kNT, KD / 16, Major::kMK, BMajor::kKN>(acc, X.w, Sm::kLdK, m0, sm.s[b], Sm::kLdV, 0, lane);
         T* vn = sm.vn[b];
+        T* vd = const_cast<T*>(X.u);  // Vd in place of U (64, BV)
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
           const int i = m0 + (lane >> 2) + hf * 8;
@@ -443,9 +446,11 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(const __grid
             const float vn0 = u0 - acc[0][nt][2 * hf];
             const float vn1 = u1 - acc[0][nt][2 * hf + 1];
             *reinterpret_cast<uint32_t*>(&vn[i * Sm::kLdV + j]) = pack2<T>(vn0, vn1);
-            *reinterpret_cast<uint32_t*>(&sm.vd[i * Sm::kLdV + j]) = pack2<T>(f * vn0, f * vn1);
+            *reinterpret_cast<uint32_t*>(&vd[i * Sm::kLdV + j]) = pack2<T>(f * vn0, f * vn1);
           }
         }
+        // Vd went into the stage's U, which the async proxy refills once the stage is released.
+        if constexpr (TMA) sm90::fence_proxy_async_smem();
       }
       if constexpr (TMA) {
         // A chunk shorter than 64: K's rows past L hold later tokens (or TMA's zeros); they meet Vd's zero
@@ -474,7 +479,7 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(const __grid
         for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
           for (int e = 0; e < 4; ++e) S[mt][nt][e] *= egl;
-      warp_gemm<kSM, kNT, kChunk / 16, Sm::kKMajor, BMajor::kKN>(S, X.k, Sm::kLdQK, srow0, sm.vd, Sm::kLdV, 0, lane);
+      warp_gemm<kSM, kNT, kChunk / 16, Sm::kKMajor, BMajor::kKN>(S, X.k, Sm::kLdQK, srow0, X.u, Sm::kLdV, 0, lane);
       FLASHGDN_TRACE_EVENT(c, 4);
       // sS[b ^ 1] held S_{c-1}: wait until the output warps are done with chunk c - 1.
       if (c >= 1) named_bar_sync(Bar::kRelease + (b ^ 1), 256);
@@ -536,22 +541,27 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(const __grid
     warp_gemm<1, kNT, kChunk / 16, Major::kMK, BMajor::kKN>(acc, X.pm, Sm::kLdA, m0, sm.vn[b], Sm::kLdV, 0, lane);
     FLASHGDN_TRACE_EVENT(c, 2);
     named_bar_arrive(Bar::kRelease + b, 256);                        // sS[b], sVn[b] free
-    named_bar_arrive(Bar::kEmpty + st, kEmptyCount);                 // Q, Pm, aux of stage st read
+    // O staged in this warp's own rows of the stage's Pm (read above by this warp only; BV + 8 <= 72).
+    static_assert(BV + 8 <= Sm::kLdA, "O rows fit Pm's rows");
+    T* so = const_cast<T*>(X.pm);
+    __syncwarp();
 #pragma unroll
     for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
         const int i = m0 + (lane >> 2) + hf * 8, j = nt * 8 + ((lane & 3) << 1);
-        *reinterpret_cast<uint32_t*>(&sm.o[i * Sm::kLdV + j]) = pack2<T>(acc[0][nt][2 * hf], acc[0][nt][2 * hf + 1]);
+        *reinterpret_cast<uint32_t*>(&so[i * Sm::kLdA + j]) = pack2<T>(acc[0][nt][2 * hf], acc[0][nt][2 * hf + 1]);
       }
     __syncwarp();
     constexpr int kVec = BV * sizeof(T) / 16;  // 16-byte vectors per row
     for (int i = lane; i < 16 * kVec; i += 32) {
       const int r = m0 + i / kVec, cv = (i % kVec) * (16 / sizeof(T));
       if (r < L)
-        *reinterpret_cast<uint4*>(og + (t0 + r) * a.o_s[1] + cv) = *reinterpret_cast<const uint4*>(&sm.o[r * Sm::kLdV + cv]);
+        *reinterpret_cast<uint4*>(og + (t0 + r) * a.o_s[1] + cv) = *reinterpret_cast<const uint4*>(&so[r * Sm::kLdA + cv]);
     }
     __syncwarp();
+    if constexpr (TMA) sm90::fence_proxy_async_smem();  // O went into Pm, which the async proxy refills
+    named_bar_arrive(Bar::kEmpty + st, kEmptyCount);  // Q, Pm, aux of stage st read (and O stored)
     FLASHGDN_TRACE_EVENT(c, 3);
   }
  }  // TMA && !kSm90aBuild
