@@ -180,8 +180,6 @@ flashgdn_status_t launch_recurrence_stages(FwdArgs a, int64_t ctas, int dev, boo
   return e == cudaSuccess ? FLASHGDN_SUCCESS : cuda_error("recurrence kernel launch", e);
 }
 
-// The largest shared-memory block any supported GPU grants (sm_90: 227 KB); deeper variants are not built.
-constexpr size_t kMaxSmemAnyGpu = 227 * 1024;
 
 template <class T, int KD, int BV, int CP, bool TMA>
 flashgdn_status_t launch_recurrence_path(const FwdArgs& a, int64_t ctas, int max_smem, int dev, bool pdl,

@@ -42,10 +42,10 @@
 //   on its own before multicasting into stage s again.
 //
 // Shared memory (K = 128): per stage Q, K (64, 128) T swizzled (TMA) or (64, 136) T (cp.async), W (64, 136)
-// T, U (64, BV + 8) T (Vd overwrites it), Pm (64, 72) T 9 KB (O staged in it), aux 768 B; sS x2
-// (128, BV + 8) T; sVn x2 (64, BV + 8) T; 2 x STAGES mbarriers. TMA: BV = 16 and 32 take 3 stages
-// (~207 / ~224 KB), BV = 64 2 stages (~190 KB). The launcher takes 3 stages where they fit and checks
-// the device limit.
+// T, U (64, BV + 8) T (ALIAS: Vd overwrites it), Pm (64, 72) T 9 KB (ALIAS: O staged in it), aux 768 B; sS x2
+// (128, BV + 8) T; sVn x2, sVd, sO (64, BV + 8) T (none of the last two where ALIAS); 2 x STAGES
+// mbarriers. TMA: BV = 16 and 32 (aliased) take 3 stages (~211 / ~224 KB), BV = 64 2 stages (~197 KB).
+// The launcher takes 3 stages where they fit and checks the device limit.
 #pragma once
 
 #include <cuda.h>  // CUtensorMap
@@ -103,8 +103,10 @@ inline constexpr bool kSm90aBuild = false;
 
 // TMA: Q and K as TMA writes them (column halves of (64, 64), 128-byte swizzle; 1024-byte aligned stages),
 // else padded rows (cp.async).
-template <class T, int KD, int BV, int STAGES, bool TMA>
-struct RecurrenceSmem {
+// ALIAS: no separate Vd and O tiles (see below), where that alone makes room for a third stage.
+template <class T, int KD, int BV, int STAGES, bool TMA, bool ALIAS>
+struct RecurrenceSmemT {
+  static constexpr bool kAlias = ALIAS;
   static constexpr int kLdK = KD + 8;  // NOTE: +16 bytes per row: conflict-free ldmatrix
   static constexpr int kLdV = BV + 8;
   static constexpr int kLdA = kChunk + 8;
@@ -122,11 +124,29 @@ struct RecurrenceSmem {
   Stage st[STAGES];
   T s[2][KD * kLdV];       // (K, BV) x 2
   T vn[2][kChunk * kLdV];  // (64, BV) x 2
-  // NOTE: no separate Vd and O tiles: Vd overwrites the stage's U (each element by the thread that read
-  // it) and O a warp's own rows of the stage's Pm (Pm's rows are the output rows: a warp reads only its
-  // own). The 10 KB this saves at BV = 32 make room for a third TMA stage.
+  // NOTE: with ALIAS, no separate Vd and O tiles: Vd overwrites the stage's U (each element by the thread
+  // that read it) and O a warp's own rows of the stage's Pm (Pm's rows are the output rows: a warp reads
+  // only its own). The 10 KB this saves make room for a third stage at BV = 32 with TMA (H100: 8/32
+  // 1x8192 0.500 -> 0.464 ms); where the stage count does not change it costs 1-2% (the release of the
+  // stage waits for the O stores; BV = 64), so it is taken only where it buys the stage.
+  T vd[ALIAS ? 8 : kChunk * kLdV];  // (64, BV)
+  T o[ALIAS ? 8 : kChunk * kLdV];   // (64, BV)
   uint64_t bar[2 * STAGES];  // TMA path: full[s] = bar[s], empty[s] = bar[STAGES + s]
 };
+
+// The largest shared-memory block any supported GPU grants (sm_90: 227 KB); deeper variants are not built.
+inline constexpr size_t kMaxSmemAnyGpu = 227 * 1024;
+
+// Aliasing Vd and O into the stage pays where it alone makes three stages fit.
+template <class T, int KD, int BV, bool TMA>
+constexpr bool recurrence_alias() {
+  constexpr size_t slack = TMA ? 1024 : 0;
+  return sizeof(RecurrenceSmemT<T, KD, BV, 3, TMA, false>) + slack > kMaxSmemAnyGpu &&
+         sizeof(RecurrenceSmemT<T, KD, BV, 3, TMA, true>) + slack <= kMaxSmemAnyGpu;
+}
+
+template <class T, int KD, int BV, int STAGES, bool TMA>
+using RecurrenceSmem = RecurrenceSmemT<T, KD, BV, STAGES, TMA, recurrence_alias<T, KD, BV, TMA>()>;
 
 // Dynamic shared memory of a recurrence variant (the TMA path aligns its base to 1024 bytes itself).
 template <class T, int KD, int BV, int STAGES, bool TMA>
@@ -433,7 +453,7 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(const __grid
         zero(acc);
         warp_gemm<1, kNT, KD / 16, Major::kMK, BMajor::kKN>(acc, X.w, Sm::kLdK, m0, sm.s[b], Sm::kLdV, 0, lane);
         T* vn = sm.vn[b];
-        T* vd = const_cast<T*>(X.u);  // Vd in place of U (64, BV)
+        T* vd = Sm::kAlias ? const_cast<T*>(X.u) : sm.vd;  // (64, BV)
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
           const int i = m0 + (lane >> 2) + hf * 8;
@@ -450,7 +470,7 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(const __grid
           }
         }
         // Vd went into the stage's U, which the async proxy refills once the stage is released.
-        if constexpr (TMA) sm90::fence_proxy_async_smem();
+        if constexpr (TMA && Sm::kAlias) sm90::fence_proxy_async_smem();
       }
       if constexpr (TMA) {
         // A chunk shorter than 64: K's rows past L hold later tokens (or TMA's zeros); they meet Vd's zero
@@ -479,7 +499,7 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(const __grid
         for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
           for (int e = 0; e < 4; ++e) S[mt][nt][e] *= egl;
-      warp_gemm<kSM, kNT, kChunk / 16, Sm::kKMajor, BMajor::kKN>(S, X.k, Sm::kLdQK, srow0, X.u, Sm::kLdV, 0, lane);
+      warp_gemm<kSM, kNT, kChunk / 16, Sm::kKMajor, BMajor::kKN>(S, X.k, Sm::kLdQK, srow0, Sm::kAlias ? X.u : sm.vd, Sm::kLdV, 0, lane);
       FLASHGDN_TRACE_EVENT(c, 4);
       // sS[b ^ 1] held S_{c-1}: wait until the output warps are done with chunk c - 1.
       if (c >= 1) named_bar_sync(Bar::kRelease + (b ^ 1), 256);
@@ -541,27 +561,32 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(const __grid
     warp_gemm<1, kNT, kChunk / 16, Major::kMK, BMajor::kKN>(acc, X.pm, Sm::kLdA, m0, sm.vn[b], Sm::kLdV, 0, lane);
     FLASHGDN_TRACE_EVENT(c, 2);
     named_bar_arrive(Bar::kRelease + b, 256);                        // sS[b], sVn[b] free
-    // O staged in this warp's own rows of the stage's Pm (read above by this warp only; BV + 8 <= 72).
+    // ALIAS: O staged in this warp's own rows of the stage's Pm (read above by this warp only), so the
+    // stage is released after the stores; else in sO, and the stage released now.
     static_assert(BV + 8 <= Sm::kLdA, "O rows fit Pm's rows");
-    T* so = const_cast<T*>(X.pm);
+    T* so = Sm::kAlias ? const_cast<T*>(X.pm) : sm.o;
+    constexpr int kLdO = Sm::kAlias ? Sm::kLdA : Sm::kLdV;
+    if constexpr (!Sm::kAlias) named_bar_arrive(Bar::kEmpty + st, kEmptyCount);  // Q, Pm, aux of stage st read
     __syncwarp();
 #pragma unroll
     for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
         const int i = m0 + (lane >> 2) + hf * 8, j = nt * 8 + ((lane & 3) << 1);
-        *reinterpret_cast<uint32_t*>(&so[i * Sm::kLdA + j]) = pack2<T>(acc[0][nt][2 * hf], acc[0][nt][2 * hf + 1]);
+        *reinterpret_cast<uint32_t*>(&so[i * kLdO + j]) = pack2<T>(acc[0][nt][2 * hf], acc[0][nt][2 * hf + 1]);
       }
     __syncwarp();
     constexpr int kVec = BV * sizeof(T) / 16;  // 16-byte vectors per row
     for (int i = lane; i < 16 * kVec; i += 32) {
       const int r = m0 + i / kVec, cv = (i % kVec) * (16 / sizeof(T));
       if (r < L)
-        *reinterpret_cast<uint4*>(og + (t0 + r) * a.o_s[1] + cv) = *reinterpret_cast<const uint4*>(&so[r * Sm::kLdA + cv]);
+        *reinterpret_cast<uint4*>(og + (t0 + r) * a.o_s[1] + cv) = *reinterpret_cast<const uint4*>(&so[r * kLdO + cv]);
     }
     __syncwarp();
-    if constexpr (TMA) sm90::fence_proxy_async_smem();  // O went into Pm, which the async proxy refills
-    named_bar_arrive(Bar::kEmpty + st, kEmptyCount);  // Q, Pm, aux of stage st read (and O stored)
+    if constexpr (Sm::kAlias) {
+      if constexpr (TMA) sm90::fence_proxy_async_smem();  // O went into Pm, which the async proxy refills
+      named_bar_arrive(Bar::kEmpty + st, kEmptyCount);    // Q, Pm, aux of stage st read (and O stored)
+    }
     FLASHGDN_TRACE_EVENT(c, 3);
   }
  }  // TMA && !kSm90aBuild
