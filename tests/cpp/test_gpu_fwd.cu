@@ -492,6 +492,37 @@ TEST(GpuForwardOverlap, BackToBackCallsOnOneWorkspace) {
   ASSERT_EQ(0, std::memcmp(once.ht.data(), chained.ht.data(), once.ht.size() * sizeof(double)));
 }
 
+// The recurrence's two producers (TMA on devices that run the sm_90a binary, cp.async everywhere) read the
+// same values into the same mma fragments: their results must agree bitwise, tails (63, 65, 1) and the
+// BV = 32 layout with Vd/O in the stage included; and so must clusters of 2 (multicast). The switches are
+// read at each call. (On a device without the TMA path every run takes cp.async.)
+TEST(GpuForwardProducers, TmaAndCpAsyncAgreeBitwise) {
+  REQUIRE_GPU();
+  for (const int bv : {16, 32, 64}) {
+    const Problem pr(mk("producers_bv" + std::to_string(bv), [&](Case& c) {
+      c.Hqk = 1; c.Hv = 3; c.lens = {300, 63, 65, 1, 129}; c.strided = true;
+    }));
+    const std::string bvs = std::to_string(bv);
+    setenv("FLASHGDN_PORTABLE_BV", bvs.c_str(), 1);
+    Outputs tma, cpa, cl2;
+    run_gpu(pr, &tma);
+    setenv("FLASHGDN_PORTABLE_CLUSTER", "2", 1);
+    run_gpu(pr, &cl2);
+    unsetenv("FLASHGDN_PORTABLE_CLUSTER");
+    setenv("FLASHGDN_PORTABLE_TMA", "0", 1);
+    run_gpu(pr, &cpa);
+    unsetenv("FLASHGDN_PORTABLE_TMA");
+    unsetenv("FLASHGDN_PORTABLE_BV");
+    Outputs ref;
+    run_reference(pr, &ref);
+    EXPECT_LE(rel_l2(tma.o, ref.o), 1e-2) << "BV " << bv;
+    EXPECT_EQ(0, std::memcmp(tma.o.data(), cpa.o.data(), tma.o.size() * sizeof(double))) << "BV " << bv;
+    EXPECT_EQ(0, std::memcmp(tma.ht.data(), cpa.ht.data(), tma.ht.size() * sizeof(double))) << "BV " << bv;
+    EXPECT_EQ(0, std::memcmp(tma.o.data(), cl2.o.data(), tma.o.size() * sizeof(double))) << "BV " << bv;
+    EXPECT_EQ(0, std::memcmp(tma.ht.data(), cl2.ht.data(), tma.ht.size() * sizeof(double))) << "BV " << bv;
+  }
+}
+
 // A tiny valid problem (B = 1, T = 8, one head, K = V = 64) laid out in device buffer b; o at o_off.
 flashgdn::ChunkFwdParams tiny_params(unsigned char* b, size_t o_off) {
   using flashgdn::tensor;

@@ -94,3 +94,27 @@ TEST(Sm90TensorMap, ThirdDimensionValidation) {
   EXPECT_EQ(tile().rank(), 2);
 }
 
+
+// Rank 4 (q [B, T, H, K] viewed as (K, H, T, B): the recurrence's TMA producer).
+TEST(Sm90TensorMap, FourthDimensionValidation) {
+  auto t = tile();
+  t.dim1 = 4;
+  t.box1 = 1;
+  t.dim2 = 1000;
+  t.stride2_bytes = 4 * 256 * 2;
+  t.box2 = 64;
+  t.dim3 = 3;                       // batch rows
+  t.stride3_bytes = 1000 * 4 * 256 * 2;
+  EXPECT_EQ(t.rank(), 4);
+  EXPECT_EQ(flashgdn::validate_tma_tile(t, "test", "k"), FLASHGDN_SUCCESS) << flashgdn_get_last_error();
+  auto u = t;
+  u.stride3_bytes = 24;  // not a multiple of 16
+  expect_error(u, FLASHGDN_ERROR_INVALID_ARGUMENT, "outermost stride 24 bytes");
+  u = t;
+  u.box3 = 4;  // more than the 3 batch rows
+  expect_error(u, FLASHGDN_ERROR_INTERNAL, "TMA fourth extent 3 / box 4");
+  u = t;
+  u.dim3 = 1;  // one batch row still makes rank 4 when its stride is given
+  EXPECT_EQ(u.rank(), 4);
+  EXPECT_EQ(flashgdn::validate_tma_tile(u, "test", "k"), FLASHGDN_SUCCESS) << flashgdn_get_last_error();
+}

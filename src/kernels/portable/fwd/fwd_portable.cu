@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <cstdint>
 #include <mutex>
 #include <type_traits>
@@ -313,33 +314,26 @@ int prepare_variant() {
   return v;
 }
 
-// FLASHGDN_PORTABLE_BV=16|32|64 pins the recurrence's V slice (a tuning and benchmarking aid, read once;
-// documented in docs/design.md). Anything else is ignored with a message on stderr.
-int bv_override() {
-  static const int bv = [] {
-    const char* e = std::getenv("FLASHGDN_PORTABLE_BV");
-    if (e == nullptr || *e == 0) return 0;
-    const int v = std::atoi(e);
-    if (v == 16 || v == 32 || v == 64) return v;
-    std::fprintf(stderr, "flashgdn: ignoring FLASHGDN_PORTABLE_BV=%s (expected 16, 32 or 64)\n", e);
-    return 0;
-  }();
-  return bv;
+// An A/B and tuning switch read at each call: its value if it is one of `allowed`, else `fallback` (with a
+// message on stderr, once per process, for a value that is set but not allowed).
+int env_choice(const char* name, std::initializer_list<int> allowed, int fallback) {
+  const char* e = std::getenv(name);
+  if (e == nullptr || *e == 0) return fallback;
+  const int v = std::atoi(e);
+  for (int a : allowed)
+    if (v == a) return v;
+  static std::atomic<bool> warned{false};
+  if (!warned.exchange(true)) std::fprintf(stderr, "flashgdn: ignoring %s=%s\n", name, e);
+  return fallback;
 }
 
-// FLASHGDN_PORTABLE_CLUSTER=1|2|4|8: the recurrence's cluster size on the bulk path (read once; default 1
-// until measured). Anything else is ignored with a message on stderr.
-int cluster_override() {
-  static const int cs = [] {
-    const char* e = std::getenv("FLASHGDN_PORTABLE_CLUSTER");
-    if (e == nullptr || *e == 0) return 1;
-    const int v = std::atoi(e);
-    if (v == 1 || v == 2 || v == 4 || v == 8) return v;
-    std::fprintf(stderr, "flashgdn: ignoring FLASHGDN_PORTABLE_CLUSTER=%s (expected 1, 2, 4 or 8)\n", e);
-    return 1;
-  }();
-  return cs;
-}
+// FLASHGDN_PORTABLE_BV=16|32|64 pins the recurrence's V slice (a tuning and benchmarking aid, read at each
+// call; documented in docs/design.md).
+int bv_override() { return env_choice("FLASHGDN_PORTABLE_BV", {16, 32, 64}, 0); }
+
+// FLASHGDN_PORTABLE_CLUSTER=1|2|4|8: the recurrence's cluster size on the TMA path (read at each call;
+// default 1: multicast measured slower on H100, docs/design.md §5).
+int cluster_override() { return env_choice("FLASHGDN_PORTABLE_CLUSTER", {1, 2, 4, 8}, 1); }
 
 // SM count of the current device (0 when it cannot be read: the plan is then still deterministic).
 int current_num_sms() {
