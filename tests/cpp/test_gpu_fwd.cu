@@ -12,8 +12,10 @@
 #include <string>
 #include <vector>
 
+#include "api/problem.hpp"
 #include "api/tensor.hpp"
 #include "flashgdn/flashgdn.hpp"
+#include "kernels/portable/fwd/fwd_portable.hpp"
 
 namespace {
 
@@ -171,13 +173,16 @@ void describe_qkv(const Problem& pr, void* base, flashgdn_dtype_t dt, flashgdn_c
 
 struct Outputs {
   std::vector<double> o, ht;  // ht: final states (or the whole pool after the call)
+  std::vector<double> states;  // states pass only: [max_chunks, Hv, K, V], the state at each chunk's start
 };
 
 // Runs the GPU forward; returns false (with a gtest failure) on error.
 // alternate_cp: the eager repeats alternate cp_mode on / off on one workspace and stream (no sync between
 // calls), the last call in the case's own mode: consecutive calls whose kernel sequences differ.
+// states: run the backward's recompute (launch_fwd_states) instead of the forward and read back the
+// per-chunk states (o is then not written: still the poison).
 void run_gpu(const Problem& pr, Outputs* out, bool graph = false, int repeats = 1, int ws_fill = 0xff,
-             bool alternate_cp = false) {
+             bool alternate_cp = false, bool states = false) {
   const Case& c = pr.c;
   const auto dt = c.fp16 ? FLASHGDN_DTYPE_FLOAT16 : FLASHGDN_DTYPE_BFLOAT16;
   const int64_t ohv = pr.B * pr.T * c.Hv * c.V;
@@ -263,6 +268,20 @@ void run_gpu(const Problem& pr, Outputs* out, bool graph = false, int repeats = 
     for (int r = 0; r < repeats; ++r) CUDA_OK(cudaGraphLaunch(ge, stream));
     CUDA_OK(cudaGraphExecDestroy(ge));
     CUDA_OK(cudaGraphDestroy(g));
+  } else if (states) {
+    flashgdn::Problem vp;
+    ASSERT_EQ(flashgdn::validate_fwd(&p, flashgdn::Target::kGpu, "test", &vp), FLASHGDN_SUCCESS) << flashgdn_get_last_error();
+    const size_t n = static_cast<size_t>(vp.max_chunks() * c.Hv * c.K * c.V);
+    DevBuf dst(n * 2), dab(static_cast<size_t>(vp.max_chunks() * c.Hv) * 64 * 72 * 2);
+    CUDA_OK(cudaMemset(dst.p, 0xff, n * 2));
+    ASSERT_EQ(flashgdn::portable::launch_fwd_states(vp, p, ws.p, dst.p, dab.p, stream), FLASHGDN_SUCCESS)
+        << flashgdn_get_last_error();
+    CUDA_OK(cudaStreamSynchronize(stream));
+    std::vector<uint16_t> h(n);
+    CUDA_OK(cudaMemcpy(h.data(), dst.p, n * 2, cudaMemcpyDeviceToHost));
+    out->states.resize(n);
+    for (size_t i = 0; i < n; ++i)
+      out->states[i] = c.fp16 ? flashgdn::half_bits_to_float(h[i]) : flashgdn::bf16_bits_to_float(h[i]);
   } else {
     for (int r = 0; r < repeats; ++r) {
       if (alternate_cp)  // the last call (r = repeats - 1) in the case's own mode
@@ -520,6 +539,59 @@ TEST(GpuForwardProducers, TmaAndCpAsyncAgreeBitwise) {
     EXPECT_EQ(0, std::memcmp(tma.ht.data(), cpa.ht.data(), tma.ht.size() * sizeof(double))) << "BV " << bv;
     EXPECT_EQ(0, std::memcmp(tma.o.data(), cl2.o.data(), tma.o.size() * sizeof(double))) << "BV " << bv;
     EXPECT_EQ(0, std::memcmp(tma.ht.data(), cl2.ht.data(), tma.ht.size() * sizeof(double))) << "BV " << bv;
+  }
+}
+
+// The backward's recompute (stage 1): the state at each chunk's start, stored in the input dtype by the
+// recurrence's states pass, against an fp64 token recurrence on the same rounded inputs (varlen with
+// tails, GVA 3, initial state, g = 0 heads; K = V = 128 and 64).
+TEST(GpuBackwardRecompute, StatesAtChunkStartsMatchFp64) {
+  REQUIRE_GPU();
+  for (const int64_t d : {128, 64}) {
+    const Problem pr(mk("states_d" + std::to_string(d), [&](Case& c) {
+      c.Hqk = 1; c.Hv = 3; c.K = d; c.V = d; c.lens = {200, 63, 65, 1, 130};
+    }));
+    const Case& c = pr.c;
+    Outputs gpu;
+    run_gpu(pr, &gpu, false, 1, 0xff, false, /*states=*/true);
+    ASSERT_FALSE(gpu.states.empty());
+    auto val = [&](uint16_t bits) { return double(flashgdn::bf16_bits_to_float(bits)); };
+    std::vector<double> got, want;
+    int64_t chunk0 = 0;
+    for (int64_t n = 0; n < pr.N; ++n) {
+      const int64_t bos = pr.cu[n], len = pr.cu[n + 1] - bos;
+      for (int64_t h = 0; h < c.Hv; ++h) {
+        const int64_t hk = h / (c.Hv / c.Hqk);
+        std::vector<double> S(c.K * c.V);
+        for (int64_t i = 0; i < c.K * c.V; ++i) S[i] = pr.h0[(n * c.Hv + h) * c.K * c.V + i];
+        for (int64_t t = 0; t < len; ++t) {
+          if (t % 64 == 0) {
+            const int64_t base = ((chunk0 + t / 64) * c.Hv + h) * c.K * c.V;
+            for (int64_t i = 0; i < c.K * c.V; ++i) {
+              want.push_back(S[i]);
+              got.push_back(gpu.states[base + i]);
+            }
+          }
+          const int64_t tok = bos + t;
+          const double a = std::exp(double(pr.g[tok * c.Hv + h])), beta = pr.beta[tok * c.Hv + h];
+          for (double& x : S) x *= a;
+          std::vector<double> k(c.K), u(c.V);
+          for (int64_t i = 0; i < c.K; ++i) k[i] = val(pr.qkv[pr.k_index(tok, hk * c.K + i)]);
+          for (int64_t j = 0; j < c.V; ++j) {
+            double sk = 0;
+            for (int64_t i = 0; i < c.K; ++i) sk += S[i * c.V + j] * k[i];
+            u[j] = beta * (val(pr.qkv[pr.v_index(tok, h * c.V + j)]) - sk);
+          }
+          for (int64_t i = 0; i < c.K; ++i)
+            for (int64_t j = 0; j < c.V; ++j) S[i * c.V + j] += k[i] * u[j];
+        }
+      }
+      chunk0 += (len + 63) / 64;
+    }
+    const double e = rel_l2(got, want);
+    std::printf("  [states pass, K = V = %lld] rel L2 %.2e over %zu values\n", (long long)d, e, got.size());
+    EXPECT_LE(e, 1e-2) << "K = V = " << d;
+    for (double x : got) ASSERT_TRUE(std::isfinite(x));
   }
 }
 

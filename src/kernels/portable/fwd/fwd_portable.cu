@@ -245,11 +245,12 @@ flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, bool pdl,
     };
     switch (x.cp_pass) {
       case 1: return by_bv(std::integral_constant<int, 1>{});
+      case 2: return by_bv(std::integral_constant<int, 2>{});
       case 3: return by_bv(std::integral_constant<int, 3>{});
       default: return by_bv(std::integral_constant<int, 0>{});
     }
   };
-  if (a.cp_pass == 0) return recurrence(a, a.N, a.V);
+  if (a.cp_pass == 0 || a.cp_pass == 2) return recurrence(a, a.N, a.V);
   // Context parallelism: transition pass over the augmented columns [V | K], the scan, the final pass.
   FwdArgs a1 = a;
   a1.cp_pass = 1;
@@ -350,8 +351,29 @@ int current_num_sms() {
 
 size_t workspace_bytes(const Problem& pr) { return layout(pr, current_num_sms()).total; }
 
+namespace {
+flashgdn_status_t launch_impl(const Problem& pr_in, const flashgdn_chunk_fwd_params_t& p, void* workspace,
+                              cudaStream_t stream, void* h_states, void* ab);
+}  // namespace
+
 flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, void* workspace,
                              cudaStream_t stream) {
+  return launch_impl(pr, p, workspace, stream, nullptr, nullptr);
+}
+
+flashgdn_status_t launch_fwd_states(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, void* workspace,
+                                    void* h_states, void* ab, cudaStream_t stream) {
+  if (h_states == nullptr)
+    return fail(FLASHGDN_ERROR_INVALID_ARGUMENT, "flashgdn backward recompute: h_states must not be null");
+  return launch_impl(pr, p, workspace, stream, h_states, ab);
+}
+
+namespace {
+// h_states non-null: the backward's recompute (launch_fwd_states).
+flashgdn_status_t launch_impl(const Problem& pr_in, const flashgdn_chunk_fwd_params_t& p, void* workspace,
+                              cudaStream_t stream, void* h_states, void* ab) {
+  Problem pr = pr_in;
+  if (h_states != nullptr) pr.cp_mode = FLASHGDN_CP_OFF;  // the states pass is sequential
   if (pr.N == 0) return FLASHGDN_SUCCESS;
   int dev = 0;
   cudaError_t e = cudaGetDevice(&dev);
@@ -452,7 +474,9 @@ flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_
     if (e != cudaSuccess) return cuda_error("chunk table kernel launch", e);
   }
 
-  const bool sm90_path = !l.cp.on && sm90fwd::applies(pr, p, info.cc_major, max_smem);
+  a.h_states = h_states;
+  a.Ab = ab;
+  const bool sm90_path = !l.cp.on && h_states == nullptr && sm90fwd::applies(pr, p, info.cc_major, max_smem);
   const int bv = l.cp.on || sm90_path
                      ? kCpBv
                      : (bv_override() > 0 && bv_override() <= pr.V ? bv_override() : choose_bv(pr, num_sms));
@@ -461,6 +485,7 @@ flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_
   if (sm90_path)  // bf16, K = V = 128 (sm90fwd::applies)
     return launch_all<__nv_bfloat16, 128, 128>(a, bv, max_smem, dev, false, stream, &pr, &p);
   const bool bf16 = pr.io_dtype == FLASHGDN_DTYPE_BFLOAT16;
+  if (h_states != nullptr) a.cp_pass = 2;  // after the scheduler kernels (they read cp_pass 0: no segments)
 #define FLASHGDN_DISPATCH(KD_, VD_)                                                          \
   if (pr.K == KD_ && pr.V == VD_)                                                            \
     return bf16 ? launch_all<__nv_bfloat16, KD_, VD_>(a, bv, max_smem, dev, pdl, stream)     \
@@ -473,5 +498,7 @@ flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_
   return fail(FLASHGDN_ERROR_INTERNAL, "flashgdn_chunk_fwd: no kernel for K = %lld, V = %lld", (long long)pr.K,
               (long long)pr.V);
 }
+
+}  // namespace
 
 }  // namespace flashgdn::portable

@@ -14,4 +14,11 @@ size_t workspace_bytes(const Problem& pr);
 flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, void* workspace,
                              cudaStream_t stream);
 
+// The backward's recompute (stage 1 of docs/design.md §4.2): prepare (with the Ab images when `ab` is
+// non-null: [max_chunks, Hv] x (64, 72) T) and the recurrence's states pass, which writes the state at
+// each chunk's start to `h_states` ([max_chunks, Hv, K, V] in the input dtype) and no output (p.o is not
+// written). Context parallelism is off. `workspace` as for launch_fwd (workspace_bytes(pr)).
+flashgdn_status_t launch_fwd_states(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, void* workspace,
+                                    void* h_states, void* ab, cudaStream_t stream);
+
 }  // namespace flashgdn::portable

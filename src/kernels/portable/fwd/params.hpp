@@ -90,6 +90,11 @@ struct FwdArgs {
   // (sequence, head)) share Q, K, W, Pm and aux by cluster multicast.
   int rec_tma;
   int rec_cluster;
+  // The backward's recompute (null in the forward): h_states [chunks, Hv, K, V] T, the state at each
+  // chunk's start (written by the recurrence's states pass, cp_pass = 2); Ab [chunks, Hv] (64, 72) T
+  // images of (Gamma o A) diag(beta) (written by prepare when non-null).
+  void* h_states;
+  void* Ab;
 };
 
 // The last n with offsets[n] <= x (offsets non-decreasing, offsets[0] = 0 <= x).

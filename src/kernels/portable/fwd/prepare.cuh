@@ -275,6 +275,14 @@ __global__ void __launch_bounds__(128, LATE_V ? 4 : 3) prepare_kernel(FwdArgs a)
     __syncthreads();
   }
   product(sm.a.prod.ab, sm.xv.v, S::kLdV, std::integral_constant<int, VD>{}, uimg, a.bv);
+  if (a.Ab != nullptr) {  // the backward's recompute: the Ab image as well (pads included)
+    const uint4* src = reinterpret_cast<const uint4*>(sm.a.prod.ab);
+    uint4* dst = reinterpret_cast<uint4*>(static_cast<T*>(a.Ab) + ch * pm_image_elems());
+    constexpr int kRowVecs = S::kLdA * int(sizeof(T)) / 16;  // 16-byte vectors per row, the last one the pad
+    static_assert(S::kLdA == kChunk + 8, "the Ab tile has the Pm image's layout");
+    for (int e = tid; e < kChunk * kRowVecs; e += 128)
+      dst[e] = e % kRowVecs == kRowVecs - 1 ? make_uint4(0u, 0u, 0u, 0u) : src[e];
+  }
   // Zero pads (16 bytes per image row) so the recurrence's linear copies never read uninitialised memory.
   T* pmimg = static_cast<T*>(a.Pm) + ch * pm_image_elems();
   const int u_slices = VD / a.bv;

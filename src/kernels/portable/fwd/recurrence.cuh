@@ -154,7 +154,8 @@ constexpr size_t recurrence_smem_bytes() {
   return sizeof(RecurrenceSmem<T, KD, BV, STAGES, TMA>) + (TMA ? 1024 : 0);
 }
 
-// CP = a.cp_pass as a template parameter (0 sequential, 1 transition pass, 3 final pass).
+// CP = a.cp_pass as a template parameter (0 sequential, 1 transition pass, 3 final pass; 2 the backward's
+// states pass: sequential, no output, the state at each chunk's start stored to a.h_states).
 // NOTE: compile-time so that the sequential kernel carries none of the CP bookkeeping in registers (the
 // runtime form spilled ~100 bytes per thread at BV = 64).
 // TMA: the sm_90a producer (tensor maps for Q/K, bulk copies for the images, optional cluster multicast).
@@ -181,6 +182,9 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(const __grid
   // With context parallelism the rank is a segment g (pass 1 also covers the K identity columns of the
   // augmented state [S | M]: slices v0 >= V), and a CTA walks only its segment's chunks.
   constexpr bool pass1 = CP == 1;
+  // CP = 2: the states pass of the backward's recompute (no CP): no output, S_c stored per chunk.
+  constexpr bool no_output = CP == 1 || CP == 2;
+  constexpr bool segmented = CP == 1 || CP == 3;
   // With clusters (TMA path, cs > 1) the cluster's CTAs are consecutive slices of one (rank, h): slice
   // fastest (the launcher makes cs divide tiles).
   const int tiles = (pass1 ? a.V + a.K : a.V) / BV;
@@ -190,7 +194,7 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(const __grid
   const int64_t rank = blockIdx.x / (static_cast<int64_t>(tiles) * a.Hv);
   int64_t n, c_first = 0, nchunks;
   bool last_seg = true;
-  if constexpr (CP != 0) {
+  if constexpr (segmented) {
     const FwdArgs::SegInfo si = a.seg[rank];
     // No such segment, or pass 1 of a last segment (its transition is never used): the whole CTA (and
     // its whole cluster: same rank) leaves before any barrier.
@@ -209,7 +213,7 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(const __grid
   const bool ident = pass1 && v0 >= a.V;  // pass 1, columns of M: start from I, U = 0
   const int hk = h / a.group;
   const Seq s = seq_range(a, n);
-  if constexpr (CP == 0) nchunks = (s.eos - s.bos + kChunk - 1) / kChunk;
+  if constexpr (!segmented) nchunks = (s.eos - s.bos + kChunk - 1) / kChunk;
   const int64_t c_base = a.chunk_offsets[n] + c_first;  // global chunk of this CTA's chunk 0
   const int64_t t_base = s.bos + c_first * kChunk;      // its first token
   if constexpr (TMA) {
@@ -261,7 +265,7 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(const __grid
       for (int j = 0; j < kChunk / kRowStep; ++j) {
         const int r = r0 + j * kRowStep;
         const bool ok = r < L;
-        if (!pass1) cp_async_16(&X.q[r * Sm::kLdK + cv], ok ? qp : q_safe, ok);
+        if (!no_output) cp_async_16(&X.q[r * Sm::kLdK + cv], ok ? qp : q_safe, ok);
         cp_async_16(&X.k[r * Sm::kLdK + cv], ok ? kp : k_safe, ok);
         qp += qstep;
         kp += kstep;
@@ -287,7 +291,7 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(const __grid
       if (!ident)
         copy_image(std::integral_constant<int, sizeof(T) * kChunk * Sm::kLdV>{}, X.u,
                    static_cast<const T*>(a.U) + ch * a.u_stride + slice * u_slice_elems(BV));
-      if (!pass1)  // pass 1 has no output: no Pm, no Q
+      if (!no_output)  // pass 1 and the states pass have no output: no Pm, no Q
         copy_image(std::integral_constant<int, sizeof(T) * kChunk * Sm::kLdA>{}, X.pm,
                    static_cast<const T*>(a.Pm) + ch * pm_image_elems());
       copy_image(std::integral_constant<int, sizeof(float) * 3 * kChunk>{}, X.aux, a.aux + ch * 3 * kChunk);
@@ -336,11 +340,11 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(const __grid
         const int64_t t0 = t_base + c * kChunk;
         if (ptid == 0) {
           // Whole boxes count, rows past the tensor's end (zero-filled) included.
-          const uint32_t bytes = kWBytes + kAuxBytes + (ident ? 0 : kUBytes) + (pass1 ? 0 : kPmBytes + kQKBytes) + kQKBytes;
+          const uint32_t bytes = kWBytes + kAuxBytes + (ident ? 0 : kUBytes) + (no_output ? 0 : kPmBytes + kQKBytes) + kQKBytes;
           sm90::mbar_expect_tx(full, bytes);
           share(X.w, static_cast<const T*>(a.W) + ch * w_image_elems(KD), kWBytes, full);
         } else if (ptid == 1) {
-          if (!pass1) share(X.pm, static_cast<const T*>(a.Pm) + ch * pm_image_elems(), kPmBytes, full);
+          if (!no_output) share(X.pm, static_cast<const T*>(a.Pm) + ch * pm_image_elems(), kPmBytes, full);
         } else if (ptid == 2) {
           share(X.aux, a.aux + ch * 3 * kChunk, kAuxBytes, full);
         } else if (ptid == 3) {
@@ -350,7 +354,7 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(const __grid
           // Rows [t0 + crank * box_rows, + box_rows) of one 64-column half of Q (j = 0) or K (j = 1); rows
           // past the sequence's end hold later tokens (or zeros past T): the state warps clear K's.
           const int j = (ptid - 4) / kHalves, half = (ptid - 4) % kHalves;
-          if (!(j == 0 && pass1)) {
+          if (!(j == 0 && no_output)) {
             T* dst = (j == 0 ? X.q : X.k) + half * kChunk * 64 + crank * box_rows * 64;
             const CUtensorMap* map = j == 0 ? &maps.q : &maps.k;
             const int32_t r = static_cast<int32_t>(t0 + crank * box_rows);
@@ -441,6 +445,19 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(const __grid
     for (int64_t c = 0; c < nchunks; ++c) {
       const int st = static_cast<int>(c % STAGES), b = static_cast<int>(c & 1);
       FLASHGDN_TRACE_EVENT(c, 0);
+      if constexpr (CP == 2) {
+        // The states pass: S_c (this CTA's K x BV slice) in T, [chunk, Hv, K, V].
+        T* hs = static_cast<T*>(a.h_states) + ((c_base + c) * a.Hv + h) * int64_t(KD) * a.V + v0;
+#pragma unroll
+        for (int mt = 0; mt < kSM; ++mt)
+#pragma unroll
+          for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+            for (int hf = 0; hf < 2; ++hf) {
+              const int i = srow0 + mt * 16 + (lane >> 2) + hf * 8, j = nt * 8 + ((lane & 3) << 1);
+              *reinterpret_cast<uint32_t*>(&hs[int64_t(i) * a.V + j]) = pack2<T>(S[mt][nt][2 * hf], S[mt][nt][2 * hf + 1]);
+            }
+      }
       wait_full(c, st);
       FLASHGDN_TRACE_EVENT(c, 1);
       const typename Sm::Stage& X = sm.st[st];
@@ -532,9 +549,9 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(const __grid
     FLASHGDN_TRACE_EVENT(c, 0);
     named_bar_sync(Bar::kHandoff + b, 256);
     if constexpr (TMA)
-      if (!pass1) wait_full(c, st);  // completed already (the state warps waited): the copies' acquire
+      if (!no_output) wait_full(c, st);  // completed already (the state warps waited): the copies' acquire
     FLASHGDN_TRACE_EVENT(c, 1);
-    if constexpr (pass1) {  // no output in the transition pass: keep the barrier protocol only
+    if constexpr (no_output) {  // no output (transition / states pass): keep the barrier protocol only
       named_bar_arrive(Bar::kRelease + b, 256);
       named_bar_arrive(Bar::kEmpty + st, kEmptyCount);
       continue;
