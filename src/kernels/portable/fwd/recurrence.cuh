@@ -430,7 +430,7 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(const __grid
       // NOTE: scoped (and the final state's destination looked up again after the loop) so that none of it
       // stays live in registers across the chunk loop.
       const StateIO io = state_io(a, n);
-      const void* src = CP == 0 ? io.src : nullptr;
+      const void* src = !segmented ? io.src : nullptr;  // sequential and states passes
       const float* cp_src = CP == 3 ? a.cp_h0 + (rank * a.Hv + h) * int64_t(a.K) * a.V : nullptr;
       for_each_state([&](float& x, int i, int j) {
         x = src != nullptr      ? load_state(a, src, io.src_row, h, i, j)
