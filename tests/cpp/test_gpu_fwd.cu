@@ -174,6 +174,14 @@ void describe_qkv(const Problem& pr, void* base, flashgdn_dtype_t dt, flashgdn_c
 struct Outputs {
   std::vector<double> o, ht;  // ht: final states (or the whole pool after the call)
   std::vector<double> states;  // states pass only: [max_chunks, Hv, K, V], the state at each chunk's start
+  std::vector<double> dv, dh0;  // backward stages 1-2 only (BwdInputs given)
+};
+
+// Inputs of the backward's stages 1-2 (GPU test): dO as input-dtype bits [B, T, Hv, V], dht fp32 [N, Hv, K, V]
+// (empty: none).
+struct BwdInputs {
+  std::vector<uint16_t> d_o;
+  std::vector<float> dht;
 };
 
 // Runs the GPU forward; returns false (with a gtest failure) on error.
@@ -182,7 +190,7 @@ struct Outputs {
 // states: run the backward's recompute (launch_fwd_states) instead of the forward and read back the
 // per-chunk states (o is then not written: still the poison).
 void run_gpu(const Problem& pr, Outputs* out, bool graph = false, int repeats = 1, int ws_fill = 0xff,
-             bool alternate_cp = false, bool states = false) {
+             bool alternate_cp = false, bool states = false, const BwdInputs* bwd = nullptr) {
   const Case& c = pr.c;
   const auto dt = c.fp16 ? FLASHGDN_DTYPE_FLOAT16 : FLASHGDN_DTYPE_BFLOAT16;
   const int64_t ohv = pr.B * pr.T * c.Hv * c.V;
@@ -274,8 +282,38 @@ void run_gpu(const Problem& pr, Outputs* out, bool graph = false, int repeats = 
     const size_t n = static_cast<size_t>(vp.max_chunks() * c.Hv * c.K * c.V);
     DevBuf dst(n * 2), dab(static_cast<size_t>(vp.max_chunks() * c.Hv) * 64 * 72 * 2);
     CUDA_OK(cudaMemset(dst.p, 0xff, n * 2));
-    ASSERT_EQ(flashgdn::portable::launch_fwd_states(vp, p, ws.p, dst.p, dab.p, stream), FLASHGDN_SUCCESS)
-        << flashgdn_get_last_error();
+    if (bwd == nullptr) {
+      ASSERT_EQ(flashgdn::portable::launch_fwd_states(vp, p, ws.p, dst.p, dab.p, stream), FLASHGDN_SUCCESS)
+          << flashgdn_get_last_error();
+    } else {
+      DevBuf ddo(ohv * 2), ddv(ohv * 2), ddht(bwd->dht.size() * 4 + 4), ddh0(pr.N * c.Hv * c.K * c.V * 4), dds(n * 2);
+      CUDA_OK(cudaMemcpy(ddo.p, bwd->d_o.data(), ohv * 2, cudaMemcpyHostToDevice));
+      if (!bwd->dht.empty()) CUDA_OK(cudaMemcpy(ddht.p, bwd->dht.data(), bwd->dht.size() * 4, cudaMemcpyHostToDevice));
+      CUDA_OK(cudaMemset(ddv.p, 0xff, ohv * 2));  // poison
+      CUDA_OK(cudaMemset(ddh0.p, 0xff, ddh0.bytes));
+      flashgdn::portable::BwdArgs bw{};
+      bw.d_o = ddo.p;
+      bw.dv = ddv.p;
+      const int64_t st[3] = {pr.T * c.Hv * c.V, c.Hv * c.V, c.V};
+      for (int i = 0; i < 3; ++i) bw.do_s[i] = bw.dv_s[i] = st[i];
+      bw.dht = bwd->dht.empty() ? nullptr : static_cast<const float*>(ddht.p);
+      bw.dh0 = c.h0 ? static_cast<float*>(ddh0.p) : nullptr;
+      bw.ab = dab.p;
+      bw.dstates = dds.p;
+      ASSERT_EQ(flashgdn::portable::launch_bwd_stages12(vp, p, ws.p, dst.p, bw, stream), FLASHGDN_SUCCESS)
+          << flashgdn_get_last_error();
+      CUDA_OK(cudaStreamSynchronize(stream));
+      std::vector<uint16_t> v(ohv);
+      CUDA_OK(cudaMemcpy(v.data(), ddv.p, ohv * 2, cudaMemcpyDeviceToHost));
+      out->dv.resize(ohv);
+      for (int64_t i = 0; i < ohv; ++i)
+        out->dv[i] = c.fp16 ? flashgdn::half_bits_to_float(v[i]) : flashgdn::bf16_bits_to_float(v[i]);
+      if (c.h0) {
+        std::vector<float> d(pr.N * c.Hv * c.K * c.V);
+        CUDA_OK(cudaMemcpy(d.data(), ddh0.p, d.size() * 4, cudaMemcpyDeviceToHost));
+        out->dh0.assign(d.begin(), d.end());
+      }
+    }
     CUDA_OK(cudaStreamSynchronize(stream));
     std::vector<uint16_t> h(n);
     CUDA_OK(cudaMemcpy(h.data(), dst.p, n * 2, cudaMemcpyDeviceToHost));
@@ -593,6 +631,65 @@ TEST(GpuBackwardRecompute, StatesAtChunkStartsMatchFp64) {
     EXPECT_LE(e, 1e-2) << "K = V = " << d;
     for (double x : got) ASSERT_TRUE(std::isfinite(x));
   }
+}
+
+// The backward's stages 1-2 (recompute, reverse state recurrence): dv and the initial state's gradient
+// against the fp64 reverse mode of the token recurrence (flashgdn_reference_bwd) on the same rounded
+// inputs; varlen with tails, GVA 3, dht on, bf16.
+TEST(GpuBackwardStages12, DvAndDh0MatchFp64) {
+  REQUIRE_GPU();
+  const Problem pr(mk("bwd12", [](Case& c) { c.Hqk = 1; c.Hv = 3; c.lens = {200, 63, 65, 1, 130}; }));
+  const Case& c = pr.c;
+  std::mt19937_64 rng(4242);
+  std::normal_distribution<float> nd;
+  BwdInputs in;
+  const int64_t ohv = pr.B * pr.T * c.Hv * c.V, sz = pr.N * c.Hv * c.K * c.V;
+  in.d_o.resize(ohv);
+  for (auto& x : in.d_o) x = flashgdn::float_to_bf16_bits(nd(rng));
+  in.dht.resize(sz);
+  for (auto& x : in.dht) x = 0.1f * nd(rng);
+  Outputs gpu;
+  run_gpu(pr, &gpu, false, 1, 0xff, false, /*states=*/true, &in);
+  ASSERT_EQ(static_cast<int64_t>(gpu.dv.size()), ohv);
+  // fp64 reference on the rounded inputs (host memory, float64 tensors).
+  const int64_t Tt = pr.B * pr.T, qkn = Tt * c.Hqk * c.K;
+  std::vector<double> q(qkn), k(qkn), v(ohv), g(Tt * c.Hv), beta(Tt * c.Hv), h0(sz), dO(ohv), dht(sz);
+  for (int64_t t = 0; t < Tt; ++t) {
+    for (int64_t e = 0; e < c.Hqk * c.K; ++e) {
+      q[t * c.Hqk * c.K + e] = flashgdn::bf16_bits_to_float(pr.qkv[pr.q_index(t, e)]);
+      k[t * c.Hqk * c.K + e] = flashgdn::bf16_bits_to_float(pr.qkv[pr.k_index(t, e)]);
+    }
+    for (int64_t e = 0; e < c.Hv * c.V; ++e) v[t * c.Hv * c.V + e] = flashgdn::bf16_bits_to_float(pr.qkv[pr.v_index(t, e)]);
+  }
+  for (size_t i = 0; i < g.size(); ++i) { g[i] = pr.g[i]; beta[i] = pr.beta[i]; }
+  for (int64_t i = 0; i < sz; ++i) { h0[i] = pr.h0[i]; dht[i] = in.dht[i]; }
+  for (int64_t i = 0; i < ohv; ++i) dO[i] = flashgdn::bf16_bits_to_float(in.d_o[i]);
+  std::vector<double> dq(qkn), dk(qkn), dv(ohv), dg(Tt * c.Hv), db(Tt * c.Hv), dh0(sz);
+  std::vector<int64_t> cu(pr.cu);
+  using flashgdn::tensor;
+  const auto F = FLASHGDN_DTYPE_FLOAT64;
+  flashgdn_chunk_bwd_params_t bp;
+  flashgdn_chunk_bwd_params_init(&bp);
+  bp.q = tensor(q.data(), F, {1, Tt, c.Hqk, c.K});
+  bp.k = tensor(k.data(), F, {1, Tt, c.Hqk, c.K});
+  bp.v = tensor(v.data(), F, {1, Tt, c.Hv, c.V});
+  bp.g = tensor(g.data(), F, {1, Tt, c.Hv});
+  bp.beta = tensor(beta.data(), F, {1, Tt, c.Hv});
+  bp.initial_state = tensor(h0.data(), F, {pr.N, c.Hv, c.K, c.V});
+  bp.cu_seqlens = tensor(cu.data(), FLASHGDN_DTYPE_INT64, {pr.N + 1});
+  bp.d_o = tensor(dO.data(), F, {1, Tt, c.Hv, c.V});
+  bp.d_final_state = tensor(dht.data(), F, {pr.N, c.Hv, c.K, c.V});
+  bp.dq = tensor(dq.data(), F, {1, Tt, c.Hqk, c.K});
+  bp.dk = tensor(dk.data(), F, {1, Tt, c.Hqk, c.K});
+  bp.dv = tensor(dv.data(), F, {1, Tt, c.Hv, c.V});
+  bp.dg = tensor(dg.data(), F, {1, Tt, c.Hv});
+  bp.dbeta = tensor(db.data(), F, {1, Tt, c.Hv});
+  bp.d_initial_state = tensor(dh0.data(), F, {pr.N, c.Hv, c.K, c.V});
+  ASSERT_EQ(flashgdn_reference_bwd(&bp), FLASHGDN_SUCCESS) << flashgdn_get_last_error();
+  const double ev = rel_l2(gpu.dv, dv), eh = rel_l2(gpu.dh0, dh0);
+  std::printf("  [backward stages 1-2] rel L2: dv %.2e, dh0 %.2e\n", ev, eh);
+  EXPECT_LE(ev, 1.5e-2);
+  EXPECT_LE(eh, 1.5e-2);
 }
 
 // A tiny valid problem (B = 1, T = 8, one head, K = V = 64) laid out in device buffer b; o at o_off.

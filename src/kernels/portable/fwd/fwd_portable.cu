@@ -16,6 +16,7 @@
 #include "api/error.hpp"
 #include "api/tensor.hpp"
 #include "api/tensor_map.hpp"
+#include "kernels/portable/bwd/dstate.cuh"
 #include "kernels/portable/fwd/cp_scan.cuh"
 #include "kernels/portable/fwd/fwd_portable.hpp"
 #include "kernels/portable/fwd/plan.hpp"
@@ -202,9 +203,26 @@ flashgdn_status_t launch_recurrence(const FwdArgs& a, int64_t ctas, int max_smem
 }
 
 // sm90_pr / sm90_p non-null: the experimental sm_90a recurrence replaces the portable one (bv = 64).
+// The backward's stage 2 (dstate.cuh) after the recompute: V slices of 32 (or V).
+template <class T, int KD, int VD>
+flashgdn_status_t launch_dstate(const FwdArgs& a, const BwdArgs& bw, int dev, cudaStream_t stream) {
+  constexpr int kBv = VD < 32 ? VD : 32;
+  auto kernel = dstate_kernel<T, KD, kBv>;
+  const int smem = static_cast<int>(sizeof(DStateSmem<T, KD, kBv>));
+  static std::atomic<uint64_t> done{0};
+  cudaError_t e = raise_smem_limit_once(kernel, smem, dev, done);
+  if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(dstate)", e);
+  const int64_t ctas = int64_t(a.N) * a.Hv * (VD / kBv);
+  if (ctas > 0x7fffffff) return fail(FLASHGDN_ERROR_UNSUPPORTED, "flashgdn backward: too many CTAs");
+  kernel<<<static_cast<unsigned>(ctas), kDStateThreads, smem, stream>>>(a, bw);
+  e = cudaGetLastError();
+  return e == cudaSuccess ? FLASHGDN_SUCCESS : cuda_error("dstate kernel launch", e);
+}
+
 template <class T, int KD, int VD>
 flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, bool pdl, cudaStream_t stream,
-                             const Problem* sm90_pr = nullptr, const flashgdn_chunk_fwd_params_t* sm90_p = nullptr) {
+                             const Problem* sm90_pr = nullptr, const flashgdn_chunk_fwd_params_t* sm90_p = nullptr,
+                             const BwdArgs* bw = nullptr) {
   // Shrink BV if the device cannot hold the recurrence's tile (before stage 1: U's image depends on it).
   if (bv == 64 && static_cast<int>(recurrence_smem_bytes<T, KD, 64, 2, true>()) > max_smem) bv = 32;
   if (bv == 32 && static_cast<int>(recurrence_smem_bytes<T, KD, 32, 2, true>()) > max_smem) bv = 16;
@@ -250,7 +268,11 @@ flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, bool pdl,
       default: return by_bv(std::integral_constant<int, 0>{});
     }
   };
-  if (a.cp_pass == 0 || a.cp_pass == 2) return recurrence(a, a.N, a.V);
+  if (a.cp_pass == 0) return recurrence(a, a.N, a.V);
+  if (a.cp_pass == 2) {  // the backward's recompute, then (when asked) its stage 2
+    FLASHGDN_TRY(recurrence(a, a.N, a.V));
+    return bw != nullptr ? launch_dstate<T, KD, VD>(a, *bw, dev, stream) : FLASHGDN_SUCCESS;
+  }
   // Context parallelism: transition pass over the augmented columns [V | K], the scan, the final pass.
   FwdArgs a1 = a;
   a1.cp_pass = 1;
@@ -353,7 +375,7 @@ size_t workspace_bytes(const Problem& pr) { return layout(pr, current_num_sms())
 
 namespace {
 flashgdn_status_t launch_impl(const Problem& pr_in, const flashgdn_chunk_fwd_params_t& p, void* workspace,
-                              cudaStream_t stream, void* h_states, void* ab);
+                              cudaStream_t stream, void* h_states, void* ab, const BwdArgs* bw = nullptr);
 }  // namespace
 
 flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, void* workspace,
@@ -368,10 +390,17 @@ flashgdn_status_t launch_fwd_states(const Problem& pr, const flashgdn_chunk_fwd_
   return launch_impl(pr, p, workspace, stream, h_states, ab);
 }
 
+flashgdn_status_t launch_bwd_stages12(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, void* workspace,
+                                      void* h_states, const BwdArgs& bw, cudaStream_t stream) {
+  if (h_states == nullptr || bw.ab == nullptr || bw.dstates == nullptr)
+    return fail(FLASHGDN_ERROR_INVALID_ARGUMENT, "flashgdn backward: h_states, ab and dstates must not be null");
+  return launch_impl(pr, p, workspace, stream, h_states, const_cast<void*>(bw.ab), &bw);
+}
+
 namespace {
 // h_states non-null: the backward's recompute (launch_fwd_states).
 flashgdn_status_t launch_impl(const Problem& pr_in, const flashgdn_chunk_fwd_params_t& p, void* workspace,
-                              cudaStream_t stream, void* h_states, void* ab) {
+                              cudaStream_t stream, void* h_states, void* ab, const BwdArgs* bw) {
   Problem pr = pr_in;
   if (h_states != nullptr) pr.cp_mode = FLASHGDN_CP_OFF;  // the states pass is sequential
   if (pr.N == 0) return FLASHGDN_SUCCESS;
@@ -488,8 +517,8 @@ flashgdn_status_t launch_impl(const Problem& pr_in, const flashgdn_chunk_fwd_par
   if (h_states != nullptr) a.cp_pass = 2;  // after the scheduler kernels (they read cp_pass 0: no segments)
 #define FLASHGDN_DISPATCH(KD_, VD_)                                                          \
   if (pr.K == KD_ && pr.V == VD_)                                                            \
-    return bf16 ? launch_all<__nv_bfloat16, KD_, VD_>(a, bv, max_smem, dev, pdl, stream)     \
-                : launch_all<__half, KD_, VD_>(a, bv, max_smem, dev, pdl, stream);
+    return bf16 ? launch_all<__nv_bfloat16, KD_, VD_>(a, bv, max_smem, dev, pdl, stream, nullptr, nullptr, bw) \
+                : launch_all<__half, KD_, VD_>(a, bv, max_smem, dev, pdl, stream, nullptr, nullptr, bw);
   FLASHGDN_DISPATCH(128, 128)
   FLASHGDN_DISPATCH(128, 64)
   FLASHGDN_DISPATCH(64, 128)

@@ -6,6 +6,7 @@
 #include <cstddef>
 
 #include "api/problem.hpp"
+#include "kernels/portable/bwd/params.hpp"
 #include "flashgdn/flashgdn.h"
 
 namespace flashgdn::portable {
@@ -20,5 +21,11 @@ flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_
 // written). Context parallelism is off. `workspace` as for launch_fwd (workspace_bytes(pr)).
 flashgdn_status_t launch_fwd_states(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, void* workspace,
                                     void* h_states, void* ab, cudaStream_t stream);
+
+// Stages 1 and 2 of the backward (docs/design.md §4.2): the recompute above (Ab into bw.ab), then the
+// reverse state recurrence (dstate.cuh): dv, the initial state's gradient and dS' per chunk (bw.dstates).
+// Not yet wired to flashgdn_chunk_bwd.
+flashgdn_status_t launch_bwd_stages12(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, void* workspace,
+                                      void* h_states, const BwdArgs& bw, cudaStream_t stream);
 
 }  // namespace flashgdn::portable

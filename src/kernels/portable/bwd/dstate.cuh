@@ -1,0 +1,207 @@
+// Portable backward, stage 2 ("reverse state recurrence", docs/design.md §4.1-4.2): per (sequence, value
+// head, V slice of width BV) the chunks in reverse, the state gradient dS (K, BV) in fp32 registers.
+// Per chunk c, with dS' = dS on entry (the gradient w.r.t. the state after chunk c), K̂ = diag(rk) K,
+// Q̂ = diag(rq) Q, and Pm, Ab, gamma, rq, rk from prepare (Ab: the recompute's extra image):
+//   dvn = Pmᵀ dO + e^{gamma_L - gamma} o (K̂ dS')                      (64, BV)
+//   dV  = Abᵀ dvn                                                      (64, BV)  -> dv
+//   dS  = e^{gamma_L} dS' + scale Q̂ᵀ (e^{gamma} o dO) - K̂ᵀ (e^{gamma} o dV)   (K, BV)
+// dS' is also stored per chunk (input dtype, [chunks, Hv, K, V]) for stage 3; after chunk 0 dS is the
+// gradient of the initial state. Every exponent is <= 0.
+//
+// A first, unpipelined form: 128 threads = 4 warps, no warp specialisation; each chunk is loaded with
+// cp.async (zero-filled past L) and waited for, then four phases separated by __syncthreads:
+//   1  dS' -> sdS (operand copy) and to the dstates buffer
+//   2  warp w, rows 16 w ..: X = K sdS, P = Pmᵀ dO; dvn = P + e^{gamma_L - gamma} rk o X -> sdvn;
+//      sdo = scale e^{gamma} rq o dO (rows of this warp)
+//   3  warp w, rows 16 w ..: dV = Abᵀ dvn -> dv (rows < L), sdw = -e^{gamma} rk o dV
+//   4  warp w, state rows w K/4 ..: dS = e^{gamma_L} dS + Qᵀ sdo + Kᵀ sdw
+// Shared memory (K = 128, BV = 32): Q, K (64, 136) T, Pm, Ab (64, 72) T, aux, dO, dvn, sdo, sdw (64, BV + 8)
+// T, sdS (128, BV + 8) T: ~83 KB. (No named barriers.)
+#pragma once
+
+#include "device/warp_mma.cuh"
+#include "kernels/portable/bwd/params.hpp"
+#include "kernels/portable/fwd/params.hpp"
+#include "kernels/portable/fwd/scheduler.cuh"
+
+namespace flashgdn::portable {
+
+template <class T, int KD, int BV>
+struct DStateSmem {
+  static constexpr int kLdK = KD + 8;  // NOTE: +16 bytes per row keeps ldmatrix conflict-free
+  static constexpr int kLdV = BV + 8;
+  static constexpr int kLdA = kChunk + 8;
+  T q[kChunk * kLdK];      // (64, K)
+  T k[kChunk * kLdK];      // (64, K)
+  T pm[kChunk * kLdA];     // (64, 64)
+  T ab[kChunk * kLdA];     // (64, 64)
+  T d_o[kChunk * kLdV];    // (64, BV)
+  T dvn[kChunk * kLdV];    // (64, BV)
+  T sdo[kChunk * kLdV];    // (64, BV)
+  T sdw[kChunk * kLdV];    // (64, BV)
+  T ds[KD * kLdV];         // (K, BV)
+  float aux[3 * kChunk];   // gamma, rq, rk
+};
+
+inline constexpr int kDStateThreads = 128;
+
+// Grid N * Hv * (V / BV): h fastest, then the slice, then the sequence.
+template <class T, int KD, int BV>
+__global__ void __launch_bounds__(kDStateThreads) dstate_kernel(FwdArgs a, BwdArgs bw) {
+  using namespace device;
+  using Sm = DStateSmem<T, KD, BV>;
+  constexpr int kNT = BV / 8;   // n-tiles of a (., BV) accumulator
+  constexpr int kSM = KD / 64;  // m-tiles of dS per warp (K/4 rows)
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  Sm& sm = *reinterpret_cast<Sm*>(smem_raw);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int tiles = a.V / BV;
+  const int h = static_cast<int>(blockIdx.x % a.Hv);
+  const int slice = static_cast<int>((blockIdx.x / a.Hv) % tiles);
+  const int64_t n = blockIdx.x / (static_cast<int64_t>(tiles) * a.Hv);
+  const int v0 = slice * BV, hk = h / a.group;
+  const Seq s = seq_range(a, n);
+  const int64_t nchunks = (s.eos - s.bos + kChunk - 1) / kChunk;
+  const int64_t c_base = a.chunk_offsets[n];
+  const int m0 = warp * 16, srow0 = warp * (KD / 4);
+  const T* qg = static_cast<const T*>(a.q) + s.b * a.q_s[0] + hk * a.q_s[2];
+  const T* kg = static_cast<const T*>(a.k) + s.b * a.k_s[0] + hk * a.k_s[2];
+  const T* dog = static_cast<const T*>(bw.d_o) + s.b * bw.do_s[0] + h * bw.do_s[2] + v0;
+  T* dvg = static_cast<T*>(bw.dv) + s.b * bw.dv_s[0] + h * bw.dv_s[2] + v0;
+  const int64_t sbase = (n * a.Hv + h) * int64_t(KD) * a.V;  // [N, Hv, K, V] (or [.., V, K])
+  auto sidx = [&](int i, int j) { return sbase + (a.v_first ? int64_t(j) * KD + i : int64_t(i) * a.V + j); };
+
+  float dS[kSM][kNT][4];
+#pragma unroll
+  for (int mt = 0; mt < kSM; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = srow0 + mt * 16 + acc_row(lane, e), j = v0 + nt * 8 + acc_col(lane, e);
+        dS[mt][nt][e] = bw.dht != nullptr ? bw.dht[sidx(i, j)] : 0.f;
+      }
+
+  for (int64_t c = nchunks - 1; c >= 0; --c) {
+    const int64_t t0 = s.bos + c * kChunk;
+    const int L = static_cast<int>(s.eos - t0 < kChunk ? s.eos - t0 : kChunk);
+    const int64_t ch = (c_base + c) * a.Hv + h;
+    // ---- load: Q, K, dO rows (zero past L), Pm, Ab, aux images ----
+    {
+      constexpr int kE = 16 / sizeof(T);
+      for (int e = tid; e < kChunk * (KD / kE); e += kDStateThreads) {
+        const int r = e / (KD / kE), cv = (e % (KD / kE)) * kE;
+        const bool ok = r < L;
+        const int64_t tr = ok ? t0 + r : t0;
+        cp_async_16(&sm.q[r * Sm::kLdK + cv], qg + tr * a.q_s[1] + cv, ok);
+        cp_async_16(&sm.k[r * Sm::kLdK + cv], kg + tr * a.k_s[1] + cv, ok);
+      }
+      for (int e = tid; e < kChunk * (BV / kE); e += kDStateThreads) {
+        const int r = e / (BV / kE), cv = (e % (BV / kE)) * kE;
+        const bool ok = r < L;
+        cp_async_16(&sm.d_o[r * Sm::kLdV + cv], dog + (ok ? t0 + r : t0) * bw.do_s[1] + cv, ok);
+      }
+      const char* pmg = reinterpret_cast<const char*>(static_cast<const T*>(a.Pm) + ch * pm_image_elems());
+      const char* abg = reinterpret_cast<const char*>(static_cast<const T*>(bw.ab) + ch * pm_image_elems());
+      constexpr int kImg = int(sizeof(T)) * kChunk * Sm::kLdA;
+      for (int o = tid * 16; o < kImg; o += 16 * kDStateThreads) {
+        cp_async_16(reinterpret_cast<char*>(sm.pm) + o, pmg + o, true);
+        cp_async_16(reinterpret_cast<char*>(sm.ab) + o, abg + o, true);
+      }
+      const char* auxg = reinterpret_cast<const char*>(a.aux + ch * 3 * kChunk);
+      for (int o = tid * 16; o < int(sizeof(float)) * 3 * kChunk; o += 16 * kDStateThreads)
+        cp_async_16(reinterpret_cast<char*>(sm.aux) + o, auxg + o, true);
+      cp_async_commit();
+      cp_async_wait<0>();
+    }
+    // ---- 1: dS' -> sdS and the dstates buffer ----
+    {
+      T* dsg = static_cast<T*>(bw.dstates) + ch * int64_t(KD) * a.V + v0;
+#pragma unroll
+      for (int mt = 0; mt < kSM; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+          for (int hf = 0; hf < 2; ++hf) {
+            const int i = srow0 + mt * 16 + (lane >> 2) + hf * 8, j = nt * 8 + ((lane & 3) << 1);
+            const uint32_t v = pack2<T>(dS[mt][nt][2 * hf], dS[mt][nt][2 * hf + 1]);
+            *reinterpret_cast<uint32_t*>(&sm.ds[i * Sm::kLdV + j]) = v;
+            *reinterpret_cast<uint32_t*>(&dsg[int64_t(i) * a.V + j]) = v;
+          }
+    }
+    __syncthreads();
+    const float* gam = sm.aux;
+    const float* rq = sm.aux + kChunk;
+    const float* rk = sm.aux + 2 * kChunk;
+    const float gl = gam[kChunk - 1];  // = gamma[L - 1] (prepare pads gamma)
+    // ---- 2: dvn = Pmᵀ dO + e^{gamma_L - gamma} rk o (K sdS); sdo = scale e^{gamma} rq o dO ----
+    {
+      float x[1][kNT][4], p[1][kNT][4];
+      zero(x);
+      zero(p);
+      warp_gemm<1, kNT, KD / 16, Major::kMK, BMajor::kKN>(x, sm.k, Sm::kLdK, m0, sm.ds, Sm::kLdV, 0, lane);
+      warp_gemm<1, kNT, kChunk / 16, Major::kKM, BMajor::kKN>(p, sm.pm, Sm::kLdA, m0, sm.d_o, Sm::kLdV, 0, lane);
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int i = m0 + (lane >> 2) + hf * 8;
+        const float fx = __expf(gl - gam[i]) * rk[i], fo = a.scale * __expf(gam[i]) * rq[i];
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+          const int j = nt * 8 + ((lane & 3) << 1);
+          const float d0 = p[0][nt][2 * hf] + fx * x[0][nt][2 * hf];
+          const float d1 = p[0][nt][2 * hf + 1] + fx * x[0][nt][2 * hf + 1];
+          *reinterpret_cast<uint32_t*>(&sm.dvn[i * Sm::kLdV + j]) = pack2<T>(d0, d1);
+          const float o0 = to_float(sm.d_o[i * Sm::kLdV + j]), o1 = to_float(sm.d_o[i * Sm::kLdV + j + 1]);
+          *reinterpret_cast<uint32_t*>(&sm.sdo[i * Sm::kLdV + j]) = pack2<T>(fo * o0, fo * o1);
+        }
+      }
+    }
+    __syncthreads();
+    // ---- 3: dV = Abᵀ dvn -> dv (rows < L); sdw = -e^{gamma} rk o dV ----
+    {
+      float dvv[1][kNT][4];
+      zero(dvv);
+      warp_gemm<1, kNT, kChunk / 16, Major::kKM, BMajor::kKN>(dvv, sm.ab, Sm::kLdA, m0, sm.dvn, Sm::kLdV, 0, lane);
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int i = m0 + (lane >> 2) + hf * 8;
+        const float fw = -__expf(gam[i]) * rk[i];
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+          const int j = nt * 8 + ((lane & 3) << 1);
+          const float w0 = dvv[0][nt][2 * hf], w1 = dvv[0][nt][2 * hf + 1];
+          *reinterpret_cast<uint32_t*>(&sm.sdw[i * Sm::kLdV + j]) = pack2<T>(fw * w0, fw * w1);
+          if (i < L) *reinterpret_cast<uint32_t*>(&dvg[(t0 + i) * bw.dv_s[1] + j]) = pack2<T>(w0, w1);
+        }
+      }
+    }
+    __syncthreads();
+    // ---- 4: dS = e^{gamma_L} dS' + Qᵀ sdo + Kᵀ sdw ----
+    {
+      const float egl = __expf(gl);
+#pragma unroll
+      for (int mt = 0; mt < kSM; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) dS[mt][nt][e] *= egl;
+      warp_gemm<kSM, kNT, kChunk / 16, Major::kKM, BMajor::kKN>(dS, sm.q, Sm::kLdK, srow0, sm.sdo, Sm::kLdV, 0, lane);
+      warp_gemm<kSM, kNT, kChunk / 16, Major::kKM, BMajor::kKN>(dS, sm.k, Sm::kLdK, srow0, sm.sdw, Sm::kLdV, 0, lane);
+    }
+    __syncthreads();  // the next chunk's loads overwrite every tile
+  }
+  // The initial state's gradient (fp32), when the forward had one.
+  if (bw.dh0 != nullptr) {
+#pragma unroll
+    for (int mt = 0; mt < kSM; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int i = srow0 + mt * 16 + acc_row(lane, e), j = v0 + nt * 8 + acc_col(lane, e);
+          bw.dh0[sidx(i, j)] = dS[mt][nt][e];
+        }
+  }
+}
+
+}  // namespace flashgdn::portable
