@@ -15,6 +15,7 @@
 #include "api/problem.hpp"
 #include "api/tensor.hpp"
 #include "flashgdn/flashgdn.hpp"
+#include "kernels/portable/bwd/bwd_portable.hpp"
 #include "kernels/portable/fwd/fwd_portable.hpp"
 
 namespace {
@@ -690,6 +691,76 @@ TEST(GpuBackwardStages12, DvAndDh0MatchFp64) {
   std::printf("  [backward stages 1-2] rel L2: dv %.2e, dh0 %.2e\n", ev, eh);
   EXPECT_LE(ev, 1.5e-2);
   EXPECT_LE(eh, 1.5e-2);
+}
+
+// The backward's stage 4: per-value-head gradients w.r.t. q̂, k̂ summed over each group (GVA 3) and, with
+// l2norm, pushed through its backward; against the same formula in fp64 on the host (bf16 outputs).
+TEST(GpuBackwardQkGrads, GroupSumAndL2normBackwardMatchHost) {
+  REQUIRE_GPU();
+  const int B = 2, T = 37, Hqk = 2, Hv = 6, group = 3;
+  for (const int K : {128, 64})
+    for (const int l2 : {0, 1}) {
+      std::mt19937_64 rng(77 + K + l2);
+      std::normal_distribution<float> nd;
+      const int64_t nx = int64_t(B) * T * Hqk * K, nh = int64_t(B) * T * Hv * K;
+      std::vector<uint16_t> q(nx), k(nx);
+      std::vector<float> dqh(nh), dkh(nh);
+      for (auto& x : q) x = flashgdn::float_to_bf16_bits(nd(rng));
+      for (auto& x : k) x = flashgdn::float_to_bf16_bits(nd(rng));
+      for (auto& x : dqh) x = nd(rng);
+      for (auto& x : dkh) x = nd(rng);
+      DevBuf dq_in(nx * 2), dk_in(nx * 2), ddqh(nh * 4), ddkh(nh * 4), dq(nx * 2), dk(nx * 2);
+      CUDA_OK(cudaMemcpy(dq_in.p, q.data(), nx * 2, cudaMemcpyHostToDevice));
+      CUDA_OK(cudaMemcpy(dk_in.p, k.data(), nx * 2, cudaMemcpyHostToDevice));
+      CUDA_OK(cudaMemcpy(ddqh.p, dqh.data(), nh * 4, cudaMemcpyHostToDevice));
+      CUDA_OK(cudaMemcpy(ddkh.p, dkh.data(), nh * 4, cudaMemcpyHostToDevice));
+      CUDA_OK(cudaMemset(dq.p, 0xff, nx * 2));
+      CUDA_OK(cudaMemset(dk.p, 0xff, nx * 2));
+      flashgdn::portable::QkGradArgs g{};
+      g.dqh = static_cast<const float*>(ddqh.p);
+      g.dkh = static_cast<const float*>(ddkh.p);
+      g.q = dq_in.p;
+      g.k = dk_in.p;
+      g.dq = dq.p;
+      g.dk = dk.p;
+      const int64_t st[3] = {int64_t(T) * Hqk * K, int64_t(Hqk) * K, K};
+      for (int i = 0; i < 3; ++i) g.q_s[i] = g.k_s[i] = g.dq_s[i] = g.dk_s[i] = st[i];
+      g.B = B; g.T = T; g.Hqk = Hqk; g.Hv = Hv; g.group = group; g.l2norm = l2;
+      ASSERT_EQ(flashgdn::portable::launch_qk_grads(g, K, FLASHGDN_DTYPE_BFLOAT16, nullptr), FLASHGDN_SUCCESS)
+          << flashgdn_get_last_error();
+      CUDA_OK(cudaDeviceSynchronize());
+      for (int pass = 0; pass < 2; ++pass) {
+        const std::vector<uint16_t>& x = pass == 0 ? q : k;
+        const std::vector<float>& dh = pass == 0 ? dqh : dkh;
+        std::vector<uint16_t> out(nx);
+        CUDA_OK(cudaMemcpy(out.data(), (pass == 0 ? dq : dk).p, nx * 2, cudaMemcpyDeviceToHost));
+        std::vector<double> got(nx), want(nx);
+        for (int64_t bt = 0; bt < int64_t(B) * T; ++bt)
+          for (int hk = 0; hk < Hqk; ++hk) {
+            std::vector<double> d(K, 0.0);
+            for (int j = 0; j < group; ++j)
+              for (int i = 0; i < K; ++i) d[i] += dh[(bt * Hv + hk * group + j) * K + i];
+            const int64_t base = (bt * Hqk + hk) * K;
+            if (l2) {
+              double ss = 0, dot = 0;
+              for (int i = 0; i < K; ++i) {
+                const double xv = flashgdn::bf16_bits_to_float(x[base + i]);
+                ss += xv * xv;
+                dot += xv * d[i];
+              }
+              const double rn = 1.0 / std::sqrt(ss + 1e-6);
+              for (int i = 0; i < K; ++i)
+                d[i] = (d[i] - flashgdn::bf16_bits_to_float(x[base + i]) * rn * rn * dot) * rn;
+            }
+            for (int i = 0; i < K; ++i) {
+              want[base + i] = d[i];
+              got[base + i] = flashgdn::bf16_bits_to_float(out[base + i]);
+            }
+          }
+        const double e = rel_l2(got, want);
+        EXPECT_LE(e, 5e-3) << (pass == 0 ? "dq" : "dk") << " K " << K << " l2norm " << l2;
+      }
+    }
 }
 
 // A tiny valid problem (B = 1, T = 8, one head, K = V = 64) laid out in device buffer b; o at o_off.

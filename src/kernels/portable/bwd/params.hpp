@@ -17,4 +17,18 @@ struct BwdArgs {
   void* dstates;       // [chunks, Hv, K, V] input dtype: dS' per chunk (for stage 3)
 };
 
+// Stage 4 (qk_grads.cuh): per-value-head gradients w.r.t. q̂, k̂ -> dq, dk.
+struct QkGradArgs {
+  const float* dqh;  // [B·T, Hv, K] fp32 (stage 3)
+  const float* dkh;
+  const void* q;     // the forward's inputs (for the l2norm backward), strides (b, t, h) in elements
+  const void* k;
+  int64_t q_s[3], k_s[3];
+  void* dq;          // [B, T, Hqk, K] input dtype
+  void* dk;
+  int64_t dq_s[3], dk_s[3];
+  int B, T, Hqk, Hv, group;
+  int l2norm;
+};
+
 }  // namespace flashgdn::portable
