@@ -94,4 +94,19 @@ __device__ __forceinline__ void zero(float (&acc)[MT][NT][4]) {
 __device__ __forceinline__ int acc_row(int lane, int e) { return (lane >> 2) + ((e >> 1) << 3); }
 __device__ __forceinline__ int acc_col(int lane, int e) { return ((lane & 3) << 1) + (e & 1); }
 
+// Stores acc (rows row0 + 16 mt .., columns 8 nt ..) as packed pairs of T at dst[row * ld + col], shared or
+// global memory (4-byte stores; dst and ld even).
+template <class T, int MT, int NT>
+__device__ __forceinline__ void store_acc(const float (&acc)[MT][NT][4], T* dst, int64_t ld, int row0, int lane) {
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int i = row0 + mt * 16 + (lane >> 2) + hf * 8, j = nt * 8 + ((lane & 3) << 1);
+        *reinterpret_cast<uint32_t*>(&dst[i * ld + j]) = pack2<T>(acc[mt][nt][2 * hf], acc[mt][nt][2 * hf + 1]);
+      }
+}
+
 }  // namespace flashgdn::device

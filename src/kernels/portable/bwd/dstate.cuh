@@ -68,19 +68,21 @@ __global__ void __launch_bounds__(kDStateThreads) dstate_kernel(FwdArgs a, BwdAr
   const T* kg = static_cast<const T*>(a.k) + s.b * a.k_s[0] + hk * a.k_s[2];
   const T* dog = static_cast<const T*>(bw.d_o) + s.b * bw.do_s[0] + h * bw.do_s[2] + v0;
   T* dvg = static_cast<T*>(bw.dv) + s.b * bw.dv_s[0] + h * bw.dv_s[2] + v0;
-  const int64_t sbase = (n * a.Hv + h) * int64_t(KD) * a.V;  // [N, Hv, K, V] (or [.., V, K])
-  auto sidx = [&](int i, int j) { return sbase + (a.v_first ? int64_t(j) * KD + i : int64_t(i) * a.V + j); };
+  const int64_t srow_stride = int64_t(a.Hv) * KD * a.V;  // dht, dh0: [N, Hv, K, V] (or [.., V, K]), fp32
 
   float dS[kSM][kNT][4];
+  // f(x, offset) for every dS element this thread holds, with its offset in dht / dh0.
+  auto for_each_ds = [&](auto f) {
 #pragma unroll
-  for (int mt = 0; mt < kSM; ++mt)
+    for (int mt = 0; mt < kSM; ++mt)
 #pragma unroll
-    for (int nt = 0; nt < kNT; ++nt)
+      for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int i = srow0 + mt * 16 + acc_row(lane, e), j = v0 + nt * 8 + acc_col(lane, e);
-        dS[mt][nt][e] = bw.dht != nullptr ? bw.dht[sidx(i, j)] : 0.f;
-      }
+        for (int e = 0; e < 4; ++e)
+          f(dS[mt][nt][e], state_offset(a, n, srow_stride, h, srow0 + mt * 16 + acc_row(lane, e),
+                                        v0 + nt * 8 + acc_col(lane, e)));
+  };
+  for_each_ds([&](float& x, int64_t off) { x = bw.dht != nullptr ? bw.dht[off] : 0.f; });
 
   for (int64_t c = nchunks - 1; c >= 0; --c) {
     const int64_t t0 = s.bos + c * kChunk;
@@ -115,20 +117,8 @@ __global__ void __launch_bounds__(kDStateThreads) dstate_kernel(FwdArgs a, BwdAr
       cp_async_wait<0>();
     }
     // ---- 1: dS' -> sdS and the dstates buffer ----
-    {
-      T* dsg = static_cast<T*>(bw.dstates) + ch * int64_t(KD) * a.V + v0;
-#pragma unroll
-      for (int mt = 0; mt < kSM; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-          for (int hf = 0; hf < 2; ++hf) {
-            const int i = srow0 + mt * 16 + (lane >> 2) + hf * 8, j = nt * 8 + ((lane & 3) << 1);
-            const uint32_t v = pack2<T>(dS[mt][nt][2 * hf], dS[mt][nt][2 * hf + 1]);
-            *reinterpret_cast<uint32_t*>(&sm.ds[i * Sm::kLdV + j]) = v;
-            *reinterpret_cast<uint32_t*>(&dsg[int64_t(i) * a.V + j]) = v;
-          }
-    }
+    store_acc(dS, sm.ds, Sm::kLdV, srow0, lane);
+    store_acc(dS, static_cast<T*>(bw.dstates) + ch * int64_t(KD) * a.V + v0, a.V, srow0, lane);
     __syncthreads();
     const float* gam = sm.aux;
     const float* rq = sm.aux + kChunk;
@@ -191,17 +181,7 @@ __global__ void __launch_bounds__(kDStateThreads) dstate_kernel(FwdArgs a, BwdAr
     __syncthreads();  // the next chunk's loads overwrite every tile
   }
   // The initial state's gradient (fp32), when the forward had one.
-  if (bw.dh0 != nullptr) {
-#pragma unroll
-    for (int mt = 0; mt < kSM; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int i = srow0 + mt * 16 + acc_row(lane, e), j = v0 + nt * 8 + acc_col(lane, e);
-          bw.dh0[sidx(i, j)] = dS[mt][nt][e];
-        }
-  }
+  if (bw.dh0 != nullptr) for_each_ds([&](float& x, int64_t off) { bw.dh0[off] = x; });
 }
 
 }  // namespace flashgdn::portable

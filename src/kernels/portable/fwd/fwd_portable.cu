@@ -338,25 +338,30 @@ int prepare_variant() {
 }
 
 // An A/B and tuning switch read at each call: its value if it is one of `allowed`, else `fallback` (with a
-// message on stderr, once per process, for a value that is set but not allowed).
-int env_choice(const char* name, std::initializer_list<int> allowed, int fallback) {
+// message on stderr, once per switch (`warned`), for a value that is set but not allowed).
+int env_choice(const char* name, std::initializer_list<int> allowed, int fallback, std::atomic<bool>& warned) {
   const char* e = std::getenv(name);
   if (e == nullptr || *e == 0) return fallback;
   const int v = std::atoi(e);
   for (int a : allowed)
     if (v == a) return v;
-  static std::atomic<bool> warned{false};
   if (!warned.exchange(true)) std::fprintf(stderr, "flashgdn: ignoring %s=%s\n", name, e);
   return fallback;
 }
 
 // FLASHGDN_PORTABLE_BV=16|32|64 pins the recurrence's V slice (a tuning and benchmarking aid, read at each
 // call; documented in docs/design.md).
-int bv_override() { return env_choice("FLASHGDN_PORTABLE_BV", {16, 32, 64}, 0); }
+int bv_override() {
+  static std::atomic<bool> warned{false};
+  return env_choice("FLASHGDN_PORTABLE_BV", {16, 32, 64}, 0, warned);
+}
 
 // FLASHGDN_PORTABLE_CLUSTER=1|2|4|8: the recurrence's cluster size on the TMA path (read at each call;
 // default 1: multicast measured slower on H100, docs/design.md §5).
-int cluster_override() { return env_choice("FLASHGDN_PORTABLE_CLUSTER", {1, 2, 4, 8}, 1); }
+int cluster_override() {
+  static std::atomic<bool> warned{false};
+  return env_choice("FLASHGDN_PORTABLE_CLUSTER", {1, 2, 4, 8}, 1, warned);
+}
 
 // SM count of the current device (0 when it cannot be read: the plan is then still deterministic).
 int current_num_sms() {

@@ -251,9 +251,18 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(const __grid
       for (int o = 0; o < kBytes; o += 16 * kRecProducerThreads)
         if (o + ptid * 16 < kBytes) cp_async_16(d + o, g + o, true);
     };
-    // Prepare CTAs that do real work (those past the last chunk are not counted).
+    // Prepare may still be running (programmatic launch): acquire (chunk, head) ch's images before copying
+    // them. NOTE: once every prepare CTA has finished, no more acquire loads: each one holds the copies
+    // behind an L2 round trip (the per-chunk form, 5a6ba83, was the slower of the two measured on H100).
+    // Prepare CTAs that do real work are counted (those past the last chunk are not).
     const int32_t prepare_ctas = static_cast<int32_t>(a.chunk_offsets[a.N] * a.Hv);
     bool all_prepared = false;
+    auto acquire_images = [&](int64_t ch) {
+      if (all_prepared) return;
+      if (load_acquire_gpu(a.prepared) == prepare_ctas) all_prepared = true;
+      else while (load_acquire_gpu(&a.ready[ch]) == 0) __nanosleep(100);
+      if constexpr (TMA) sm90::fence_proxy_async_global();  // written through the generic proxy, read by TMA
+    };
     // Q and K rows [t0, t0 + 64) by cp.async, zero-filled past L.
     auto copy_rows = [&](typename Sm::Stage& X, int64_t t0, int L) {
       const int64_t qstep = kRowStep * a.q_s[1], kstep = kRowStep * a.k_s[1];
@@ -276,16 +285,7 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(const __grid
       const int64_t t0 = t_base + c * kChunk;
       const int L = static_cast<int>(s.eos - t0 < kChunk ? s.eos - t0 : kChunk);
       const int64_t ch = (c_base + c) * a.Hv + h;
-      // Prepare may still be running (programmatic launch): acquire this (chunk, head)'s images first.
-      // NOTE: once every prepare CTA has finished, no more acquire loads: each one holds the copies behind
-      // an L2 round trip (the per-chunk form, 5a6ba83, was the slower of the two measured on H100).
-      if (!all_prepared) {
-        if (load_acquire_gpu(a.prepared) == prepare_ctas) {
-          all_prepared = true;
-        } else {
-          while (load_acquire_gpu(&a.ready[ch]) == 0) __nanosleep(100);
-        }
-      }
+      acquire_images(ch);
       copy_image(std::integral_constant<int, sizeof(T) * kChunk * Sm::kLdK>{}, X.w,
                  static_cast<const T*>(a.W) + ch * w_image_elems(KD));
       if (!ident)
@@ -321,11 +321,7 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(const __grid
         FLASHGDN_TRACE_EVENT(c, 0);
         // NOTE: the acquire comes before the wait for the stage, so its L2 round trips (while prepare still
         // runs) overlap the consumers' work instead of delaying the refill (2-stage variants).
-        if (!all_prepared) {  // as in load_chunk above
-          if (load_acquire_gpu(a.prepared) == prepare_ctas) all_prepared = true;
-          else while (load_acquire_gpu(&a.ready[ch]) == 0) __nanosleep(100);
-          sm90::fence_proxy_async_global();  // the images were written through the generic proxy
-        }
+        acquire_images(ch);
         if (c >= STAGES) {
           named_bar_sync(Bar::kEmpty + st, kEmptyCount);  // this CTA's consumers released chunk c - STAGES
           if (cs > 1) {
@@ -365,26 +361,23 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(const __grid
         FLASHGDN_TRACE_EVENT(c, 2);
         FLASHGDN_TRACE_EVENT(c, 3);
       }
-      for (int64_t c = nchunks > STAGES ? nchunks : STAGES; c < nchunks + STAGES; ++c)
-        named_bar_sync(Bar::kEmpty + static_cast<int>((c - STAGES) % STAGES), kEmptyCount);
-      grid_dependency_wait();  // see the cp.async path's exit
-      return;
     } else {
-    for (int64_t c = 0; c < nchunks + STAGES - 1; ++c) {
-      if (c < nchunks) {
-        const int st = static_cast<int>(c % STAGES);
-        FLASHGDN_TRACE_EVENT(c, 0);
-        if (c >= STAGES) named_bar_sync(Bar::kEmpty + st, kEmptyCount);  // chunk c - STAGES released
-        FLASHGDN_TRACE_EVENT(c, 1);
-        load_chunk(c, st);
-        FLASHGDN_TRACE_EVENT(c, 2);
-      }
-      cp_async_commit();  // one group per iteration (empty at the tail) keeps the wait count uniform
-      const int64_t d = c - (STAGES - 1);
-      if (d >= 0) {
-        cp_async_wait<STAGES - 1>();  // chunk d has landed (for this thread's copies)
-        FLASHGDN_TRACE_EVENT(d, 3);
-        named_bar_arrive(Bar::kFull + static_cast<int>(d % STAGES), kFullCount);
+      for (int64_t c = 0; c < nchunks + STAGES - 1; ++c) {
+        if (c < nchunks) {
+          const int st = static_cast<int>(c % STAGES);
+          FLASHGDN_TRACE_EVENT(c, 0);
+          if (c >= STAGES) named_bar_sync(Bar::kEmpty + st, kEmptyCount);  // chunk c - STAGES released
+          FLASHGDN_TRACE_EVENT(c, 1);
+          load_chunk(c, st);
+          FLASHGDN_TRACE_EVENT(c, 2);
+        }
+        cp_async_commit();  // one group per iteration (empty at the tail) keeps the wait count uniform
+        const int64_t d = c - (STAGES - 1);
+        if (d >= 0) {
+          cp_async_wait<STAGES - 1>();  // chunk d has landed (for this thread's copies)
+          FLASHGDN_TRACE_EVENT(d, 3);
+          named_bar_arrive(Bar::kFull + static_cast<int>(d % STAGES), kFullCount);
+        }
       }
     }
     // Match the releases of the last chunks (every arrival has its sync).
@@ -395,7 +388,6 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(const __grid
     // flags and the counter, which a straggling prepare CTA could otherwise still write.
     grid_dependency_wait();
     return;
-    }  // cp.async path
   }
 
   const int m0 = (warp & 3) * 16;  // this warp's rows of every (64, .) tile
@@ -413,17 +405,7 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(const __grid
           for (int e = 0; e < 4; ++e)
             f(S[mt][nt][e], srow0 + mt * 16 + acc_row(lane, e), v0 + nt * 8 + acc_col(lane, e));
     };
-    auto store_s_operand = [&](T* dstS) {
-#pragma unroll
-      for (int mt = 0; mt < kSM; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-          for (int hf = 0; hf < 2; ++hf) {
-            const int i = srow0 + mt * 16 + (lane >> 2) + hf * 8, j = nt * 8 + ((lane & 3) << 1);
-            *reinterpret_cast<uint32_t*>(&dstS[i * Sm::kLdV + j]) = pack2<T>(S[mt][nt][2 * hf], S[mt][nt][2 * hf + 1]);
-          }
-    };
+    auto store_s_operand = [&](T* dstS) { store_acc(S, dstS, Sm::kLdV, srow0, lane); };
     {
       // CP: pass 1 starts from [0 | I]; pass 3 from the scan's start state (every segment, the first one
       // included, so no CTA reads a pool slot that the sequence's last segment writes back).
@@ -445,19 +427,8 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(const __grid
     for (int64_t c = 0; c < nchunks; ++c) {
       const int st = static_cast<int>(c % STAGES), b = static_cast<int>(c & 1);
       FLASHGDN_TRACE_EVENT(c, 0);
-      if constexpr (CP == 2) {
-        // The states pass: S_c (this CTA's K x BV slice) in T, [chunk, Hv, K, V].
-        T* hs = static_cast<T*>(a.h_states) + ((c_base + c) * a.Hv + h) * int64_t(KD) * a.V + v0;
-#pragma unroll
-        for (int mt = 0; mt < kSM; ++mt)
-#pragma unroll
-          for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-            for (int hf = 0; hf < 2; ++hf) {
-              const int i = srow0 + mt * 16 + (lane >> 2) + hf * 8, j = nt * 8 + ((lane & 3) << 1);
-              *reinterpret_cast<uint32_t*>(&hs[int64_t(i) * a.V + j]) = pack2<T>(S[mt][nt][2 * hf], S[mt][nt][2 * hf + 1]);
-            }
-      }
+      if constexpr (CP == 2)  // the states pass: S_c (this CTA's K x BV slice) in T, [chunk, Hv, K, V]
+        store_acc(S, static_cast<T*>(a.h_states) + ((c_base + c) * a.Hv + h) * int64_t(KD) * a.V + v0, a.V, srow0, lane);
       wait_full(c, st);
       FLASHGDN_TRACE_EVENT(c, 1);
       const typename Sm::Stage& X = sm.st[st];
@@ -585,13 +556,7 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(const __grid
     constexpr int kLdO = Sm::kAlias ? Sm::kLdA : Sm::kLdV;
     if constexpr (!Sm::kAlias) named_bar_arrive(Bar::kEmpty + st, kEmptyCount);  // Q, Pm, aux of stage st read
     __syncwarp();
-#pragma unroll
-    for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        const int i = m0 + (lane >> 2) + hf * 8, j = nt * 8 + ((lane & 3) << 1);
-        *reinterpret_cast<uint32_t*>(&so[i * kLdO + j]) = pack2<T>(acc[0][nt][2 * hf], acc[0][nt][2 * hf + 1]);
-      }
+    store_acc(acc, so, kLdO, m0, lane);
     __syncwarp();
     constexpr int kVec = BV * sizeof(T) / 16;  // 16-byte vectors per row
     for (int i = lane; i < 16 * kVec; i += 32) {
