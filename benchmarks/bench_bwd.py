@@ -4,7 +4,7 @@ forward + backward, with the floor and FlashQLA's published H200 backward time p
 
 FLA refuses its Triton backward on Hopper with Triton < 3.7.1 (wrong dg/dβ, its issue #640); to time it
 this script sets ``fla.ops.common.chunk_o.TRITON_ABOVE_3_7_1 = True`` and records that in the JSON —
-FLA's gradients are then timed, not trusted. While FlashGDN has no GPU backward, its columns say so.
+FLA's gradients are then timed, not trusted. A row where FlashGDN fails records the error instead of a time.
 
   python benchmarks/bench_bwd.py --out DIR [--reps 10] [--rows substring] [--tag variant]
 writes DIR/<gpu>-<date>-bwd[-tag].json and .md.
@@ -120,6 +120,7 @@ def main():
                 row["fla_bwd_ms"], row["fla_fwdbwd_ms"] = run(fla)
                 if row.get("flashgdn_bwd_ms"):
                     row["speedup_bwd_vs_fla"] = row["fla_bwd_ms"] / row["flashgdn_bwd_ms"]
+                    row["speedup_fwdbwd_vs_fla"] = row["fla_fwdbwd_ms"] / row["flashgdn_fwdbwd_ms"]
             pub = published.get((hqk, hv, nseq))
             if pub:
                 row["flashqla_h200_bwd_ms"] = pub["flashqla_ms"]
@@ -128,21 +129,33 @@ def main():
             fmt = lambda k: f"{row[k]:8.3f}" if isinstance(row.get(k), float) else f"{'n/a':>8}"  # noqa: E731
             print(f"{name:<16} floor {fmt('floor_ms')}  gdn bwd {fmt('flashgdn_bwd_ms')} fwd+bwd "
                   f"{fmt('flashgdn_fwdbwd_ms')}  fla bwd {fmt('fla_bwd_ms')} fwd+bwd {fmt('fla_fwdbwd_ms')}  "
-                  f"QLA h200 bwd {fmt('flashqla_h200_bwd_ms')}", flush=True)
+                  f"QLA h200 bwd {fmt('flashqla_h200_bwd_ms')}  speedup bwd {fmt('speedup_bwd_vs_fla')} "
+                  f"fwd+bwd {fmt('speedup_fwdbwd_vs_fla')}", flush=True)
             del ins, do, dht
             torch.cuda.empty_cache()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{prop.name.replace(' ', '_')}-{meta['date']}-bwd" + (f"-{args.tag}" if args.tag else "")
-    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     md = [f"# Backward benchmark: {prop.name}, commit {meta['commit']}, {meta['date']}", "", meta["fla_note"] + ".",
           meta["timing"] + ".", "",
-          "| row | floor ms | FlashGDN bwd ms | FlashGDN fwd+bwd ms | FLA bwd ms | FLA fwd+bwd ms | FlashQLA H200 bwd ms |",
-          "|---|---:|---:|---:|---:|---:|---:|"]
+          "| row | floor ms | FlashGDN bwd ms | FlashGDN fwd+bwd ms | FLA bwd ms | FLA fwd+bwd ms | "
+          "FlashQLA H200 bwd ms | bwd speedup | fwd+bwd speedup |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         g = lambda k: f"{r[k]:.3f}" if isinstance(r.get(k), float) else "n/a"  # noqa: E731
         md.append(f"| {r['name']} | {g('floor_ms')} | {g('flashgdn_bwd_ms')} | {g('flashgdn_fwdbwd_ms')} | "
-                  f"{g('fla_bwd_ms')} | {g('fla_fwdbwd_ms')} | {g('flashqla_h200_bwd_ms')} |")
+                  f"{g('fla_bwd_ms')} | {g('fla_fwdbwd_ms')} | {g('flashqla_h200_bwd_ms')} | {g('speedup_bwd_vs_fla')} | "
+                  f"{g('speedup_fwdbwd_vs_fla')} |")
+    sp = [r["speedup_bwd_vs_fla"] for r in rows if r.get("speedup_bwd_vs_fla")]
+    sp2 = [r["speedup_fwdbwd_vs_fla"] for r in rows if r.get("speedup_fwdbwd_vs_fla")]
+    if sp:
+        gm = lambda xs: math.exp(sum(math.log(x) for x in xs) / len(xs))  # noqa: E731
+        summary = (f"Backward alone: geomean {gm(sp):.2f}x FLA, min {min(sp):.2f}x, {sum(x < 1 for x in sp)} of "
+                   f"{len(sp)} rows slower; forward + backward: geomean {gm(sp2):.2f}x, min {min(sp2):.2f}x.")
+        meta["summary"] = summary
+        md += ["", summary]
+        print(summary)
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     (out / f"{stem}.md").write_text("\n".join(md) + "\n")
     print(f"wrote {out / stem}.json and .md")
 

@@ -6,6 +6,7 @@
 #include "api/dispatch.hpp"
 #include "api/error.hpp"
 #include "api/tensor.hpp"
+#include "kernels/portable/bwd/bwd_portable.hpp"
 #include "kernels/portable/fwd/fwd_portable.hpp"
 
 namespace flashgdn {
@@ -23,7 +24,7 @@ bool is_device_only_pointer(const void* p) {
 }
 
 size_t fwd_workspace_bytes(const Problem& pr) { return portable::workspace_bytes(pr); }
-size_t bwd_workspace_bytes(const Problem&) { return 0; }
+size_t bwd_workspace_bytes(const Problem& pr) { return portable::bwd_workspace_bytes(pr); }
 
 namespace {
 
@@ -117,8 +118,9 @@ flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_
   return portable::launch_fwd(pr, p, workspace, reinterpret_cast<cudaStream_t>(stream));
 }
 
-flashgdn_status_t launch_bwd(const Problem&, const flashgdn_chunk_bwd_params_t&, void*, flashgdn_stream_t) {
-  return fail(FLASHGDN_ERROR_UNSUPPORTED, "flashgdn_chunk_bwd: the GPU backward is not implemented yet");
+flashgdn_status_t launch_bwd(const Problem& pr, const flashgdn_chunk_bwd_params_t& p, void* workspace,
+                             flashgdn_stream_t stream) {
+  return portable::launch_bwd(pr, p, workspace, reinterpret_cast<cudaStream_t>(stream));
 }
 
 }  // namespace flashgdn

@@ -299,9 +299,10 @@ void run_gpu(const Problem& pr, Outputs* out, bool graph = false, int repeats = 
       for (int i = 0; i < 3; ++i) bw.do_s[i] = bw.dv_s[i] = st[i];
       bw.dht = bwd->dht.empty() ? nullptr : static_cast<const float*>(ddht.p);
       bw.dh0 = c.h0 ? static_cast<float*>(ddh0.p) : nullptr;
+      bw.dht_row_stride = bw.dh0_row_stride = c.Hv * c.K * c.V;
       bw.ab = dab.p;
       bw.dstates = dds.p;
-      ASSERT_EQ(flashgdn::portable::launch_bwd_stages12(vp, p, ws.p, dst.p, bw, stream), FLASHGDN_SUCCESS)
+      ASSERT_EQ(flashgdn::portable::launch_bwd_stages123(vp, p, ws.p, dst.p, bw, stream), FLASHGDN_SUCCESS)
           << flashgdn_get_last_error();
       CUDA_OK(cudaStreamSynchronize(stream));
       std::vector<uint16_t> v(ohv);

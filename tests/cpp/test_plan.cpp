@@ -170,3 +170,28 @@ TEST(Plan, LayoutRegionsAreAlignedAndDisjoint) {
 }
 
 }  // namespace
+
+namespace {
+
+// The backward's workspace: the forward's (CP off, whatever the problem asked) then its own regions,
+// 256-byte aligned, in order, each as large as documented (docs/design.md §4.2).
+TEST(Plan, BackwardWorkspaceRegions) {
+  const Problem pr = problem(2, 6, {200, 63, 65, 1}, FLASHGDN_CP_ON);
+  const fp::BwdLayout l = fp::bwd_layout(pr, kH100Sms);
+  Problem off = pr;
+  off.cp_mode = FLASHGDN_CP_OFF;
+  EXPECT_FALSE(l.fwd.cp.on);
+  EXPECT_EQ(l.fwd.total, fp::layout(off, kH100Sms).total);
+  const size_t chunks = static_cast<size_t>(pr.max_chunks()), hv = 6, kv = 128 * 128, tokens = 329;
+  const size_t want[6] = {chunks * hv * kv * 2, chunks * hv * kv * 2, chunks * hv * 64 * 72 * 2,
+                          chunks * hv * 64 * 64 * 4, tokens * hv * 128 * 4, tokens * hv * 128 * 4};
+  const size_t at[7] = {l.h_states, l.dstates, l.ab, l.at, l.dqh, l.dkh, l.total};
+  EXPECT_GE(l.h_states, l.fwd.total);
+  for (int i = 0; i < 6; ++i) {
+    EXPECT_EQ(at[i] % 256, 0u) << i;
+    EXPECT_GE(at[i + 1] - at[i], want[i]) << i;
+    EXPECT_LT(at[i + 1] - at[i], want[i] + 256) << i;
+  }
+}
+
+}  // namespace

@@ -1,5 +1,6 @@
-"""The Python API on CUDA tensors: against the CPU (fp64 reference) path of the same API, CUDA-graph
-capture, torch.compile(fullgraph=True), strided views, state pool. Skipped without torch or a GPU."""
+"""The Python API on CUDA tensors: against the CPU (fp64 reference) path of the same API (forward and
+autograd backward), CUDA-graph capture (also of a training step), torch.compile(fullgraph=True) of a GDN
+layer, opcheck, strided views, state pool. Skipped without torch or a GPU."""
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -147,12 +148,133 @@ def test_every_output_element_is_written(lens, hqk, hv):
         o_nan, ht_nan = o.clone(), ht.clone()
 
 
-def test_gpu_backward_not_yet_available_is_a_clear_error():
-    q, k, v, g, beta, cu, h0 = inputs([16])
-    q.requires_grad_(True)
-    o, _ = flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, cu_seqlens=cu)
-    with pytest.raises(flashgdn.FlashGDNError, match="GPU backward is not implemented yet"):
-        o.float().sum().backward()
+def _grads(dtype, device, q, k, v, g, beta, h0, cu, do, dht, l2norm):
+    leaves = [x.detach().to(device).requires_grad_(True) for x in (q, k, v, g, beta, h0)]
+    o, ht = flashgdn.chunk_gated_delta_rule(*leaves[:5], initial_state=leaves[5], output_final_state=True,
+                                            cu_seqlens=cu.to(device), use_qk_l2norm_in_kernel=l2norm)
+    (o.double() * do.to(device).double()).sum().add((ht.double() * dht.to(device).double()).sum()).backward()
+    return [x.grad for x in leaves]
+
+
+@pytest.mark.parametrize("dtype,tol,tol_gb", [(torch.bfloat16, 1.5e-2, 2e-2), (torch.float16, 7.5e-3, 1e-2)])
+@pytest.mark.parametrize("l2norm", [False, True])
+def test_backward_matches_cpu_reference(dtype, tol, tol_gb, l2norm):
+    """Autograd on CUDA (flashgdn_chunk_bwd) against autograd on the CPU (fp64 reverse mode), GVA 3."""
+    q, k, v, g, beta, cu, h0 = inputs([1, 63, 65, 200], hqk=2, hv=6, dtype=dtype, seed=3)
+    gen = torch.Generator(device="cuda").manual_seed(9)
+    do = torch.randn(v.shape, device="cuda", generator=gen).to(dtype)
+    dht = torch.randn(h0.shape, device="cuda", generator=gen) * 0.1
+    gpu = _grads(dtype, "cuda", q, k, v, g, beta, h0, cu, do, dht, l2norm)
+    ref = _grads(dtype, "cpu", q, k, v, g, beta, h0, cu, do, dht, l2norm)
+    for name, a, b, t in zip(("dq", "dk", "dv", "dg", "dbeta", "dh0"), gpu, ref, (tol,) * 3 + (tol_gb,) * 2 + (tol,)):
+        assert a.dtype == b.dtype and a.shape == b.shape, name
+        assert rel(a, b) <= t, f"{name}: rel L2 {rel(a, b):.2e} > {t}"
+
+
+def test_backward_deterministic_and_graph_capturable():
+    q, k, v, g, beta, cu, h0 = inputs([100, 3, 130])
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    do = torch.randn(v.shape, device="cuda", generator=gen).to(q.dtype)
+
+    def f():
+        return flashgdn.ops.chunk_bwd(q, k, v, g, beta, do, initial_state=h0, cu_seqlens=cu)
+    a = f()
+    junk = torch.full((64 << 20,), 7, dtype=torch.uint8, device="cuda")  # dirty the caching allocator
+    del junk
+    b = f()
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(s), torch.cuda.graph(graph, stream=s):
+        c = f()
+    graph.replay()
+    torch.cuda.synchronize()
+    for x, y in zip(a, c):
+        assert torch.equal(x, y)
+
+
+def test_opcheck_on_cuda():
+    q, k, v, g, beta, cu, h0 = inputs([70, 5], hqk=1, hv=2, d=64)
+    args = (q, k, v, g, beta, 0.125, h0, True, cu, None, False, False, 0, None)
+    torch.library.opcheck(torch.ops.flashgdn.chunk_fwd.default, args)
+    do = torch.randn(v.shape, device="cuda").to(q.dtype)
+    bargs = (q, k, v, g, beta, 0.125, h0, cu, do, None, False, False)
+    torch.library.opcheck(torch.ops.flashgdn.chunk_bwd.default, bargs)
+
+
+class _Layer(torch.nn.Module):
+    """A tiny GDN layer: projections, g = -exp(A_log) softplus(a + dt_bias), beta = sigmoid(b), the op."""
+
+    def __init__(self, hidden=64, hqk=1, hv=2, d=64):
+        super().__init__()
+        self.hqk, self.hv, self.d = hqk, hv, d
+        self.qkv = torch.nn.Linear(hidden, (2 * hqk + hv) * d, bias=False)
+        self.a = torch.nn.Linear(hidden, hv)
+        self.b = torch.nn.Linear(hidden, hv)
+        self.A_log = torch.nn.Parameter(torch.zeros(hv))
+        self.dt_bias = torch.nn.Parameter(torch.ones(hv))
+
+    def forward(self, x):
+        hqk, hv, d = self.hqk, self.hv, self.d
+        q, k, v = self.qkv(x).split([hqk * d, hqk * d, hv * d], -1)
+        q, k, v = (t.unflatten(-1, (-1, d)).to(torch.bfloat16) for t in (q, k, v))
+        g = -self.A_log.exp() * torch.nn.functional.softplus(self.a(x).float() + self.dt_bias)
+        beta = self.b(x).float().sigmoid()
+        o, _ = flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, use_qk_l2norm_in_kernel=True)
+        return o.float().square().mean()
+
+
+def test_torch_compile_fullgraph_layer_forward_and_backward_on_cuda():
+    torch.manual_seed(0)
+    layer = _Layer().cuda()
+    x = torch.randn(2, 100, 64, device="cuda")
+    eager = layer(x)
+    eager.backward()
+    grads = [p.grad.clone() for p in layer.parameters()]
+    layer.zero_grad()
+    compiled = torch.compile(layer, fullgraph=True)(x)
+    compiled.backward()
+    assert torch.allclose(eager, compiled, rtol=1e-3, atol=1e-5)
+    for a, b in zip(grads, [p.grad for p in layer.parameters()]):
+        assert rel(b, a) <= 2e-2
+
+
+def test_training_step_in_a_cuda_graph():
+    torch.manual_seed(1)
+    layer = _Layer().cuda()
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    x = torch.randn(2, 100, 64, device="cuda")
+
+    def step():
+        opt.zero_grad(set_to_none=False)
+        loss = layer(x)
+        loss.backward()
+        opt.step()
+        return loss
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):  # warm-up (allocator, lazy init) outside the graph
+            step()
+    torch.cuda.current_stream().wait_stream(s)
+    before = [p.detach().clone() for p in layer.parameters()]
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        loss = step()
+    for p, b in zip(layer.parameters(), before):  # capture does not run the step: restore, then replay
+        p.data.copy_(b)
+    graph.replay()
+    torch.cuda.synchronize()
+    after_graph = [p.detach().clone() for p in layer.parameters()]
+    for p, b in zip(layer.parameters(), before):
+        p.data.copy_(b)
+    step()
+    torch.cuda.synchronize()
+    for p, a in zip(layer.parameters(), after_graph):  # cuBLAS may pick other kernels under capture
+        assert torch.allclose(p.detach(), a, rtol=1e-4, atol=1e-6)
+    assert torch.isfinite(loss).item()
 
 
 def test_check_mode_reports_positive_g(monkeypatch):

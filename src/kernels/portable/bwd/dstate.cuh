@@ -68,11 +68,10 @@ __global__ void __launch_bounds__(kDStateThreads) dstate_kernel(FwdArgs a, BwdAr
   const T* kg = static_cast<const T*>(a.k) + s.b * a.k_s[0] + hk * a.k_s[2];
   const T* dog = static_cast<const T*>(bw.d_o) + s.b * bw.do_s[0] + h * bw.do_s[2] + v0;
   T* dvg = static_cast<T*>(bw.dv) + s.b * bw.dv_s[0] + h * bw.dv_s[2] + v0;
-  const int64_t srow_stride = int64_t(a.Hv) * KD * a.V;  // dht, dh0: [N, Hv, K, V] (or [.., V, K]), fp32
-
   float dS[kSM][kNT][4];
-  // f(x, offset) for every dS element this thread holds, with its offset in dht / dh0.
-  auto for_each_ds = [&](auto f) {
+  // f(x, offset) for every dS element this thread holds, with its offset in dht / dh0 ([N, Hv, K, V] or
+  // [.., V, K], fp32, rows `srow_stride` apart).
+  auto for_each_ds = [&](int64_t srow_stride, auto f) {
 #pragma unroll
     for (int mt = 0; mt < kSM; ++mt)
 #pragma unroll
@@ -82,7 +81,7 @@ __global__ void __launch_bounds__(kDStateThreads) dstate_kernel(FwdArgs a, BwdAr
           f(dS[mt][nt][e], state_offset(a, n, srow_stride, h, srow0 + mt * 16 + acc_row(lane, e),
                                         v0 + nt * 8 + acc_col(lane, e)));
   };
-  for_each_ds([&](float& x, int64_t off) { x = bw.dht != nullptr ? bw.dht[off] : 0.f; });
+  for_each_ds(bw.dht_row_stride, [&](float& x, int64_t off) { x = bw.dht != nullptr ? bw.dht[off] : 0.f; });
 
   for (int64_t c = nchunks - 1; c >= 0; --c) {
     const int64_t t0 = s.bos + c * kChunk;
@@ -181,7 +180,7 @@ __global__ void __launch_bounds__(kDStateThreads) dstate_kernel(FwdArgs a, BwdAr
     __syncthreads();  // the next chunk's loads overwrite every tile
   }
   // The initial state's gradient (fp32), when the forward had one.
-  if (bw.dh0 != nullptr) for_each_ds([&](float& x, int64_t off) { bw.dh0[off] = x; });
+  if (bw.dh0 != nullptr) for_each_ds(bw.dh0_row_stride, [&](float& x, int64_t off) { bw.dh0[off] = x; });
 }
 
 }  // namespace flashgdn::portable

@@ -13,8 +13,17 @@ struct BwdArgs {
   int64_t dv_s[3];
   const float* dht;    // [N, Hv, K, V] (or [.., V, K] with v_first) fp32; null: zero
   float* dh0;          // the same layout, fp32; null: not wanted
+  int64_t dht_row_stride, dh0_row_stride;  // elements between sequences (the inner [Hv, K, V] is contiguous)
   const void* ab;      // [chunks, Hv] (64, 72) images of (Gamma o A) diag(beta), input dtype (prepare)
   void* dstates;       // [chunks, Hv, K, V] input dtype: dS' per chunk (for stage 3)
+  // Stage 3 (chunk_grads.cuh); dqh null: stages 1-2 only.
+  const float* at;     // [chunks, Hv] (64, 64) fp32: Γ o A (prepare on the recompute, FwdArgs::At)
+  float* dqh;          // [B·T, Hv, K] fp32: dq̂ per value head (stage 4's input)
+  float* dkh;
+  float* dg;           // [B, T, Hv] fp32, strides (b, t, h)
+  int64_t dg_s[3];
+  void* dbeta;         // [B, T, Hv] beta's dtype
+  int64_t dbeta_s[3];
 };
 
 // Stage 4 (qk_grads.cuh): per-value-head gradients w.r.t. q̂, k̂ -> dq, dk.

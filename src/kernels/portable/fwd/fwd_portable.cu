@@ -16,6 +16,7 @@
 #include "api/error.hpp"
 #include "api/tensor.hpp"
 #include "api/tensor_map.hpp"
+#include "kernels/portable/bwd/chunk_grads.cuh"
 #include "kernels/portable/bwd/dstate.cuh"
 #include "kernels/portable/fwd/cp_scan.cuh"
 #include "kernels/portable/fwd/fwd_portable.hpp"
@@ -219,6 +220,26 @@ flashgdn_status_t launch_dstate(const FwdArgs& a, const BwdArgs& bw, int dev, cu
   return e == cudaSuccess ? FLASHGDN_SUCCESS : cuda_error("dstate kernel launch", e);
 }
 
+// The backward's stage 3 (chunk_grads.cuh): one CTA per (chunk, value head).
+template <class T, int KD, int VD>
+flashgdn_status_t launch_chunk_grads(const FwdArgs& a, const BwdArgs& bw, int max_smem, int dev, cudaStream_t stream) {
+  auto kernel = chunk_grads_kernel<T, KD, VD>;
+  const int smem = static_cast<int>(sizeof(ChunkGradSmem<T, KD, VD>));
+  if (smem > max_smem)
+    return fail(FLASHGDN_ERROR_UNSUPPORTED,
+                "flashgdn_chunk_bwd: the backward's per-chunk kernel needs %d bytes of shared memory per block for "
+                "K = %d, V = %d; this device allows %d (the GPU backward targets sm_90: H100/H200)",
+                smem, KD, VD, max_smem);
+  static std::atomic<uint64_t> done{0};
+  cudaError_t e = raise_smem_limit_once(kernel, smem, dev, done);
+  if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(chunk grads)", e);
+  const int64_t ctas = a.max_chunks * a.Hv;
+  if (ctas > 0x7fffffff) return fail(FLASHGDN_ERROR_UNSUPPORTED, "flashgdn_chunk_bwd: too many chunks x heads");
+  if (ctas > 0) kernel<<<static_cast<unsigned>(ctas), kGradThreads, smem, stream>>>(a, bw);
+  e = cudaGetLastError();
+  return e == cudaSuccess ? FLASHGDN_SUCCESS : cuda_error("chunk grads kernel launch", e);
+}
+
 template <class T, int KD, int VD>
 flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, bool pdl, cudaStream_t stream,
                              const Problem* sm90_pr = nullptr, const flashgdn_chunk_fwd_params_t* sm90_p = nullptr,
@@ -271,7 +292,9 @@ flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, bool pdl,
   if (a.cp_pass == 0) return recurrence(a, a.N, a.V);
   if (a.cp_pass == 2) {  // the backward's recompute, then (when asked) its stage 2
     FLASHGDN_TRY(recurrence(a, a.N, a.V));
-    return bw != nullptr ? launch_dstate<T, KD, VD>(a, *bw, dev, stream) : FLASHGDN_SUCCESS;
+    if (bw == nullptr) return FLASHGDN_SUCCESS;
+    FLASHGDN_TRY((launch_dstate<T, KD, VD>(a, *bw, dev, stream)));
+    return bw->dqh != nullptr ? launch_chunk_grads<T, KD, VD>(a, *bw, max_smem, dev, stream) : FLASHGDN_SUCCESS;
   }
   // Context parallelism: transition pass over the augmented columns [V | K], the scan, the final pass.
   FwdArgs a1 = a;
@@ -395,10 +418,12 @@ flashgdn_status_t launch_fwd_states(const Problem& pr, const flashgdn_chunk_fwd_
   return launch_impl(pr, p, workspace, stream, h_states, ab);
 }
 
-flashgdn_status_t launch_bwd_stages12(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, void* workspace,
-                                      void* h_states, const BwdArgs& bw, cudaStream_t stream) {
+flashgdn_status_t launch_bwd_stages123(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, void* workspace,
+                                       void* h_states, const BwdArgs& bw, cudaStream_t stream) {
   if (h_states == nullptr || bw.ab == nullptr || bw.dstates == nullptr)
     return fail(FLASHGDN_ERROR_INVALID_ARGUMENT, "flashgdn backward: h_states, ab and dstates must not be null");
+  if (bw.dqh != nullptr && (bw.at == nullptr || bw.dkh == nullptr || bw.dg == nullptr || bw.dbeta == nullptr))
+    return fail(FLASHGDN_ERROR_INVALID_ARGUMENT, "flashgdn backward: stage 3 needs at, dkh, dg and dbeta");
   return launch_impl(pr, p, workspace, stream, h_states, const_cast<void*>(bw.ab), &bw);
 }
 
@@ -510,6 +535,7 @@ flashgdn_status_t launch_impl(const Problem& pr_in, const flashgdn_chunk_fwd_par
 
   a.h_states = h_states;
   a.Ab = ab;
+  a.At = bw != nullptr && bw->dqh != nullptr ? const_cast<float*>(bw->at) : nullptr;
   const bool sm90_path = !l.cp.on && h_states == nullptr && sm90fwd::applies(pr, p, info.cc_major, max_smem);
   const int bv = l.cp.on || sm90_path
                      ? kCpBv

@@ -22,10 +22,11 @@ flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_
 flashgdn_status_t launch_fwd_states(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, void* workspace,
                                     void* h_states, void* ab, cudaStream_t stream);
 
-// Stages 1 and 2 of the backward (docs/design.md §4.2): the recompute above (Ab into bw.ab), then the
-// reverse state recurrence (dstate.cuh): dv, the initial state's gradient and dS' per chunk (bw.dstates).
-// Not yet wired to flashgdn_chunk_bwd.
-flashgdn_status_t launch_bwd_stages12(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, void* workspace,
-                                      void* h_states, const BwdArgs& bw, cudaStream_t stream);
+// Stages 1-3 of the backward (docs/design.md §4.2): the recompute above (Ab into bw.ab, and Γ o A into
+// bw.at when stage 3 runs), the reverse state recurrence (dstate.cuh: dv, the initial state's gradient and
+// dS' per chunk into bw.dstates) and, when bw.dqh is non-null, the per-chunk gradients (chunk_grads.cuh:
+// dq̂, dk̂ per value head into bw.dqh / bw.dkh, dg, dβ). Stage 4 is launch_qk_grads (bwd_portable.hpp).
+flashgdn_status_t launch_bwd_stages123(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, void* workspace,
+                                       void* h_states, const BwdArgs& bw, cudaStream_t stream);
 
 }  // namespace flashgdn::portable

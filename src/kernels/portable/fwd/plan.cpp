@@ -143,4 +143,27 @@ Layout layout(const Problem& pr, int num_sms) {
   return l;
 }
 
+BwdLayout bwd_layout(const Problem& pr_in, int num_sms) {
+  Problem pr = pr_in;
+  pr.cp_mode = FLASHGDN_CP_OFF;
+  BwdLayout l{};
+  l.fwd = layout(pr, num_sms);
+  const size_t chunks = static_cast<size_t>(pr.max_chunks()), hv = static_cast<size_t>(pr.Hv);
+  const size_t kk = static_cast<size_t>(pr.K), vv = static_cast<size_t>(pr.V);
+  size_t at = l.fwd.total;
+  auto region = [&](size_t bytes) {
+    const size_t o = at;
+    at += align_up(bytes);
+    return o;
+  };
+  l.h_states = region(chunks * hv * kk * vv * 2);
+  l.dstates = region(chunks * hv * kk * vv * 2);
+  l.ab = region(chunks * hv * pm_image_elems() * 2);
+  l.at = region(chunks * hv * kChunk * kChunk * sizeof(float));
+  l.dqh = region(static_cast<size_t>(pr.B * pr.T) * hv * kk * sizeof(float));
+  l.dkh = region(static_cast<size_t>(pr.B * pr.T) * hv * kk * sizeof(float));
+  l.total = at;
+  return l;
+}
+
 }  // namespace flashgdn::portable

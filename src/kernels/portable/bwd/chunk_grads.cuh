@@ -1,0 +1,547 @@
+// Portable backward, stage 3 ("per-chunk gradients", docs/design.md §4.2): one CTA per (chunk, value head),
+// grid max_chunks x Hv (head fastest), 256 threads = 8 warps, no warp specialisation.
+//
+// Inputs per chunk c and value head h (K̂ = diag(rk) K, Q̂ = diag(rq) Q, L valid rows, zero past L):
+//   K, Q (q/k head), V, dO, dW = dv (stage 2's output), S_c (the state at the chunk's start, stage 1),
+//   dS' (the gradient of the state after the chunk, stage 2), Ã = Γ o A (fp32, 64 x 64, prepare on the
+//   recompute), the Ab = Ã diag(β) and Pm = scale Γ o tril(Q̂K̂ᵀ) images, aux (γ, rq, rk), β.
+// The chunk's forward, in the form differentiated here (γ enters Ã through L̃):
+//   L̃ = StrictLower(diag(β) Γ o K̂K̂ᵀ),  Ã = (I + L̃)⁻¹,  Ab = Ã diag(β),  W§ = V - e^γ o (K̂ S)
+//   vn = Ab W§,  O = scale e^γ o (Q̂ S) + Pm vn,  S' = e^{γL} S + K̂ᵀ (e^{γL-γ} o vn)
+// Gradients (every exponent <= 0):
+//   dvn = Pmᵀ dO + e^{γL-γ} o (K̂ dS'),  dP = dO vnᵀ,  dAb = dvn W§ᵀ,  dÃ = dAb diag(β)
+//   dQ̂  = scale e^γ o (dO Sᵀ) + (scale Γ o dP) K̂
+//   dK̂  = e^{γL-γ} o (vn dS'ᵀ) - e^γ o (dW Sᵀ) + (scale Γ o dP)ᵀ Q̂ + β o (G K̂) + Gᵀ (β o K̂)
+//   G   = Γ o dL̃,  dL̃ = StrictLower(-Ãᵀ dÃ Ãᵀ)   (fp32, CUDA cores)
+//   dβ_j = Σ_i dAb_ij Ã_ij + k̂_j·(G K̂)_j
+//   dγ_i = -e^γ_i dW_i·(K̂S)_i + scale e^γ_i q̂_i·(dO Sᵀ)_i - e^{γL-γ_i} (K̂dS')_i·vn_i
+//          + Σ_j (dP o Pm)_ij - Σ_j (dP o Pm)_ji + β_i k̂_i·(G K̂)_i - k̂_i·(Gᵀ(β o K̂))_i
+//   dγ_{L-1} += Σ_i e^{γL-γ_i} (K̂dS')_i·vn_i + e^{γL} <dS', S>;   dg = the chunk's reverse cumsum of dγ.
+// dQ̂, dK̂ go to fp32 [B·T, Hv, K] buffers (stage 4 sums each group and applies the l2norm backward), dg
+// (fp32) and dβ (β's dtype) to the outputs; rows past L are not written.
+//
+// Warp w owns rows 16 (w % 4) .. of every 64-row result and its column half w / 4 (K/2, V/2 or 32
+// columns), so each thread accumulates the row terms of the same two rows in every phase (registers; the
+// two halves meet in shared memory at the end, in a fixed order: deterministic).
+// Phases (__syncthreads between them):
+//   A  cp.async K, V, dO, dW (zero past L), S_c, dS', Ã, Ab, Pm, aux; β by plain loads
+//   B  KS = K S_c: W§ = V - e^γ rk o KS over V (in place); dγ row term; dW <- -e^γ dW (in place);
+//      <dS', S_c> partial sums
+//   C  vn = Ab W§ -> sVn; KdS = K dS' (dγ terms); dvn = e^{γL-γ} rk o KdS + Pmᵀ dO -> sDvn
+//   D  dP = dO vnᵀ, dAb = dvn W§ᵀ (registers; dγ row terms, column partials); barrier; dÃ (fp32) over sDvn,
+//      scale Γ o dP (two bf16/fp16 operand copies, columns scaled by rk / rows by rq) over the images,
+//      column partials over W§
+//   E  column partials reduced; Y = Ãᵀ dÃ (4 x 4 blocks per thread); barrier; Yᵀ over dÃ, Ãᵀ over Ã, Q
+//      load issued (over W§); barrier; R = Y Ãᵀ, G = -Γ o R (strictly lower); barrier; G diag(rk) and
+//      diag(β rk) G (operand copies) over Ã
+//   F  dQ̂ = (dO S_cᵀ) [q̂-dot for dγ] x scale e^γ + (scale Γ o dP diag(rk)) K -> dqh
+//   G  dK̂ = (vn dS'ᵀ) x e^{γL-γ} + (-e^γ dW) S_cᵀ + (scale diag(rq) Γ o dP)ᵀ Q + G-terms [k̂-dots] -> dkh
+//   H  row halves combined, dγ -> reverse cumsum -> dg; dβ
+// Shared memory (K = V = 128): K, dO, dW, vn (64, 136) T; S_c, dS' (128, 136) T; four unions of ~18 KB
+// (V/W§/Q, dvn/dÃ/Yᵀ, Ã/Ãᵀ/G copies, Ab+Pm/dP copies); 64-float vectors: ~225 KB (one CTA per SM;
+// sm_90's 227 KB limit; K or V = 64 is smaller). No named barriers.
+#pragma once
+
+#include "device/warp_mma.cuh"
+#include "kernels/portable/bwd/params.hpp"
+#include "kernels/portable/fwd/params.hpp"
+#include "kernels/portable/fwd/prepare.cuh"
+
+namespace flashgdn::portable {
+
+inline constexpr int kGradThreads = 256;
+
+template <class T, int KD, int VD>
+struct ChunkGradSmem {
+  static constexpr int kLdK = KD + 8;  // NOTE: +16 bytes per row keeps ldmatrix conflict-free
+  static constexpr int kLdV = VD + 8;
+  static constexpr int kLdA = kChunk + 8;
+  static constexpr int kLdF = 68;      // fp32 (64, 64) tiles
+  T k[kChunk * kLdK];   // (64, K)
+  T sc[KD * kLdV];      // (K, V) S_c
+  T ds[KD * kLdV];      // (K, V) dS'
+  T d_o[kChunk * kLdV]; // (64, V)
+  T dw[kChunk * kLdV];  // (64, V) dW, then -e^γ dW
+  T vn[kChunk * kLdV];  // (64, V)
+  union {
+    T v[kChunk * kLdV];            // (64, V) V, then W§ (A-D)
+    float part[2][4][kChunk];      // column partials of dγ, dβ (D-E)
+    T q[kChunk * kLdK];            // (64, K) Q (E-G)
+  } r1;
+  union {
+    T dvn[kChunk * kLdV];          // (64, V) (C-D)
+    float f[kChunk * kLdF];        // (64, 64) dÃ, then Yᵀ (D-E)
+  } r2;
+  union {
+    float at[kChunk * kLdF];       // (64, 64) Ã, then Ãᵀ (A-E)
+    struct {
+      T g1[kChunk * kLdA];         // (64, 64) G diag(rk)
+      T g2[kChunk * kLdA];         // (64, 64) diag(β rk) G
+    } gg;                          // (E-G)
+  } r4;
+  union {
+    struct {
+      T ab[kChunk * kLdA];         // (64, 64) Ab image
+      T pm[kChunk * kLdA];         // (64, 64) Pm image
+    } img;                         // (A-D)
+    struct {
+      T p1[kChunk * kLdA];         // (64, 64) scale Γ o dP diag(rk)
+      T p2[kChunk * kLdA];         // (64, 64) diag(rq) scale Γ o dP
+    } dps;                         // (D-G)
+  } r5;
+  float gam[kChunk], rq[kChunk], rk[kChunk];  // aux image order
+  float beta[kChunk];
+  float rowg[2][kChunk], rowb[2][kChunk], colg[kChunk], colb[kChunk];
+  float red[kGradThreads / 32];
+};
+
+template <class T>
+__device__ __forceinline__ void store_beta(const FwdArgs& a, void* p, int64_t off, float x) {
+  if (a.beta_f32) static_cast<float*>(p)[off] = x;
+  else static_cast<T*>(p)[off] = device::from_float<T>(x);
+}
+
+template <class T, int KD, int VD>
+__global__ void __launch_bounds__(kGradThreads, 1) chunk_grads_kernel(FwdArgs a, BwdArgs bw) {
+  using namespace device;
+  using Sm = ChunkGradSmem<T, KD, VD>;
+  constexpr int kNV = VD / 16;  // n-tiles of a warp's (16, V / 2) accumulator
+  constexpr int kNK = KD / 16;  // (16, K / 2)
+  constexpr int kE = 16 / sizeof(T);
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  Sm& sm = *reinterpret_cast<Sm*>(smem_raw);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int m0 = (warp & 3) * 16, half = warp >> 2;
+  const int64_t c = blockIdx.x / a.Hv;
+  const int h = static_cast<int>(blockIdx.x % a.Hv);
+  const int hk = h / a.group;
+  const FwdArgs::ChunkInfo ci = a.chunk_info[c];
+  if (ci.L < 0) return;  // past the last chunk (the grid is sized from shapes)
+  const int64_t t0 = ci.t0, brow = ci.b;
+  const int L = ci.L;
+  const int64_t ch = c * a.Hv + h;
+
+  // ---- A: loads ----
+  const T* qg = static_cast<const T*>(a.q) + brow * a.q_s[0] + hk * a.q_s[2];
+  auto load_rows = [&](T* dst, int ld, const T* src, int64_t tstride, int width) {
+    const int vecs = width / kE;
+    for (int e = tid; e < kChunk * vecs; e += kGradThreads) {
+      const int r = e / vecs, cv = (e % vecs) * kE;
+      const bool ok = r < L;
+      cp_async_16(dst + r * ld + cv, src + (ok ? t0 + r : t0) * tstride + cv, ok);
+    }
+  };
+  auto load_linear = [&](void* dst, const void* src, int bytes) {
+    for (int o = tid * 16; o < bytes; o += 16 * kGradThreads)
+      cp_async_16(static_cast<char*>(dst) + o, static_cast<const char*>(src) + o, true);
+  };
+  {
+    load_rows(sm.k, Sm::kLdK, static_cast<const T*>(a.k) + brow * a.k_s[0] + hk * a.k_s[2], a.k_s[1], KD);
+    load_rows(sm.dw, Sm::kLdV, static_cast<const T*>(bw.dv) + brow * bw.dv_s[0] + h * bw.dv_s[2], bw.dv_s[1], VD);
+    load_rows(sm.r1.v, Sm::kLdV, static_cast<const T*>(a.v) + brow * a.v_s[0] + h * a.v_s[2], a.v_s[1], VD);
+    load_rows(sm.d_o, Sm::kLdV, static_cast<const T*>(bw.d_o) + brow * bw.do_s[0] + h * bw.do_s[2], bw.do_s[1], VD);
+    const T* scg = static_cast<const T*>(a.h_states) + ch * int64_t(KD) * VD;
+    const T* dsg = static_cast<const T*>(bw.dstates) + ch * int64_t(KD) * VD;
+    for (int e = tid; e < KD * (VD / kE); e += kGradThreads) {
+      const int r = e / (VD / kE), cv = (e % (VD / kE)) * kE;
+      cp_async_16(&sm.sc[r * Sm::kLdV + cv], scg + r * VD + cv, true);
+      cp_async_16(&sm.ds[r * Sm::kLdV + cv], dsg + r * VD + cv, true);
+    }
+    const float* atg = bw.at + ch * kChunk * kChunk;
+    for (int e = tid; e < kChunk * kChunk / 4; e += kGradThreads) {
+      const int r = e >> 4, cv = (e & 15) * 4;
+      cp_async_16(&sm.r4.at[r * Sm::kLdF + cv], atg + r * kChunk + cv, true);
+    }
+    constexpr int kImg = int(sizeof(T)) * kChunk * Sm::kLdA;
+    load_linear(sm.r5.img.ab, static_cast<const T*>(bw.ab) + ch * pm_image_elems(), kImg);
+    load_linear(sm.r5.img.pm, static_cast<const T*>(a.Pm) + ch * pm_image_elems(), kImg);
+    load_linear(sm.gam, a.aux + ch * 3 * kChunk, int(sizeof(float)) * 3 * kChunk);
+    cp_async_commit();
+    if (warp == 0) {
+      const int64_t boff = brow * a.beta_s[0] + h * a.beta_s[2];
+      for (int i = lane; i < kChunk; i += 32) sm.beta[i] = i < L ? load_beta<T>(a, boff + (t0 + i) * a.beta_s[1]) : 0.f;
+    }
+    cp_async_wait<0>();
+  }
+  __syncthreads();
+
+  const float* gam = sm.gam;
+  const float* rq = sm.rq;
+  const float* rk = sm.rk;
+  const float gl = gam[kChunk - 1];  // = γ[L - 1] (prepare pads γ)
+  // The two rows this thread accumulates row terms for (after a reduction over the 4 lanes of a quad).
+  const int ri0 = m0 + (lane >> 2);
+  float rg[2] = {0.f, 0.f}, rbeta[2] = {0.f, 0.f};
+  float last = 0.f;  // this thread's share of the terms added to dγ[L - 1]
+  // x[hf]: per-thread partial dots of the two rows -> quad totals (every lane of the quad gets them).
+  auto quad_sum = [&](float (&x)[2]) {
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      x[hf] += __shfl_xor_sync(0xffffffffu, x[hf], 1);
+      x[hf] += __shfl_xor_sync(0xffffffffu, x[hf], 2);
+    }
+  };
+
+  // ---- B: KS = K S_c; W§ = V - e^γ rk o KS (in place); dγ -= e^γ rk dW·KS; dW <- -e^γ dW ----
+  {
+    float ks[1][kNV][4];
+    zero(ks);
+    warp_gemm<1, kNV, KD / 16, Major::kMK, BMajor::kKN>(ks, sm.k, Sm::kLdK, m0, sm.sc, Sm::kLdV, half * (VD / 2), lane);
+    float dot[2] = {0.f, 0.f};
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int i = ri0 + hf * 8;
+      const float eg = __expf(fminf(gam[i], 0.f)), f = eg * rk[i];
+#pragma unroll
+      for (int nt = 0; nt < kNV; ++nt)
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int j = half * (VD / 2) + nt * 8 + ((lane & 3) << 1) + u;
+          const float x = ks[0][nt][2 * hf + u];
+          T& vv = sm.r1.v[i * Sm::kLdV + j];
+          vv = from_float<T>(to_float(vv) - f * x);
+          T& dw = sm.dw[i * Sm::kLdV + j];
+          const float dwf = to_float(dw);
+          dot[hf] += dwf * x;
+          dw = from_float<T>(-eg * dwf);
+        }
+      dot[hf] *= -f;
+    }
+    quad_sum(dot);
+    rg[0] += dot[0];
+    rg[1] += dot[1];
+    // <dS', S_c> (this thread's share; times e^{γL} at the end)
+    float sdot = 0.f;
+    for (int e = tid; e < KD * (VD / 2); e += kGradThreads) {
+      const int r = e / (VD / 2), cc = (e % (VD / 2)) * 2;
+      sdot += to_float(sm.ds[r * Sm::kLdV + cc]) * to_float(sm.sc[r * Sm::kLdV + cc]) +
+              to_float(sm.ds[r * Sm::kLdV + cc + 1]) * to_float(sm.sc[r * Sm::kLdV + cc + 1]);
+    }
+    last += __expf(fminf(gl, 0.f)) * sdot;
+  }
+  __syncthreads();
+
+  // ---- C: vn = Ab W§; KdS = K dS'; dvn = e^{γL-γ} rk o KdS + Pmᵀ dO ----
+  {
+    float vn[1][kNV][4], dv[1][kNV][4];
+    zero(vn);
+    zero(dv);
+    warp_gemm<1, kNV, kChunk / 16, Major::kMK, BMajor::kKN>(vn, sm.r5.img.ab, Sm::kLdA, m0, sm.r1.v, Sm::kLdV,
+                                                            half * (VD / 2), lane);
+    warp_gemm<1, kNV, KD / 16, Major::kMK, BMajor::kKN>(dv, sm.k, Sm::kLdK, m0, sm.ds, Sm::kLdV, half * (VD / 2), lane);
+    float dot[2] = {0.f, 0.f};
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int i = ri0 + hf * 8;
+      const float f = __expf(fminf(gl - gam[i], 0.f)) * rk[i];
+#pragma unroll
+      for (int nt = 0; nt < kNV; ++nt)
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          dot[hf] += dv[0][nt][2 * hf + u] * vn[0][nt][2 * hf + u];
+          dv[0][nt][2 * hf + u] *= f;
+        }
+      dot[hf] *= f;
+    }
+    quad_sum(dot);
+    if ((lane & 3) == 0) last += dot[0] + dot[1];  // once per row
+    rg[0] -= dot[0];
+    rg[1] -= dot[1];
+    store_acc(vn, sm.vn + half * (VD / 2), Sm::kLdV, m0, lane);
+    warp_gemm<1, kNV, kChunk / 16, Major::kKM, BMajor::kKN>(dv, sm.r5.img.pm, Sm::kLdA, m0, sm.d_o, Sm::kLdV,
+                                                            half * (VD / 2), lane);
+    store_acc(dv, sm.r2.dvn + half * (VD / 2), Sm::kLdV, m0, lane);
+  }
+  __syncthreads();
+
+  // ---- D: dP = dO vnᵀ, dAb = dvn W§ᵀ (16 rows x 32 columns per warp) ----
+  {
+    const int n0 = half * 32;
+    float dp[1][4][4], dab[1][4][4];
+    zero(dp);
+    zero(dab);
+    warp_gemm<1, 4, VD / 16, Major::kMK, BMajor::kNK>(dp, sm.d_o, Sm::kLdV, m0, sm.vn, Sm::kLdV, n0, lane);
+    warp_gemm<1, 4, VD / 16, Major::kMK, BMajor::kNK>(dab, sm.r2.dvn, Sm::kLdV, m0, sm.r1.v, Sm::kLdV, n0, lane);
+    // Row terms (dP o Pm) and column partials over this warp's 16 rows: dγ (dP o Pm), dβ (dAb o Ã).
+    float row[2] = {0.f, 0.f}, colg[4][2], colb[4][2];
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        colg[nt][u] = colb[nt][u] = 0.f;
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          const int i = ri0 + hf * 8, j = n0 + nt * 8 + ((lane & 3) << 1) + u;
+          const float mp = dp[0][nt][2 * hf + u] * to_float(sm.r5.img.pm[i * Sm::kLdA + j]);
+          row[hf] += mp;
+          colg[nt][u] += mp;
+          colb[nt][u] += j <= i ? dab[0][nt][2 * hf + u] * sm.r4.at[i * Sm::kLdF + j] : 0.f;
+        }
+      }
+    quad_sum(row);
+    rg[0] += row[0];
+    rg[1] += row[1];
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int u = 0; u < 2; ++u)
+#pragma unroll
+        for (int d = 4; d < 32; d <<= 1) {
+          colg[nt][u] += __shfl_xor_sync(0xffffffffu, colg[nt][u], d);
+          colb[nt][u] += __shfl_xor_sync(0xffffffffu, colb[nt][u], d);
+        }
+    __syncthreads();  // every warp is done with dvn, W§ and the images
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int i = ri0 + hf * 8, j = n0 + nt * 8 + ((lane & 3) << 1);
+        const float gi = gam[i];
+        float p1[2], p2[2];
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int jj = j + u;
+          const bool in = jj <= i;
+          const float s = in ? a.scale * __expf(fminf(gi - gam[jj], 0.f)) * dp[0][nt][2 * hf + u] : 0.f;
+          p1[u] = s * rk[jj];
+          p2[u] = s * rq[i];
+          sm.r2.f[i * Sm::kLdF + jj] = in ? dab[0][nt][2 * hf + u] * sm.beta[jj] : 0.f;
+        }
+        *reinterpret_cast<uint32_t*>(&sm.r5.dps.p1[i * Sm::kLdA + j]) = pack2<T>(p1[0], p1[1]);
+        *reinterpret_cast<uint32_t*>(&sm.r5.dps.p2[i * Sm::kLdA + j]) = pack2<T>(p2[0], p2[1]);
+      }
+    if (lane < 4) {
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int j = n0 + nt * 8 + (lane << 1) + u;
+          sm.r1.part[0][warp & 3][j] = colg[nt][u];
+          sm.r1.part[1][warp & 3][j] = colb[nt][u];
+        }
+    }
+  }
+  __syncthreads();
+
+  // ---- E: dL̃ = -Ãᵀ dÃ Ãᵀ (strictly lower) in fp32; G = Γ o dL̃ ----
+  if (tid < kChunk) {
+    sm.colg[tid] = sm.r1.part[0][0][tid] + sm.r1.part[0][1][tid] + sm.r1.part[0][2][tid] + sm.r1.part[0][3][tid];
+  } else if (tid < 2 * kChunk) {
+    const int j = tid - kChunk;
+    sm.colb[j] = sm.r1.part[1][0][j] + sm.r1.part[1][1][j] + sm.r1.part[1][2][j] + sm.r1.part[1][3][j];
+  }
+  const int i0 = (tid >> 4) * 4, j0 = (tid & 15) * 4;  // this thread's 4 x 4 block
+  {
+    // Y_ij = Σ_m Ã_mi dÃ_mj over m >= max(i, j) (both lower triangular).
+    float y[4][4] = {}, at[4][4];
+    for (int m = i0 > j0 ? i0 : j0; m < kChunk; ++m) {
+      const float4 x = *reinterpret_cast<const float4*>(&sm.r4.at[m * Sm::kLdF + i0]);
+      const float4 d = *reinterpret_cast<const float4*>(&sm.r2.f[m * Sm::kLdF + j0]);
+      const float xa[4] = {x.x, x.y, x.z, x.w}, da[4] = {d.x, d.y, d.z, d.w};
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+#pragma unroll
+        for (int s = 0; s < 4; ++s) y[r][s] += xa[r] * da[s];
+    }
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const float4 x = *reinterpret_cast<const float4*>(&sm.r4.at[(i0 + r) * Sm::kLdF + j0]);
+      at[r][0] = x.x; at[r][1] = x.y; at[r][2] = x.z; at[r][3] = x.w;
+    }
+    __syncthreads();  // every read of dÃ, Ã and the column partials is done
+    // Yᵀ over dÃ, Ãᵀ over Ã.
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+#pragma unroll
+      for (int s = 0; s < 4; ++s) {
+        sm.r2.f[(j0 + s) * Sm::kLdF + i0 + r] = y[r][s];
+        sm.r4.at[(j0 + s) * Sm::kLdF + i0 + r] = at[r][s];
+      }
+  }
+  // Q for F and G, over the column partials (read above), its latency behind the rest of E.
+  load_rows(sm.r1.q, Sm::kLdK, qg, a.q_s[1], KD);
+  cp_async_commit();
+  __syncthreads();
+  {
+    // R_ij = Σ_m Y_im Ã_jm = Σ_m Yᵀ[m][i] Ãᵀ[m][j], m <= j; only i > j is needed.
+    float r4x4[4][4] = {};
+    if (i0 + 3 > j0) {
+      for (int m = 0; m <= j0 + 3; ++m) {
+        const float4 y = *reinterpret_cast<const float4*>(&sm.r2.f[m * Sm::kLdF + i0]);
+        const float4 x = *reinterpret_cast<const float4*>(&sm.r4.at[m * Sm::kLdF + j0]);
+        const float ya[4] = {y.x, y.y, y.z, y.w}, xa[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+#pragma unroll
+          for (int s = 0; s < 4; ++s) r4x4[r][s] += ya[r] * xa[s];
+      }
+    }
+    __syncthreads();  // Ãᵀ is dead: the G copies may overwrite it
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int i = i0 + r;
+#pragma unroll
+      for (int s = 0; s < 4; s += 2) {
+        float g1[2], g2[2];
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int j = j0 + s + u;
+          const float gg = j < i ? -__expf(fminf(gam[i] - gam[j], 0.f)) * r4x4[r][s + u] : 0.f;
+          g1[u] = gg * rk[j];
+          g2[u] = gg * sm.beta[i] * rk[i];
+        }
+        *reinterpret_cast<uint32_t*>(&sm.r4.gg.g1[i * Sm::kLdA + j0 + s]) = pack2<T>(g1[0], g1[1]);
+        *reinterpret_cast<uint32_t*>(&sm.r4.gg.g2[i * Sm::kLdA + j0 + s]) = pack2<T>(g2[0], g2[1]);
+      }
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+
+  const int64_t trow = brow * a.T + t0;  // first token of the chunk in [B·T]
+  auto store_rows = [&](float* out, const float (&acc)[1][kNK][4]) {
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int i = ri0 + hf * 8;
+      if (i >= L) continue;
+      float* dst = out + ((trow + i) * a.Hv + h) * int64_t(KD) + half * (KD / 2);
+#pragma unroll
+      for (int nt = 0; nt < kNK; ++nt)
+        *reinterpret_cast<float2*>(dst + nt * 8 + ((lane & 3) << 1)) =
+            make_float2(acc[0][nt][2 * hf], acc[0][nt][2 * hf + 1]);
+    }
+  };
+  // Per-thread dots of the accumulator's two rows with rows of a (64, K) tile, over this warp's half.
+  auto row_dots = [&](const float (&acc)[1][kNK][4], const T* x, float (&dot)[2]) {
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int i = ri0 + hf * 8;
+      dot[hf] = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < kNK; ++nt) {
+        const int j = half * (KD / 2) + nt * 8 + ((lane & 3) << 1);
+        dot[hf] += acc[0][nt][2 * hf] * to_float(x[i * Sm::kLdK + j]) +
+                   acc[0][nt][2 * hf + 1] * to_float(x[i * Sm::kLdK + j + 1]);
+      }
+    }
+    quad_sum(dot);
+  };
+  auto scale_rows = [&](float (&acc)[1][kNK][4], float f0, float f1) {
+#pragma unroll
+    for (int nt = 0; nt < kNK; ++nt) {
+      acc[0][nt][0] *= f0;
+      acc[0][nt][1] *= f0;
+      acc[0][nt][2] *= f1;
+      acc[0][nt][3] *= f1;
+    }
+  };
+  const int n0k = half * (KD / 2);
+
+  // ---- F: dQ̂ = scale e^γ o (dO S_cᵀ) + (scale Γ o dP diag(rk)) K ----
+  {
+    float acc[1][kNK][4];
+    zero(acc);
+    warp_gemm<1, kNK, VD / 16, Major::kMK, BMajor::kNK>(acc, sm.d_o, Sm::kLdV, m0, sm.sc, Sm::kLdV, n0k, lane);
+    float f[2], dot[2];
+    row_dots(acc, sm.r1.q, dot);
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int i = ri0 + hf * 8;
+      f[hf] = a.scale * __expf(fminf(gam[i], 0.f));
+      rg[hf] += f[hf] * rq[i] * dot[hf];
+    }
+    scale_rows(acc, f[0], f[1]);
+    warp_gemm<1, kNK, kChunk / 16, Major::kMK, BMajor::kKN>(acc, sm.r5.dps.p1, Sm::kLdA, m0, sm.k, Sm::kLdK, n0k, lane);
+    store_rows(bw.dqh, acc);
+  }
+
+  // ---- G: dK̂ ----
+  {
+    float acc[1][kNK][4];
+    zero(acc);
+    warp_gemm<1, kNK, VD / 16, Major::kMK, BMajor::kNK>(acc, sm.vn, Sm::kLdV, m0, sm.ds, Sm::kLdV, n0k, lane);
+    scale_rows(acc, __expf(fminf(gl - gam[ri0], 0.f)), __expf(fminf(gl - gam[ri0 + 8], 0.f)));
+    warp_gemm<1, kNK, VD / 16, Major::kMK, BMajor::kNK>(acc, sm.dw, Sm::kLdV, m0, sm.sc, Sm::kLdV, n0k, lane);
+    warp_gemm<1, kNK, kChunk / 16, Major::kKM, BMajor::kKN>(acc, sm.r5.dps.p2, Sm::kLdA, m0, sm.r1.q, Sm::kLdK, n0k,
+                                                            lane);
+    float x[1][kNK][4], dot[2];
+    // β o (G K̂): X1 = G diag(rk) K; dβ_i += rk_i k_i·X1_i, dγ_i += β_i rk_i k_i·X1_i
+    zero(x);
+    warp_gemm<1, kNK, kChunk / 16, Major::kMK, BMajor::kKN>(x, sm.r4.gg.g1, Sm::kLdA, m0, sm.k, Sm::kLdK, n0k, lane);
+    row_dots(x, sm.k, dot);
+    float bi[2];
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int i = ri0 + hf * 8;
+      bi[hf] = sm.beta[i];
+      rbeta[hf] += rk[i] * dot[hf];
+      rg[hf] += bi[hf] * rk[i] * dot[hf];
+    }
+#pragma unroll
+    for (int nt = 0; nt < kNK; ++nt) {
+      acc[0][nt][0] += bi[0] * x[0][nt][0];
+      acc[0][nt][1] += bi[0] * x[0][nt][1];
+      acc[0][nt][2] += bi[1] * x[0][nt][2];
+      acc[0][nt][3] += bi[1] * x[0][nt][3];
+    }
+    // Gᵀ (β o K̂) = (diag(β rk) G)ᵀ K; dγ_i -= rk_i k_i·X2_i
+    zero(x);
+    warp_gemm<1, kNK, kChunk / 16, Major::kKM, BMajor::kKN>(x, sm.r4.gg.g2, Sm::kLdA, m0, sm.k, Sm::kLdK, n0k, lane);
+    row_dots(x, sm.k, dot);
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) rg[hf] -= rk[ri0 + hf * 8] * dot[hf];
+#pragma unroll
+    for (int nt = 0; nt < kNK; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[0][nt][e] += x[0][nt][e];
+    store_rows(bw.dkh, acc);
+  }
+
+  // ---- H: dγ, dg (reverse cumsum), dβ ----
+#pragma unroll
+  for (int d = 16; d > 0; d >>= 1) last += __shfl_xor_sync(0xffffffffu, last, d);
+  if (lane == 0) sm.red[warp] = last;
+  if ((lane & 3) == 0) {
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      sm.rowg[half][ri0 + hf * 8] = rg[hf];
+      sm.rowb[half][ri0 + hf * 8] = rbeta[hf];
+    }
+  }
+  __syncthreads();
+  if (warp == 0) {
+    float tail = 0.f;
+#pragma unroll
+    for (int w = 0; w < kGradThreads / 32; ++w) tail += sm.red[w];
+    // Lane l holds rows 2l, 2l + 1; suffix sums over rows < L by a reversed inclusive scan.
+    float x[2], db[2];
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      const int i = 2 * lane + u;
+      x[u] = i < L ? sm.rowg[0][i] + sm.rowg[1][i] - sm.colg[i] + (i == L - 1 ? tail : 0.f) : 0.f;
+      db[u] = sm.rowb[0][i] + sm.rowb[1][i] + sm.colb[i];
+    }
+    // suffix: s(i) = Σ_{m >= i} x_m. Scan from the top lane down.
+    float pair = x[0] + x[1];
+    float incl = pair;  // Σ over lanes >= this lane of pair
+#pragma unroll
+    for (int d = 1; d < 32; d <<= 1) {
+      const float y = __shfl_down_sync(0xffffffffu, incl, d);
+      if (lane + d < 32) incl += y;
+    }
+    const float s1 = incl - x[0];  // rows >= 2 lane + 1
+    const float s0 = incl;         // rows >= 2 lane
+    float* dgp = bw.dg + brow * bw.dg_s[0] + h * bw.dg_s[2];
+    const int64_t dbo = brow * bw.dbeta_s[0] + h * bw.dbeta_s[2];
+    if (2 * lane < L) {
+      dgp[(t0 + 2 * lane) * bw.dg_s[1]] = s0;
+      store_beta<T>(a, bw.dbeta, dbo + (t0 + 2 * lane) * bw.dbeta_s[1], db[0]);
+    }
+    if (2 * lane + 1 < L) {
+      dgp[(t0 + 2 * lane + 1) * bw.dg_s[1]] = s1;
+      store_beta<T>(a, bw.dbeta, dbo + (t0 + 2 * lane + 1) * bw.dbeta_s[1], db[1]);
+    }
+  }
+}
+
+}  // namespace flashgdn::portable
