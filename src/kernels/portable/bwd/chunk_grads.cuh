@@ -24,9 +24,9 @@
 // columns), so each thread accumulates the row terms of the same two rows in every phase (registers; the
 // two halves meet in shared memory at the end, in a fixed order: deterministic).
 // Phases (__syncthreads between them):
-//   A  cp.async K, V, dO, dW (zero past L), S_c, dS', Ã, Ab, Pm, aux; β by plain loads
-//   B  KS = K S_c: W§ = V - e^γ rk o KS over V (in place); dγ row term; dW <- -e^γ dW (in place);
-//      <dS', S_c> partial sums
+//   A  cp.async in two groups: K, V, dW (zero past L), S_c, aux; then dS', dO, Ã, Ab, Pm; β by plain loads
+//   B  (first group only) KS = K S_c: W§ = V - e^γ rk o KS over V (in place); dγ row term;
+//      dW <- -e^γ dW (in place); then the second group and <dS', S_c> partial sums
 //   C  vn = Ab W§ -> sVn; KdS = K dS' (dγ terms); dvn = e^{γL-γ} rk o KdS + Pmᵀ dO -> sDvn
 //   D  dP = dO vnᵀ, dAb = dvn W§ᵀ (registers; dγ row terms, column partials); barrier; dÃ (fp32) over sDvn,
 //      scale Γ o dP (two bf16/fp16 operand copies, columns scaled by rk / rows by rq) over the images,
@@ -135,18 +135,25 @@ __global__ void __launch_bounds__(kGradThreads, 1) chunk_grads_kernel(FwdArgs a,
     for (int o = tid * 16; o < bytes; o += 16 * kGradThreads)
       cp_async_16(static_cast<char*>(dst) + o, static_cast<const char*>(src) + o, true);
   };
+  // NOTE: two cp.async groups: what phase B needs (K, S_c, V, dW, aux) first; dS', dO, Ã and the images
+  // land while B computes.
   {
     load_rows(sm.k, Sm::kLdK, static_cast<const T*>(a.k) + brow * a.k_s[0] + hk * a.k_s[2], a.k_s[1], KD);
     load_rows(sm.dw, Sm::kLdV, static_cast<const T*>(bw.dv) + brow * bw.dv_s[0] + h * bw.dv_s[2], bw.dv_s[1], VD);
     load_rows(sm.r1.v, Sm::kLdV, static_cast<const T*>(a.v) + brow * a.v_s[0] + h * a.v_s[2], a.v_s[1], VD);
-    load_rows(sm.d_o, Sm::kLdV, static_cast<const T*>(bw.d_o) + brow * bw.do_s[0] + h * bw.do_s[2], bw.do_s[1], VD);
     const T* scg = static_cast<const T*>(a.h_states) + ch * int64_t(KD) * VD;
     const T* dsg = static_cast<const T*>(bw.dstates) + ch * int64_t(KD) * VD;
     for (int e = tid; e < KD * (VD / kE); e += kGradThreads) {
       const int r = e / (VD / kE), cv = (e % (VD / kE)) * kE;
       cp_async_16(&sm.sc[r * Sm::kLdV + cv], scg + r * VD + cv, true);
+    }
+    load_linear(sm.gam, a.aux + ch * 3 * kChunk, int(sizeof(float)) * 3 * kChunk);
+    cp_async_commit();
+    for (int e = tid; e < KD * (VD / kE); e += kGradThreads) {
+      const int r = e / (VD / kE), cv = (e % (VD / kE)) * kE;
       cp_async_16(&sm.ds[r * Sm::kLdV + cv], dsg + r * VD + cv, true);
     }
+    load_rows(sm.d_o, Sm::kLdV, static_cast<const T*>(bw.d_o) + brow * bw.do_s[0] + h * bw.do_s[2], bw.do_s[1], VD);
     const float* atg = bw.at + ch * kChunk * kChunk;
     for (int e = tid; e < kChunk * kChunk / 4; e += kGradThreads) {
       const int r = e >> 4, cv = (e & 15) * 4;
@@ -155,13 +162,12 @@ __global__ void __launch_bounds__(kGradThreads, 1) chunk_grads_kernel(FwdArgs a,
     constexpr int kImg = int(sizeof(T)) * kChunk * Sm::kLdA;
     load_linear(sm.r5.img.ab, static_cast<const T*>(bw.ab) + ch * pm_image_elems(), kImg);
     load_linear(sm.r5.img.pm, static_cast<const T*>(a.Pm) + ch * pm_image_elems(), kImg);
-    load_linear(sm.gam, a.aux + ch * 3 * kChunk, int(sizeof(float)) * 3 * kChunk);
     cp_async_commit();
     if (warp == 0) {
       const int64_t boff = brow * a.beta_s[0] + h * a.beta_s[2];
       for (int i = lane; i < kChunk; i += 32) sm.beta[i] = i < L ? load_beta<T>(a, boff + (t0 + i) * a.beta_s[1]) : 0.f;
     }
-    cp_async_wait<0>();
+    cp_async_wait<1>();
   }
   __syncthreads();
 
@@ -210,6 +216,10 @@ __global__ void __launch_bounds__(kGradThreads, 1) chunk_grads_kernel(FwdArgs a,
     quad_sum(dot);
     rg[0] += dot[0];
     rg[1] += dot[1];
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+  {
     // <dS', S_c> (this thread's share; times e^{γL} at the end)
     float sdot = 0.f;
     for (int e = tid; e < KD * (VD / 2); e += kGradThreads) {
@@ -219,7 +229,6 @@ __global__ void __launch_bounds__(kGradThreads, 1) chunk_grads_kernel(FwdArgs a,
     }
     last += __expf(fminf(gl, 0.f)) * sdot;
   }
-  __syncthreads();
 
   // ---- C: vn = Ab W§; KdS = K dS'; dvn = e^{γL-γ} rk o KdS + Pmᵀ dO ----
   {

@@ -8,15 +8,18 @@
 // dS' is also stored per chunk (input dtype, [chunks, Hv, K, V]) for stage 3; after chunk 0 dS is the
 // gradient of the initial state. Every exponent is <= 0.
 //
-// A first, unpipelined form: 128 threads = 4 warps, no warp specialisation; each chunk is loaded with
-// cp.async (zero-filled past L) and waited for, then four phases separated by __syncthreads:
+// 128 threads = 4 warps, no warp specialisation. Chunk c's tiles are loaded with cp.async (zero-filled
+// past L); with STAGES = 2 into one of two stages while chunk c + 1 (the previous in the reverse walk) is
+// computed (for grids of at most one CTA per SM), with STAGES = 1 (two CTAs per SM hide each other's loads)
+// at the top of its step. Then four phases separated by __syncthreads:
 //   1  dS' -> sdS (operand copy) and to the dstates buffer
 //   2  warp w, rows 16 w ..: X = K sdS, P = Pmᵀ dO; dvn = P + e^{gamma_L - gamma} rk o X -> sdvn;
 //      sdo = scale e^{gamma} rq o dO (rows of this warp)
 //   3  warp w, rows 16 w ..: dV = Abᵀ dvn -> dv (rows < L), sdw = -e^{gamma} rk o dV
 //   4  warp w, state rows w K/4 ..: dS = e^{gamma_L} dS + Qᵀ sdo + Kᵀ sdw
-// Shared memory (K = 128, BV = 32): Q, K (64, 136) T, Pm, Ab (64, 72) T, aux, dO, dvn, sdo, sdw (64, BV + 8)
-// T, sdS (128, BV + 8) T: ~83 KB. (No named barriers.)
+// Shared memory (K = 128): STAGES x (Q, K (64, 136) T, Pm, Ab (64, 72) T, dO (64, BV + 8) T, aux); dvn,
+// sdo, sdw (64, BV + 8) T, sdS (128, BV + 8) T: two stages ~127 KB at BV = 16, ~145 KB at BV = 32; one stage
+// at BV = 32 ~83 KB. (No named barriers.)
 #pragma once
 
 #include "device/warp_mma.cuh"
@@ -26,30 +29,32 @@
 
 namespace flashgdn::portable {
 
-template <class T, int KD, int BV>
+template <class T, int KD, int BV, int STAGES>
 struct DStateSmem {
   static constexpr int kLdK = KD + 8;  // NOTE: +16 bytes per row keeps ldmatrix conflict-free
   static constexpr int kLdV = BV + 8;
   static constexpr int kLdA = kChunk + 8;
-  T q[kChunk * kLdK];      // (64, K)
-  T k[kChunk * kLdK];      // (64, K)
-  T pm[kChunk * kLdA];     // (64, 64)
-  T ab[kChunk * kLdA];     // (64, 64)
-  T d_o[kChunk * kLdV];    // (64, BV)
+  struct Stage {            // one chunk's loads (double-buffered: chunk c - 1 lands while c is computed)
+    T q[kChunk * kLdK];     // (64, K)
+    T k[kChunk * kLdK];     // (64, K)
+    T pm[kChunk * kLdA];    // (64, 64)
+    T ab[kChunk * kLdA];    // (64, 64)
+    T d_o[kChunk * kLdV];   // (64, BV)
+    float aux[3 * kChunk];  // gamma, rq, rk
+  } st[STAGES];
   T dvn[kChunk * kLdV];    // (64, BV)
   T sdo[kChunk * kLdV];    // (64, BV)
   T sdw[kChunk * kLdV];    // (64, BV)
   T ds[KD * kLdV];         // (K, BV)
-  float aux[3 * kChunk];   // gamma, rq, rk
 };
 
 inline constexpr int kDStateThreads = 128;
 
 // Grid N * Hv * (V / BV): h fastest, then the slice, then the sequence.
-template <class T, int KD, int BV>
+template <class T, int KD, int BV, int STAGES>
 __global__ void __launch_bounds__(kDStateThreads) dstate_kernel(FwdArgs a, BwdArgs bw) {
   using namespace device;
-  using Sm = DStateSmem<T, KD, BV>;
+  using Sm = DStateSmem<T, KD, BV, STAGES>;
   constexpr int kNT = BV / 8;   // n-tiles of a (., BV) accumulator
   constexpr int kSM = KD / 64;  // m-tiles of dS per warp (K/4 rows)
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -83,53 +88,73 @@ __global__ void __launch_bounds__(kDStateThreads) dstate_kernel(FwdArgs a, BwdAr
   };
   for_each_ds(bw.dht_row_stride, [&](float& x, int64_t off) { x = bw.dht != nullptr ? bw.dht[off] : 0.f; });
 
-  for (int64_t c = nchunks - 1; c >= 0; --c) {
+  // Issues chunk c's loads into stage `buf` (one cp.async group).
+  auto load_chunk = [&](int64_t c, int buf) {
+    typename Sm::Stage& g = sm.st[buf];
     const int64_t t0 = s.bos + c * kChunk;
     const int L = static_cast<int>(s.eos - t0 < kChunk ? s.eos - t0 : kChunk);
     const int64_t ch = (c_base + c) * a.Hv + h;
-    // ---- load: Q, K, dO rows (zero past L), Pm, Ab, aux images ----
-    {
-      constexpr int kE = 16 / sizeof(T);
-      for (int e = tid; e < kChunk * (KD / kE); e += kDStateThreads) {
-        const int r = e / (KD / kE), cv = (e % (KD / kE)) * kE;
-        const bool ok = r < L;
-        const int64_t tr = ok ? t0 + r : t0;
-        cp_async_16(&sm.q[r * Sm::kLdK + cv], qg + tr * a.q_s[1] + cv, ok);
-        cp_async_16(&sm.k[r * Sm::kLdK + cv], kg + tr * a.k_s[1] + cv, ok);
+    constexpr int kE = 16 / sizeof(T);
+    for (int e = tid; e < kChunk * (KD / kE); e += kDStateThreads) {
+      const int r = e / (KD / kE), cv = (e % (KD / kE)) * kE;
+      const bool ok = r < L;
+      const int64_t tr = ok ? t0 + r : t0;
+      cp_async_16(&g.q[r * Sm::kLdK + cv], qg + tr * a.q_s[1] + cv, ok);
+      cp_async_16(&g.k[r * Sm::kLdK + cv], kg + tr * a.k_s[1] + cv, ok);
+    }
+    for (int e = tid; e < kChunk * (BV / kE); e += kDStateThreads) {
+      const int r = e / (BV / kE), cv = (e % (BV / kE)) * kE;
+      const bool ok = r < L;
+      cp_async_16(&g.d_o[r * Sm::kLdV + cv], dog + (ok ? t0 + r : t0) * bw.do_s[1] + cv, ok);
+    }
+    const char* pmg = reinterpret_cast<const char*>(static_cast<const T*>(a.Pm) + ch * pm_image_elems());
+    const char* abg = reinterpret_cast<const char*>(static_cast<const T*>(bw.ab) + ch * pm_image_elems());
+    constexpr int kImg = int(sizeof(T)) * kChunk * Sm::kLdA;
+    for (int o = tid * 16; o < kImg; o += 16 * kDStateThreads) {
+      cp_async_16(reinterpret_cast<char*>(g.pm) + o, pmg + o, true);
+      cp_async_16(reinterpret_cast<char*>(g.ab) + o, abg + o, true);
+    }
+    const char* auxg = reinterpret_cast<const char*>(a.aux + ch * 3 * kChunk);
+    for (int o = tid * 16; o < int(sizeof(float)) * 3 * kChunk; o += 16 * kDStateThreads)
+      cp_async_16(reinterpret_cast<char*>(g.aux) + o, auxg + o, true);
+    cp_async_commit();
+  };
+  if (nchunks > 0) load_chunk(nchunks - 1, 0);
+
+  for (int64_t c = nchunks - 1; c >= 0; --c) {
+    const int buf = STAGES == 2 ? static_cast<int>((nchunks - 1 - c) & 1) : 0;
+    typename Sm::Stage& g = sm.st[buf];
+    const int64_t t0 = s.bos + c * kChunk;
+    const int L = static_cast<int>(s.eos - t0 < kChunk ? s.eos - t0 : kChunk);
+    const int64_t ch = (c_base + c) * a.Hv + h;
+    if constexpr (STAGES == 2) {
+      // NOTE: the next chunk's loads go out before this one is waited for (the other stage is free: the
+      // barrier that ended the previous iteration is behind us).
+      if (c > 0) {
+        load_chunk(c - 1, buf ^ 1);
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
       }
-      for (int e = tid; e < kChunk * (BV / kE); e += kDStateThreads) {
-        const int r = e / (BV / kE), cv = (e % (BV / kE)) * kE;
-        const bool ok = r < L;
-        cp_async_16(&sm.d_o[r * Sm::kLdV + cv], dog + (ok ? t0 + r : t0) * bw.do_s[1] + cv, ok);
-      }
-      const char* pmg = reinterpret_cast<const char*>(static_cast<const T*>(a.Pm) + ch * pm_image_elems());
-      const char* abg = reinterpret_cast<const char*>(static_cast<const T*>(bw.ab) + ch * pm_image_elems());
-      constexpr int kImg = int(sizeof(T)) * kChunk * Sm::kLdA;
-      for (int o = tid * 16; o < kImg; o += 16 * kDStateThreads) {
-        cp_async_16(reinterpret_cast<char*>(sm.pm) + o, pmg + o, true);
-        cp_async_16(reinterpret_cast<char*>(sm.ab) + o, abg + o, true);
-      }
-      const char* auxg = reinterpret_cast<const char*>(a.aux + ch * 3 * kChunk);
-      for (int o = tid * 16; o < int(sizeof(float)) * 3 * kChunk; o += 16 * kDStateThreads)
-        cp_async_16(reinterpret_cast<char*>(sm.aux) + o, auxg + o, true);
-      cp_async_commit();
+    } else {
+      if (c < nchunks - 1) load_chunk(c, 0);  // the first chunk's loads went out before the loop
       cp_async_wait<0>();
     }
     // ---- 1: dS' -> sdS and the dstates buffer ----
     store_acc(dS, sm.ds, Sm::kLdV, srow0, lane);
     store_acc(dS, static_cast<T*>(bw.dstates) + ch * int64_t(KD) * a.V + v0, a.V, srow0, lane);
     __syncthreads();
-    const float* gam = sm.aux;
-    const float* rq = sm.aux + kChunk;
-    const float* rk = sm.aux + 2 * kChunk;
+    const float* gam = g.aux;
+    const float* rq = g.aux + kChunk;
+    const float* rk = g.aux + 2 * kChunk;
     const float gl = gam[kChunk - 1];  // = gamma[L - 1] (prepare pads gamma)
     // ---- 2: dvn = Pmᵀ dO + e^{gamma_L - gamma} rk o (K sdS); sdo = scale e^{gamma} rq o dO ----
     {
       float x[1][kNT][4], p[1][kNT][4];
       zero(x);
       zero(p);
-      warp_gemm<1, kNT, KD / 16, Major::kMK, BMajor::kKN>(x, sm.k, Sm::kLdK, m0, sm.ds, Sm::kLdV, 0, lane);
-      warp_gemm<1, kNT, kChunk / 16, Major::kKM, BMajor::kKN>(p, sm.pm, Sm::kLdA, m0, sm.d_o, Sm::kLdV, 0, lane);
+      warp_gemm<1, kNT, KD / 16, Major::kMK, BMajor::kKN>(x, g.k, Sm::kLdK, m0, sm.ds, Sm::kLdV, 0, lane);
+      warp_gemm<1, kNT, kChunk / 16, Major::kKM, BMajor::kKN>(p, g.pm, Sm::kLdA, m0, g.d_o, Sm::kLdV, 0, lane);
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
         const int i = m0 + (lane >> 2) + hf * 8;
@@ -140,7 +165,7 @@ __global__ void __launch_bounds__(kDStateThreads) dstate_kernel(FwdArgs a, BwdAr
           const float d0 = p[0][nt][2 * hf] + fx * x[0][nt][2 * hf];
           const float d1 = p[0][nt][2 * hf + 1] + fx * x[0][nt][2 * hf + 1];
           *reinterpret_cast<uint32_t*>(&sm.dvn[i * Sm::kLdV + j]) = pack2<T>(d0, d1);
-          const float o0 = to_float(sm.d_o[i * Sm::kLdV + j]), o1 = to_float(sm.d_o[i * Sm::kLdV + j + 1]);
+          const float o0 = to_float(g.d_o[i * Sm::kLdV + j]), o1 = to_float(g.d_o[i * Sm::kLdV + j + 1]);
           *reinterpret_cast<uint32_t*>(&sm.sdo[i * Sm::kLdV + j]) = pack2<T>(fo * o0, fo * o1);
         }
       }
@@ -150,7 +175,7 @@ __global__ void __launch_bounds__(kDStateThreads) dstate_kernel(FwdArgs a, BwdAr
     {
       float dvv[1][kNT][4];
       zero(dvv);
-      warp_gemm<1, kNT, kChunk / 16, Major::kKM, BMajor::kKN>(dvv, sm.ab, Sm::kLdA, m0, sm.dvn, Sm::kLdV, 0, lane);
+      warp_gemm<1, kNT, kChunk / 16, Major::kKM, BMajor::kKN>(dvv, g.ab, Sm::kLdA, m0, sm.dvn, Sm::kLdV, 0, lane);
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
         const int i = m0 + (lane >> 2) + hf * 8;
@@ -174,10 +199,10 @@ __global__ void __launch_bounds__(kDStateThreads) dstate_kernel(FwdArgs a, BwdAr
         for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
           for (int e = 0; e < 4; ++e) dS[mt][nt][e] *= egl;
-      warp_gemm<kSM, kNT, kChunk / 16, Major::kKM, BMajor::kKN>(dS, sm.q, Sm::kLdK, srow0, sm.sdo, Sm::kLdV, 0, lane);
-      warp_gemm<kSM, kNT, kChunk / 16, Major::kKM, BMajor::kKN>(dS, sm.k, Sm::kLdK, srow0, sm.sdw, Sm::kLdV, 0, lane);
+      warp_gemm<kSM, kNT, kChunk / 16, Major::kKM, BMajor::kKN>(dS, g.q, Sm::kLdK, srow0, sm.sdo, Sm::kLdV, 0, lane);
+      warp_gemm<kSM, kNT, kChunk / 16, Major::kKM, BMajor::kKN>(dS, g.k, Sm::kLdK, srow0, sm.sdw, Sm::kLdV, 0, lane);
     }
-    __syncthreads();  // the next chunk's loads overwrite every tile
+    __syncthreads();  // the loads issued next iteration overwrite this stage
   }
   // The initial state's gradient (fp32), when the forward had one.
   if (bw.dh0 != nullptr) for_each_ds(bw.dh0_row_stride, [&](float& x, int64_t off) { bw.dh0[off] = x; });

@@ -204,20 +204,32 @@ flashgdn_status_t launch_recurrence(const FwdArgs& a, int64_t ctas, int max_smem
 }
 
 // sm90_pr / sm90_p non-null: the experimental sm_90a recurrence replaces the portable one (bv = 64).
-// The backward's stage 2 (dstate.cuh) after the recompute: V slices of 32 (or V).
-template <class T, int KD, int VD>
-flashgdn_status_t launch_dstate(const FwdArgs& a, const BwdArgs& bw, int dev, cudaStream_t stream) {
-  constexpr int kBv = VD < 32 ? VD : 32;
-  auto kernel = dstate_kernel<T, KD, kBv>;
-  const int smem = static_cast<int>(sizeof(DStateSmem<T, KD, kBv>));
+// The backward's stage 2 (dstate.cuh) after the recompute. Each CTA is a sequential chain over its
+// sequence's chunks, so: V slices of 16 with double-buffered loads when those CTAs fit one wave (one per
+// SM); else slices of 32, double-buffered if they fit one wave, else single-buffered (83 KB: two CTAs per
+// SM hide each other's loads).
+template <class T, int KD, int VD, int BV, int STAGES>
+flashgdn_status_t launch_dstate_bv(const FwdArgs& a, const BwdArgs& bw, int dev, cudaStream_t stream) {
+  auto kernel = dstate_kernel<T, KD, BV, STAGES>;
+  const int smem = static_cast<int>(sizeof(DStateSmem<T, KD, BV, STAGES>));
   static std::atomic<uint64_t> done{0};
   cudaError_t e = raise_smem_limit_once(kernel, smem, dev, done);
   if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(dstate)", e);
-  const int64_t ctas = int64_t(a.N) * a.Hv * (VD / kBv);
+  const int64_t ctas = int64_t(a.N) * a.Hv * (VD / BV);
   if (ctas > 0x7fffffff) return fail(FLASHGDN_ERROR_UNSUPPORTED, "flashgdn backward: too many CTAs");
   kernel<<<static_cast<unsigned>(ctas), kDStateThreads, smem, stream>>>(a, bw);
   e = cudaGetLastError();
   return e == cudaSuccess ? FLASHGDN_SUCCESS : cuda_error("dstate kernel launch", e);
+}
+
+template <class T, int KD, int VD>
+flashgdn_status_t launch_dstate(const FwdArgs& a, const BwdArgs& bw, int max_smem, int dev, cudaStream_t stream) {
+  const int64_t rows = int64_t(a.N) * a.Hv, sms = current_num_sms();
+  const bool two16 = static_cast<int>(sizeof(DStateSmem<T, KD, 16, 2>)) <= max_smem;
+  const bool two32 = static_cast<int>(sizeof(DStateSmem<T, KD, 32, 2>)) <= max_smem;
+  if (VD >= 32 && rows * (VD / 16) <= sms && two16) return launch_dstate_bv<T, KD, VD, 16, 2>(a, bw, dev, stream);
+  if (rows * (VD / 32) <= sms && two32) return launch_dstate_bv<T, KD, VD, 32, 2>(a, bw, dev, stream);
+  return launch_dstate_bv<T, KD, VD, 32, 1>(a, bw, dev, stream);
 }
 
 // The backward's stage 3 (chunk_grads.cuh): one CTA per (chunk, value head).
@@ -293,7 +305,7 @@ flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, bool pdl,
   if (a.cp_pass == 2) {  // the backward's recompute, then (when asked) its stage 2
     FLASHGDN_TRY(recurrence(a, a.N, a.V));
     if (bw == nullptr) return FLASHGDN_SUCCESS;
-    FLASHGDN_TRY((launch_dstate<T, KD, VD>(a, *bw, dev, stream)));
+    FLASHGDN_TRY((launch_dstate<T, KD, VD>(a, *bw, max_smem, dev, stream)));
     return bw->dqh != nullptr ? launch_chunk_grads<T, KD, VD>(a, *bw, max_smem, dev, stream) : FLASHGDN_SUCCESS;
   }
   // Context parallelism: transition pass over the augmented columns [V | K], the scan, the final pass.
