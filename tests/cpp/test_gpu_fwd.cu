@@ -705,21 +705,21 @@ TEST(GpuBackwardQkGrads, GroupSumAndL2normBackwardMatchHost) {
       std::normal_distribution<float> nd;
       const int64_t nx = int64_t(B) * T * Hqk * K, nh = int64_t(B) * T * Hv * K;
       std::vector<uint16_t> q(nx), k(nx);
-      std::vector<float> dqh(nh), dkh(nh);
+      std::vector<uint16_t> dqh(nh), dkh(nh);  // the input dtype (bf16 here)
       for (auto& x : q) x = flashgdn::float_to_bf16_bits(nd(rng));
       for (auto& x : k) x = flashgdn::float_to_bf16_bits(nd(rng));
-      for (auto& x : dqh) x = nd(rng);
-      for (auto& x : dkh) x = nd(rng);
-      DevBuf dq_in(nx * 2), dk_in(nx * 2), ddqh(nh * 4), ddkh(nh * 4), dq(nx * 2), dk(nx * 2);
+      for (auto& x : dqh) x = flashgdn::float_to_bf16_bits(nd(rng));
+      for (auto& x : dkh) x = flashgdn::float_to_bf16_bits(nd(rng));
+      DevBuf dq_in(nx * 2), dk_in(nx * 2), ddqh(nh * 2), ddkh(nh * 2), dq(nx * 2), dk(nx * 2);
       CUDA_OK(cudaMemcpy(dq_in.p, q.data(), nx * 2, cudaMemcpyHostToDevice));
       CUDA_OK(cudaMemcpy(dk_in.p, k.data(), nx * 2, cudaMemcpyHostToDevice));
-      CUDA_OK(cudaMemcpy(ddqh.p, dqh.data(), nh * 4, cudaMemcpyHostToDevice));
-      CUDA_OK(cudaMemcpy(ddkh.p, dkh.data(), nh * 4, cudaMemcpyHostToDevice));
+      CUDA_OK(cudaMemcpy(ddqh.p, dqh.data(), nh * 2, cudaMemcpyHostToDevice));
+      CUDA_OK(cudaMemcpy(ddkh.p, dkh.data(), nh * 2, cudaMemcpyHostToDevice));
       CUDA_OK(cudaMemset(dq.p, 0xff, nx * 2));
       CUDA_OK(cudaMemset(dk.p, 0xff, nx * 2));
       flashgdn::portable::QkGradArgs g{};
-      g.dqh = static_cast<const float*>(ddqh.p);
-      g.dkh = static_cast<const float*>(ddkh.p);
+      g.dqh = ddqh.p;
+      g.dkh = ddkh.p;
       g.q = dq_in.p;
       g.k = dk_in.p;
       g.dq = dq.p;
@@ -732,7 +732,7 @@ TEST(GpuBackwardQkGrads, GroupSumAndL2normBackwardMatchHost) {
       CUDA_OK(cudaDeviceSynchronize());
       for (int pass = 0; pass < 2; ++pass) {
         const std::vector<uint16_t>& x = pass == 0 ? q : k;
-        const std::vector<float>& dh = pass == 0 ? dqh : dkh;
+        const std::vector<uint16_t>& dh = pass == 0 ? dqh : dkh;
         std::vector<uint16_t> out(nx);
         CUDA_OK(cudaMemcpy(out.data(), (pass == 0 ? dq : dk).p, nx * 2, cudaMemcpyDeviceToHost));
         std::vector<double> got(nx), want(nx);
@@ -740,7 +740,7 @@ TEST(GpuBackwardQkGrads, GroupSumAndL2normBackwardMatchHost) {
           for (int hk = 0; hk < Hqk; ++hk) {
             std::vector<double> d(K, 0.0);
             for (int j = 0; j < group; ++j)
-              for (int i = 0; i < K; ++i) d[i] += dh[(bt * Hv + hk * group + j) * K + i];
+              for (int i = 0; i < K; ++i) d[i] += flashgdn::bf16_bits_to_float(dh[(bt * Hv + hk * group + j) * K + i]);
             const int64_t base = (bt * Hqk + hk) * K;
             if (l2) {
               double ss = 0, dot = 0;

@@ -78,8 +78,8 @@ flashgdn_status_t launch_bwd(const Problem& pr_in, const flashgdn_chunk_bwd_para
   bw.ab = ws + l.ab;
   bw.dstates = ws + l.dstates;
   bw.at = reinterpret_cast<const float*>(ws + l.at);
-  bw.dqh = reinterpret_cast<float*>(ws + l.dqh);
-  bw.dkh = reinterpret_cast<float*>(ws + l.dkh);
+  bw.dqh = ws + l.dqh;
+  bw.dkh = ws + l.dkh;
   bw.dg = static_cast<float*>(p.dg.data);
   strides3(p.dg, bw.dg_s);
   bw.dbeta = p.dbeta.data;

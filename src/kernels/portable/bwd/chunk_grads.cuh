@@ -4,7 +4,7 @@
 // Inputs per chunk c and value head h (K̂ = diag(rk) K, Q̂ = diag(rq) Q, L valid rows, zero past L):
 //   K, Q (q/k head), V, dO, dW = dv (stage 2's output), S_c (the state at the chunk's start, stage 1),
 //   dS' (the gradient of the state after the chunk, stage 2), Ã = Γ o A (fp32, 64 x 64, prepare on the
-//   recompute), the Ab = Ã diag(β) and Pm = scale Γ o tril(Q̂K̂ᵀ) images, aux (γ, rq, rk), β.
+//   recompute), the Pm = scale Γ o tril(Q̂K̂ᵀ) image, aux (γ, rq, rk), β.
 // The chunk's forward, in the form differentiated here (γ enters Ã through L̃):
 //   L̃ = StrictLower(diag(β) Γ o K̂K̂ᵀ),  Ã = (I + L̃)⁻¹,  Ab = Ã diag(β),  W§ = V - e^γ o (K̂ S)
 //   vn = Ab W§,  O = scale e^γ o (Q̂ S) + Pm vn,  S' = e^{γL} S + K̂ᵀ (e^{γL-γ} o vn)
@@ -17,16 +17,16 @@
 //   dγ_i = -e^γ_i dW_i·(K̂S)_i + scale e^γ_i q̂_i·(dO Sᵀ)_i - e^{γL-γ_i} (K̂dS')_i·vn_i
 //          + Σ_j (dP o Pm)_ij - Σ_j (dP o Pm)_ji + β_i k̂_i·(G K̂)_i - k̂_i·(Gᵀ(β o K̂))_i
 //   dγ_{L-1} += Σ_i e^{γL-γ_i} (K̂dS')_i·vn_i + e^{γL} <dS', S>;   dg = the chunk's reverse cumsum of dγ.
-// dQ̂, dK̂ go to fp32 [B·T, Hv, K] buffers (stage 4 sums each group and applies the l2norm backward), dg
+// dQ̂, dK̂ go to [B·T, Hv, K] buffers in the input dtype (stage 4 sums each group and applies the l2norm backward), dg
 // (fp32) and dβ (β's dtype) to the outputs; rows past L are not written.
 //
 // Warp w owns rows 16 (w % 4) .. of every 64-row result and its column half w / 4 (K/2, V/2 or 32
 // columns), so each thread accumulates the row terms of the same two rows in every phase (registers; the
 // two halves meet in shared memory at the end, in a fixed order: deterministic).
 // Phases (__syncthreads between them):
-//   A  cp.async in two groups: K, V, dW (zero past L), S_c, aux; then dS', dO, Ã, Ab, Pm; β by plain loads
+//   A  cp.async in two groups: K, V, dW (zero past L), S_c, aux; then dS', dO, Ã, Pm; β by plain loads
 //   B  (first group only) KS = K S_c: W§ = V - e^γ rk o KS over V (in place); dγ row term;
-//      dW <- -e^γ dW (in place); then the second group and <dS', S_c> partial sums
+//      dW <- -e^γ dW (in place); then the second group, Ab = Ã diag(β) (T), <dS', S_c> partial sums
 //   C  vn = Ab W§ -> sVn; KdS = K dS' (dγ terms); dvn = e^{γL-γ} rk o KdS + Pmᵀ dO -> sDvn
 //   D  dP = dO vnᵀ, dAb = dvn W§ᵀ (registers; dγ row terms, column partials); barrier; dÃ (fp32) over sDvn,
 //      scale Γ o dP (two bf16/fp16 operand copies, columns scaled by rk / rows by rq) over the images,
@@ -160,7 +160,6 @@ __global__ void __launch_bounds__(kGradThreads, 1) chunk_grads_kernel(FwdArgs a,
       cp_async_16(&sm.r4.at[r * Sm::kLdF + cv], atg + r * kChunk + cv, true);
     }
     constexpr int kImg = int(sizeof(T)) * kChunk * Sm::kLdA;
-    load_linear(sm.r5.img.ab, static_cast<const T*>(bw.ab) + ch * pm_image_elems(), kImg);
     load_linear(sm.r5.img.pm, static_cast<const T*>(a.Pm) + ch * pm_image_elems(), kImg);
     cp_async_commit();
     if (warp == 0) {
@@ -218,6 +217,13 @@ __global__ void __launch_bounds__(kGradThreads, 1) chunk_grads_kernel(FwdArgs a,
     rg[1] += dot[1];
   }
   cp_async_wait<0>();
+  __syncthreads();
+  // Ab = Ã diag(β) (the operand of vn = Ab W§), from the fp32 Ã rather than another 9 KB image load.
+  for (int e = tid; e < kChunk * kChunk / 2; e += kGradThreads) {
+    const int i = e >> 5, j = (e & 31) * 2;
+    *reinterpret_cast<uint32_t*>(&sm.r5.img.ab[i * Sm::kLdA + j]) =
+        pack2<T>(sm.r4.at[i * Sm::kLdF + j] * sm.beta[j], sm.r4.at[i * Sm::kLdF + j + 1] * sm.beta[j + 1]);
+  }
   __syncthreads();
   {
     // <dS', S_c> (this thread's share; times e^{γL} at the end)
@@ -408,16 +414,16 @@ __global__ void __launch_bounds__(kGradThreads, 1) chunk_grads_kernel(FwdArgs a,
   __syncthreads();
 
   const int64_t trow = brow * a.T + t0;  // first token of the chunk in [B·T]
-  auto store_rows = [&](float* out, const float (&acc)[1][kNK][4]) {
+  auto store_rows = [&](void* out, const float (&acc)[1][kNK][4]) {
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
       const int i = ri0 + hf * 8;
       if (i >= L) continue;
-      float* dst = out + ((trow + i) * a.Hv + h) * int64_t(KD) + half * (KD / 2);
+      T* dst = static_cast<T*>(out) + ((trow + i) * a.Hv + h) * int64_t(KD) + half * (KD / 2);
 #pragma unroll
       for (int nt = 0; nt < kNK; ++nt)
-        *reinterpret_cast<float2*>(dst + nt * 8 + ((lane & 3) << 1)) =
-            make_float2(acc[0][nt][2 * hf], acc[0][nt][2 * hf + 1]);
+        *reinterpret_cast<uint32_t*>(dst + nt * 8 + ((lane & 3) << 1)) =
+            pack2<T>(acc[0][nt][2 * hf], acc[0][nt][2 * hf + 1]);
     }
   };
   // Per-thread dots of the accumulator's two rows with rows of a (64, K) tile, over this warp's half.

@@ -18,8 +18,8 @@ struct BwdArgs {
   void* dstates;       // [chunks, Hv, K, V] input dtype: dS' per chunk (for stage 3)
   // Stage 3 (chunk_grads.cuh); dqh null: stages 1-2 only.
   const float* at;     // [chunks, Hv] (64, 64) fp32: Γ o A (prepare on the recompute, FwdArgs::At)
-  float* dqh;          // [B·T, Hv, K] fp32: dq̂ per value head (stage 4's input)
-  float* dkh;
+  void* dqh;           // [B·T, Hv, K] input dtype: dq̂ per value head (stage 4's input)
+  void* dkh;
   float* dg;           // [B, T, Hv] fp32, strides (b, t, h)
   int64_t dg_s[3];
   void* dbeta;         // [B, T, Hv] beta's dtype
@@ -28,8 +28,8 @@ struct BwdArgs {
 
 // Stage 4 (qk_grads.cuh): per-value-head gradients w.r.t. q̂, k̂ -> dq, dk.
 struct QkGradArgs {
-  const float* dqh;  // [B·T, Hv, K] fp32 (stage 3)
-  const float* dkh;
+  const void* dqh;   // [B·T, Hv, K] input dtype (stage 3)
+  const void* dkh;
   const void* q;     // the forward's inputs (for the l2norm backward), strides (b, t, h) in elements
   const void* k;
   int64_t q_s[3], k_s[3];

@@ -1,5 +1,5 @@
 // Portable backward, stage 4 (docs/design.md §4.2): per token and q/k head, the gradients w.r.t. the
-// normalised q̂, k̂ that stage 3 leaves per value head (fp32, [B·T, Hv, K]) summed over the head's group in
+// normalised q̂, k̂ that stage 3 leaves per value head (input dtype, [B·T, Hv, K]) summed over the head's group in
 // head order (deterministic), then, with in-kernel l2norm, its backward
 //   dx = (dx̂ − x̂ (x̂·dx̂)) · r,   x̂ = x r,   r = rsqrt(|x|² + 1e-6)   (the forward's factor),
 // written as dq, dk in the input dtype. One warp per (token, q/k head, q or k); lanes hold K / 32 columns.
@@ -25,13 +25,13 @@ __global__ void __launch_bounds__(kQkGradThreads) qk_grads_kernel(QkGradArgs g) 
   const int64_t r = wid % rows;
   const int hk = static_cast<int>(r % g.Hqk);
   const int64_t bt = r / g.Hqk, b = bt / g.T, t = bt % g.T;
-  const float* dh = (which == 0 ? g.dqh : g.dkh) + (bt * g.Hv + int64_t(hk) * g.group) * KD;
+  const T* dh = static_cast<const T*>(which == 0 ? g.dqh : g.dkh) + (bt * g.Hv + int64_t(hk) * g.group) * KD;
   float d[kPer];
 #pragma unroll
   for (int e = 0; e < kPer; ++e) d[e] = 0.f;
   for (int j = 0; j < g.group; ++j)  // the group's value heads in order
 #pragma unroll
-    for (int e = 0; e < kPer; ++e) d[e] += dh[int64_t(j) * KD + lane + 32 * e];
+    for (int e = 0; e < kPer; ++e) d[e] += to_float(dh[int64_t(j) * KD + lane + 32 * e]);
   const int64_t* xs = which == 0 ? g.q_s : g.k_s;
   const int64_t* ds = which == 0 ? g.dq_s : g.dk_s;
   if (g.l2norm) {

@@ -160,8 +160,8 @@ BwdLayout bwd_layout(const Problem& pr_in, int num_sms) {
   l.dstates = region(chunks * hv * kk * vv * 2);
   l.ab = region(chunks * hv * pm_image_elems() * 2);
   l.at = region(chunks * hv * kChunk * kChunk * sizeof(float));
-  l.dqh = region(static_cast<size_t>(pr.B * pr.T) * hv * kk * sizeof(float));
-  l.dkh = region(static_cast<size_t>(pr.B * pr.T) * hv * kk * sizeof(float));
+  l.dqh = region(static_cast<size_t>(pr.B * pr.T) * hv * kk * 2);
+  l.dkh = region(static_cast<size_t>(pr.B * pr.T) * hv * kk * 2);
   l.total = at;
   return l;
 }
