@@ -228,10 +228,14 @@ __global__ void __launch_bounds__(kGradThreads, 1) chunk_grads_kernel(FwdArgs a,
   {
     // <dS', S_c> (this thread's share; times e^{γL} at the end)
     float sdot = 0.f;
-    for (int e = tid; e < KD * (VD / 2); e += kGradThreads) {
-      const int r = e / (VD / 2), cc = (e % (VD / 2)) * 2;
-      sdot += to_float(sm.ds[r * Sm::kLdV + cc]) * to_float(sm.sc[r * Sm::kLdV + cc]) +
-              to_float(sm.ds[r * Sm::kLdV + cc + 1]) * to_float(sm.sc[r * Sm::kLdV + cc + 1]);
+    for (int e = tid; e < KD * (VD / kE); e += kGradThreads) {  // 16-byte vectors
+      const int r = e / (VD / kE), cc = (e % (VD / kE)) * kE;
+      const uint4 x = *reinterpret_cast<const uint4*>(&sm.ds[r * Sm::kLdV + cc]);
+      const uint4 y = *reinterpret_cast<const uint4*>(&sm.sc[r * Sm::kLdV + cc]);
+      const T* xa = reinterpret_cast<const T*>(&x);
+      const T* ya = reinterpret_cast<const T*>(&y);
+#pragma unroll
+      for (int u = 0; u < kE; ++u) sdot += to_float(xa[u]) * to_float(ya[u]);
     }
     last += __expf(fminf(gl, 0.f)) * sdot;
   }
@@ -347,9 +351,10 @@ __global__ void __launch_bounds__(kGradThreads, 1) chunk_grads_kernel(FwdArgs a,
   }
   const int i0 = (tid >> 4) * 4, j0 = (tid & 15) * 4;  // this thread's 4 x 4 block
   {
-    // Y_ij = Σ_m Ã_mi dÃ_mj over m >= max(i, j) (both lower triangular).
+    // Y_ij = Σ_m Ã_mi dÃ_mj over m >= max(i, j) (both lower triangular). Only j < i is ever used (R below
+    // needs Y_im for m <= j < i): strictly upper blocks stay zero.
     float y[4][4] = {}, at[4][4];
-    for (int m = i0 > j0 ? i0 : j0; m < kChunk; ++m) {
+    for (int m = i0 > j0 ? i0 : j0; i0 + 3 > j0 && m < kChunk; ++m) {
       const float4 x = *reinterpret_cast<const float4*>(&sm.r4.at[m * Sm::kLdF + i0]);
       const float4 d = *reinterpret_cast<const float4*>(&sm.r2.f[m * Sm::kLdF + j0]);
       const float xa[4] = {x.x, x.y, x.z, x.w}, da[4] = {d.x, d.y, d.z, d.w};
