@@ -8,15 +8,15 @@
 // dS' is also stored per chunk (input dtype, [chunks, Hv, K, V]) for stage 3; after chunk 0 dS is the
 // gradient of the initial state. Every exponent is <= 0.
 //
-// K / 16 warps (8 at K = 128), no warp specialisation: warp w owns dS rows 16 w ..; in phases 2-3 chunk rows
-// 16 (w % 4) .. and, with 8 warps and BV >= 32, the column half w / 4. Chunk c's tiles are loaded with cp.async (zero-filled
+// 128 threads = 4 warps, no warp specialisation. Chunk c's tiles are loaded with cp.async (zero-filled
 // past L); with STAGES = 2 into one of two stages while chunk c + 1 (the previous in the reverse walk) is
 // computed (for grids of at most one CTA per SM), with STAGES = 1 (two CTAs per SM hide each other's loads)
 // at the top of its step. Then four phases separated by __syncthreads:
 //   1  dS' -> sdS (operand copy) and to the dstates buffer
-//   2  X = K sdS, P = Pmᵀ dO; dvn = P + e^{gamma_L - gamma} rk o X -> sdvn; sdo = scale e^{gamma} rq o dO
-//   3  dV = Abᵀ dvn -> dv (rows < L), sdw = -e^{gamma} rk o dV
-//   4  dS = e^{gamma_L} dS + Qᵀ sdo + Kᵀ sdw (the warp's 16 state rows)
+//   2  warp w, rows 16 w ..: X = K sdS, P = Pmᵀ dO; dvn = P + e^{gamma_L - gamma} rk o X -> sdvn;
+//      sdo = scale e^{gamma} rq o dO (rows of this warp)
+//   3  warp w, rows 16 w ..: dV = Abᵀ dvn -> dv (rows < L), sdw = -e^{gamma} rk o dV
+//   4  warp w, state rows w K/4 ..: dS = e^{gamma_L} dS + Qᵀ sdo + Kᵀ sdw
 // Shared memory (K = 128): STAGES x (Q, K (64, 136) T, Pm, Ab (64, 72) T, dO (64, BV + 8) T, aux); dvn,
 // sdo, sdw (64, BV + 8) T, sdS (128, BV + 8) T: two stages ~127 KB at BV = 16, ~145 KB at BV = 32; one stage
 // at BV = 32 ~83 KB. (No named barriers.)
@@ -48,22 +48,15 @@ struct DStateSmem {
   T ds[KD * kLdV];         // (K, BV)
 };
 
-// K / 16 warps (8 for K = 128, 4 for K = 64): each owns 16 rows of dS.
-template <int KD>
-inline constexpr int kDStateThreads = KD / 16 * 32;
+inline constexpr int kDStateThreads = 128;
 
 // Grid N * Hv * (V / BV): h fastest, then the slice, then the sequence.
 template <class T, int KD, int BV, int STAGES>
-__global__ void __launch_bounds__(kDStateThreads<KD>) dstate_kernel(FwdArgs a, BwdArgs bw) {
+__global__ void __launch_bounds__(kDStateThreads) dstate_kernel(FwdArgs a, BwdArgs bw) {
   using namespace device;
   using Sm = DStateSmem<T, KD, BV, STAGES>;
-  constexpr int kThreads = kDStateThreads<KD>, kWarps = kThreads / 32;
-  constexpr int kNT = BV / 8;  // n-tiles of a (., BV) accumulator
-  constexpr int kSM = 1;       // m-tiles of dS per warp (16 rows)
-  // Phases 2-3 (64 chunk rows x BV): 8 warps split the columns in halves where a half is two n-tiles
-  // (BV >= 32); otherwise warps 0-3 do them alone.
-  constexpr bool kSplit = kWarps == 8 && BV >= 32;
-  constexpr int kNT2 = kSplit ? BV / 16 : BV / 8;
+  constexpr int kNT = BV / 8;   // n-tiles of a (., BV) accumulator
+  constexpr int kSM = KD / 64;  // m-tiles of dS per warp (K/4 rows)
   extern __shared__ __align__(128) unsigned char smem_raw[];
   Sm& sm = *reinterpret_cast<Sm*>(smem_raw);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -75,9 +68,7 @@ __global__ void __launch_bounds__(kDStateThreads<KD>) dstate_kernel(FwdArgs a, B
   const Seq s = seq_range(a, n);
   const int64_t nchunks = (s.eos - s.bos + kChunk - 1) / kChunk;
   const int64_t c_base = a.chunk_offsets[n];
-  const int m0 = (warp & 3) * 16, srow0 = warp * 16;
-  const int cb = kSplit ? (warp >> 2) * (BV / 2) : 0;  // this warp's first column in phases 2-3
-  const bool p23 = kSplit || warp < 4;
+  const int m0 = warp * 16, srow0 = warp * (KD / 4);
   const T* qg = static_cast<const T*>(a.q) + s.b * a.q_s[0] + hk * a.q_s[2];
   const T* kg = static_cast<const T*>(a.k) + s.b * a.k_s[0] + hk * a.k_s[2];
   const T* dog = static_cast<const T*>(bw.d_o) + s.b * bw.do_s[0] + h * bw.do_s[2] + v0;
@@ -104,14 +95,14 @@ __global__ void __launch_bounds__(kDStateThreads<KD>) dstate_kernel(FwdArgs a, B
     const int L = static_cast<int>(s.eos - t0 < kChunk ? s.eos - t0 : kChunk);
     const int64_t ch = (c_base + c) * a.Hv + h;
     constexpr int kE = 16 / sizeof(T);
-    for (int e = tid; e < kChunk * (KD / kE); e += kThreads) {
+    for (int e = tid; e < kChunk * (KD / kE); e += kDStateThreads) {
       const int r = e / (KD / kE), cv = (e % (KD / kE)) * kE;
       const bool ok = r < L;
       const int64_t tr = ok ? t0 + r : t0;
       cp_async_16(&g.q[r * Sm::kLdK + cv], qg + tr * a.q_s[1] + cv, ok);
       cp_async_16(&g.k[r * Sm::kLdK + cv], kg + tr * a.k_s[1] + cv, ok);
     }
-    for (int e = tid; e < kChunk * (BV / kE); e += kThreads) {
+    for (int e = tid; e < kChunk * (BV / kE); e += kDStateThreads) {
       const int r = e / (BV / kE), cv = (e % (BV / kE)) * kE;
       const bool ok = r < L;
       cp_async_16(&g.d_o[r * Sm::kLdV + cv], dog + (ok ? t0 + r : t0) * bw.do_s[1] + cv, ok);
@@ -119,12 +110,12 @@ __global__ void __launch_bounds__(kDStateThreads<KD>) dstate_kernel(FwdArgs a, B
     const char* pmg = reinterpret_cast<const char*>(static_cast<const T*>(a.Pm) + ch * pm_image_elems());
     const char* abg = reinterpret_cast<const char*>(static_cast<const T*>(bw.ab) + ch * pm_image_elems());
     constexpr int kImg = int(sizeof(T)) * kChunk * Sm::kLdA;
-    for (int o = tid * 16; o < kImg; o += 16 * kThreads) {
+    for (int o = tid * 16; o < kImg; o += 16 * kDStateThreads) {
       cp_async_16(reinterpret_cast<char*>(g.pm) + o, pmg + o, true);
       cp_async_16(reinterpret_cast<char*>(g.ab) + o, abg + o, true);
     }
     const char* auxg = reinterpret_cast<const char*>(a.aux + ch * 3 * kChunk);
-    for (int o = tid * 16; o < int(sizeof(float)) * 3 * kChunk; o += 16 * kThreads)
+    for (int o = tid * 16; o < int(sizeof(float)) * 3 * kChunk; o += 16 * kDStateThreads)
       cp_async_16(reinterpret_cast<char*>(g.aux) + o, auxg + o, true);
     cp_async_commit();
   };
@@ -158,19 +149,19 @@ __global__ void __launch_bounds__(kDStateThreads<KD>) dstate_kernel(FwdArgs a, B
     const float* rk = g.aux + 2 * kChunk;
     const float gl = gam[kChunk - 1];  // = gamma[L - 1] (prepare pads gamma)
     // ---- 2: dvn = Pmᵀ dO + e^{gamma_L - gamma} rk o (K sdS); sdo = scale e^{gamma} rq o dO ----
-    if (p23) {
-      float x[1][kNT2][4], p[1][kNT2][4];
+    {
+      float x[1][kNT][4], p[1][kNT][4];
       zero(x);
       zero(p);
-      warp_gemm<1, kNT2, KD / 16, Major::kMK, BMajor::kKN>(x, g.k, Sm::kLdK, m0, sm.ds, Sm::kLdV, cb, lane);
-      warp_gemm<1, kNT2, kChunk / 16, Major::kKM, BMajor::kKN>(p, g.pm, Sm::kLdA, m0, g.d_o, Sm::kLdV, cb, lane);
+      warp_gemm<1, kNT, KD / 16, Major::kMK, BMajor::kKN>(x, g.k, Sm::kLdK, m0, sm.ds, Sm::kLdV, 0, lane);
+      warp_gemm<1, kNT, kChunk / 16, Major::kKM, BMajor::kKN>(p, g.pm, Sm::kLdA, m0, g.d_o, Sm::kLdV, 0, lane);
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
         const int i = m0 + (lane >> 2) + hf * 8;
         const float fx = __expf(gl - gam[i]) * rk[i], fo = a.scale * __expf(gam[i]) * rq[i];
 #pragma unroll
-        for (int nt = 0; nt < kNT2; ++nt) {
-          const int j = cb + nt * 8 + ((lane & 3) << 1);
+        for (int nt = 0; nt < kNT; ++nt) {
+          const int j = nt * 8 + ((lane & 3) << 1);
           const float d0 = p[0][nt][2 * hf] + fx * x[0][nt][2 * hf];
           const float d1 = p[0][nt][2 * hf + 1] + fx * x[0][nt][2 * hf + 1];
           *reinterpret_cast<uint32_t*>(&sm.dvn[i * Sm::kLdV + j]) = pack2<T>(d0, d1);
@@ -181,17 +172,17 @@ __global__ void __launch_bounds__(kDStateThreads<KD>) dstate_kernel(FwdArgs a, B
     }
     __syncthreads();
     // ---- 3: dV = Abᵀ dvn -> dv (rows < L); sdw = -e^{gamma} rk o dV ----
-    if (p23) {
-      float dvv[1][kNT2][4];
+    {
+      float dvv[1][kNT][4];
       zero(dvv);
-      warp_gemm<1, kNT2, kChunk / 16, Major::kKM, BMajor::kKN>(dvv, g.ab, Sm::kLdA, m0, sm.dvn, Sm::kLdV, cb, lane);
+      warp_gemm<1, kNT, kChunk / 16, Major::kKM, BMajor::kKN>(dvv, g.ab, Sm::kLdA, m0, sm.dvn, Sm::kLdV, 0, lane);
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
         const int i = m0 + (lane >> 2) + hf * 8;
         const float fw = -__expf(gam[i]) * rk[i];
 #pragma unroll
-        for (int nt = 0; nt < kNT2; ++nt) {
-          const int j = cb + nt * 8 + ((lane & 3) << 1);
+        for (int nt = 0; nt < kNT; ++nt) {
+          const int j = nt * 8 + ((lane & 3) << 1);
           const float w0 = dvv[0][nt][2 * hf], w1 = dvv[0][nt][2 * hf + 1];
           *reinterpret_cast<uint32_t*>(&sm.sdw[i * Sm::kLdV + j]) = pack2<T>(fw * w0, fw * w1);
           if (i < L) *reinterpret_cast<uint32_t*>(&dvg[(t0 + i) * bw.dv_s[1] + j]) = pack2<T>(w0, w1);

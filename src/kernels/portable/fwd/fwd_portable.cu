@@ -217,7 +217,7 @@ flashgdn_status_t launch_dstate_bv(const FwdArgs& a, const BwdArgs& bw, int dev,
   if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(dstate)", e);
   const int64_t ctas = int64_t(a.N) * a.Hv * (VD / BV);
   if (ctas > 0x7fffffff) return fail(FLASHGDN_ERROR_UNSUPPORTED, "flashgdn backward: too many CTAs");
-  kernel<<<static_cast<unsigned>(ctas), kDStateThreads<KD>, smem, stream>>>(a, bw);
+  kernel<<<static_cast<unsigned>(ctas), kDStateThreads, smem, stream>>>(a, bw);
   e = cudaGetLastError();
   return e == cudaSuccess ? FLASHGDN_SUCCESS : cuda_error("dstate kernel launch", e);
 }
