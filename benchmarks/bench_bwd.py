@@ -6,7 +6,7 @@ FLA refuses its Triton backward on Hopper with Triton < 3.7.1 (wrong dg/dβ, its
 this script sets ``fla.ops.common.chunk_o.TRITON_ABOVE_3_7_1 = True`` and records that in the JSON —
 FLA's gradients are then timed, not trusted. A row where FlashGDN fails records the error instead of a time.
 
-  python benchmarks/bench_bwd.py --out DIR [--reps 10] [--rows substring] [--tag variant]
+  python benchmarks/bench_bwd.py --out DIR [--reps 10] [--rows substring[,substring...]] [--tag variant]
 writes DIR/<gpu>-<date>-bwd[-tag].json and .md.
 """
 from __future__ import annotations
@@ -88,7 +88,7 @@ def main():
     for hqk, hv in HEADS:
         for nseq in NSEQS:
             name = f"{hqk}/{hv} 32k x{nseq}"
-            if args.rows and args.rows not in name:
+            if args.rows and not any(r in name for r in args.rows.split(",")):
                 continue
             ins, cu, do, dht = make(hqk, hv, nseq)
             row = {"name": name, "hqk": hqk, "hv": hv, "seqlens": f"{nseq}x{TOKENS // nseq}",
