@@ -133,6 +133,10 @@ typedef struct flashgdn_chunk_fwd_params {
  *   dg              [B, T, Hv]       fp32, gradient w.r.t. the raw per-token g
  *   dbeta           [B, T, Hv]       beta's dtype
  *   d_initial_state [N, Hv, K, V]    fp32, required iff initial_state is given
+ * The GPU backward recomputes the per-chunk states (docs/design.md §4.2); its workspace is about 2.7 KB per
+ * token and value head at K = V = 128 (flashgdn_chunk_bwd_workspace_size). Its per-chunk kernel needs ~210 KB
+ * of shared memory per block at K = V = 128 (sm_90: H100/H200); devices with less get
+ * FLASHGDN_ERROR_UNSUPPORTED naming the sizes. Deterministic (no atomics), graph-capturable.
  */
 typedef struct flashgdn_chunk_bwd_params {
   size_t struct_size;
