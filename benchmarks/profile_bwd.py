@@ -1,5 +1,12 @@
+"""Per-kernel times of one GPU backward call (torch.profiler, mean of 3 calls after 2 warm-ups, L2 warm) on a few
+backward layouts, and the CPU cost of a tiny eager ``ops.chunk_bwd`` / ``ops.chunk_fwd`` call.
+
+  PYTHONPATH=... FLASHGDN_LIBRARY=build-gpu/libflashgdn.so python3 benchmarks/profile_bwd.py
+"""
 import sys, torch
-sys.path.insert(0, "python"); sys.path.insert(0, "benchmarks")
+from pathlib import Path
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "python")); sys.path.insert(0, str(ROOT / "benchmarks"))
 import flashgdn
 from bench_fwd import make_inputs
 from torch.profiler import profile, ProfilerActivity
