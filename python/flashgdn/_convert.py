@@ -21,24 +21,35 @@ def from_numpy(a, name: str) -> _lib.Tensor:
     return _lib.make_tensor(a.ctypes.data, _NP[key], a.shape, [s // item for s in a.strides])
 
 
+_TORCH_CODES = None  # torch dtype -> flashgdn dtype, built on first use (torch is optional)
+
+
 def torch_dtype_code(dtype) -> int:
-    import torch
+    global _TORCH_CODES
+    if _TORCH_CODES is None:
+        import torch
 
-    table = {torch.float32: _lib.DTYPE_FLOAT32, torch.float16: _lib.DTYPE_FLOAT16,
-             torch.bfloat16: _lib.DTYPE_BFLOAT16, torch.float64: _lib.DTYPE_FLOAT64,
-             torch.int32: _lib.DTYPE_INT32, torch.int64: _lib.DTYPE_INT64, torch.bool: _lib.DTYPE_BOOL}
-    if dtype not in table:
+        _TORCH_CODES = {torch.float32: _lib.DTYPE_FLOAT32, torch.float16: _lib.DTYPE_FLOAT16,
+                        torch.bfloat16: _lib.DTYPE_BFLOAT16, torch.float64: _lib.DTYPE_FLOAT64,
+                        torch.int32: _lib.DTYPE_INT32, torch.int64: _lib.DTYPE_INT64, torch.bool: _lib.DTYPE_BOOL}
+    code = _TORCH_CODES.get(dtype)
+    if code is None:
         raise TypeError(f"flashgdn: unsupported torch dtype {dtype}")
-    return table[dtype]
+    return code
 
 
-def from_torch(t, name: str) -> _lib.Tensor:
-    if t is None:
-        return _lib.Tensor()
+def fill_from_torch(dst: _lib.Tensor, t, name: str) -> _lib.Tensor:
+    """Describes torch tensor ``t`` into ``dst`` in place (``t`` not None)."""
     if t.dim() == 0 or t.dim() > _lib.MAX_DIMS:
         raise ValueError(f"flashgdn: argument '{name}' must have 1 to 4 dimensions, got {t.dim()}")
     try:
         code = torch_dtype_code(t.dtype)
     except TypeError:
         raise TypeError(f"flashgdn: argument '{name}' has unsupported dtype {t.dtype}") from None
-    return _lib.make_tensor(t.data_ptr(), code, t.shape, t.stride())
+    return _lib.fill_tensor(dst, t.data_ptr(), code, t.shape, t.stride())
+
+
+def from_torch(t, name: str) -> _lib.Tensor:
+    if t is None:
+        return _lib.Tensor()
+    return fill_from_torch(_lib.Tensor(), t, name)

@@ -17,7 +17,7 @@ from typing import Optional, Tuple
 import torch
 
 from . import _lib
-from ._convert import from_torch
+from ._convert import fill_from_torch, from_torch
 
 
 def _check_env() -> bool:
@@ -57,8 +57,9 @@ def _launch_on_gpu(kind: str, p, device: torch.device) -> None:
 def _fill_params(p, q, named, scale, l2norm, v_first):
     """The fields forward and backward parameters share; every tensor checked to be on q's device first."""
     _require_same_device(q, named)
-    for name, t in named:
-        setattr(p, name, from_torch(t, name))
+    for name, t in named:  # fresh params: absent tensors are already empty descriptions
+        if t is not None:
+            fill_from_torch(getattr(p, name), t, name)
     p.scale = float(scale)
     p.use_qk_l2norm = int(l2norm)
     p.state_v_first = int(v_first)
