@@ -312,6 +312,15 @@ std::vector<BwdCase> cases() {
     v.push_back(mk("gva8_long", s, 23));
   }
   {
+    // Empty sequences (their dh0 is dht) and a batch shorter than one chunk (the states pass's cp.async path).
+    Shape s = base(1, 2);
+    s.seqlens = {1, 0, 5};
+    v.push_back(mk("tiny_with_empty", s, 25));
+    Shape s2 = base(2, 2);
+    s2.seqlens = {0, 130, 0, 64};
+    v.push_back(mk("empty_sequences", s2, 26));
+  }
+  {
     // Small enough for compute-sanitizer (gpu-check runs every '*Sanitize*' test under its four tools).
     Shape s = base(1, 2);
     s.seqlens = {70, 1};
