@@ -38,7 +38,7 @@
 //   G  dK̂ = (vn dS'ᵀ) x e^{γL-γ} + (-e^γ dW) S_cᵀ + (scale diag(rq) Γ o dP)ᵀ Q + G-terms [k̂-dots] -> dkh
 //   H  row halves combined, dγ -> reverse cumsum -> dg; dβ
 // Shared memory (K = V = 128): K, dO, dW, vn (64, 136) T; S_c, dS' (128, 136) T; four unions of ~18 KB
-// (V/W§/Q, dvn/dÃ/Yᵀ, Ã/Ãᵀ/G copies, Ab+Pm/dP copies); 64-float vectors: ~225 KB (one CTA per SM;
+// (V/W§/Q, dvn/dÃ/Yᵀ, Ã/Ãᵀ/G copies, Ab+Pm/dP copies); 64-float vectors: 213,536 bytes (one CTA per SM;
 // sm_90's 227 KB limit; K or V = 64 is smaller). No named barriers.
 #pragma once
 

@@ -18,7 +18,7 @@
 //   3  warp w, rows 16 w ..: dV = Abᵀ dvn -> dv (rows < L), sdw = -e^{gamma} rk o dV
 //   4  warp w, state rows w K/4 ..: dS = e^{gamma_L} dS + Qᵀ sdo + Kᵀ sdw
 // Shared memory (K = 128): STAGES x (Q, K (64, 136) T, Pm, Ab (64, 72) T, dO (64, BV + 8) T, aux); dvn,
-// sdo, sdw (64, BV + 8) T, sdS (128, BV + 8) T: two stages ~127 KB at BV = 16, ~145 KB at BV = 32; one stage
+// sdo, sdw (64, BV + 8) T, sdS (128, BV + 8) T: two stages ~127 KB at BV = 16, ~141 KB at BV = 32; one stage
 // at BV = 32 ~83 KB. (No named barriers.)
 #pragma once
 
