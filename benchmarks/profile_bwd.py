@@ -1,49 +1,93 @@
-"""Per-kernel times of one GPU backward call (torch.profiler, mean of 3 calls after 2 warm-ups, L2 warm) on a few
-backward layouts, and the CPU cost of a tiny eager ``ops.chunk_bwd`` / ``ops.chunk_fwd`` call.
+"""Where a GPU backward call's time goes, per layout: the sum of its kernels (torch.profiler, L2 flushed before
+each call), the same call timed with CUDA events eagerly through ``ops.chunk_bwd`` and through autograd (as
+``bench_bwd.py`` times it), and by CUDA-graph replay (no CPU in the way). The differences separate kernel
+time, launch gaps and CPU overhead. Also the CPU cost of a tiny eager ``ops.chunk_bwd`` / ``ops.chunk_fwd``.
 
-  PYTHONPATH=... FLASHGDN_LIBRARY=build-gpu/libflashgdn.so python3 benchmarks/profile_bwd.py
+  python3 benchmarks/profile_bwd.py [--rows "16/16x2,4/8x1"] [--reps 5]
+(rows: Hqk/Hv x number of sequences of 32768 tokens in all; default a few of bench_bwd's rows)
 """
-import sys, torch
-from pathlib import Path
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "python")); sys.path.insert(0, str(ROOT / "benchmarks"))
-import flashgdn
-from bench_fwd import make_inputs
-from torch.profiler import profile, ProfilerActivity
-for hqk, hv, lens in [(16, 32, [32768]), (4, 8, [32768]), (4, 8, [8192] * 4), (16, 16, [4096] * 8)]:
-    q, k, v, g, beta, h0, cu = make_inputs(hqk, hv, lens, 0)
-    do = torch.randn(v.shape, device="cuda").to(v.dtype)
-    dht = torch.randn(h0.shape, device="cuda") / 8
-    f = lambda: flashgdn.ops.chunk_bwd(q, k, v, g, beta, do, dht, initial_state=h0, cu_seqlens=cu)
-    for _ in range(2): f()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(3): f()
-        torch.cuda.synchronize()
-    print(f"== {hqk}/{hv} {len(lens)}x{lens[0]}")
-    tot = 0
-    for e in sorted(prof.key_averages(), key=lambda e: -e.device_time_total):
-        if e.device_time_total <= 0: continue
-        tot += e.device_time_total / 3
-        print(f"  {e.device_time_total / 3 / 1000:8.3f} ms  {e.count // 3:3d}x  {e.key[:110]}")
-    print(f"  total {tot / 1000:.3f} ms")
-# CPU overhead per call: a tiny problem, eager calls back to back
+from __future__ import annotations
+
+import argparse
+import sys
 import time
-q, k, v, g, beta, h0, cu = make_inputs(1, 2, [64], 0)
-do = torch.randn(v.shape, device="cuda").to(v.dtype)
-f = lambda: flashgdn.ops.chunk_bwd(q, k, v, g, beta, do, None, initial_state=h0, cu_seqlens=cu)
-for _ in range(20): f()
-torch.cuda.synchronize()
-t = time.perf_counter()
-for _ in range(200): f()
-cpu = (time.perf_counter() - t) / 200
-torch.cuda.synchronize()
-tot = (time.perf_counter() - t) / 200
-print(f"tiny chunk_bwd: {cpu * 1e6:.1f} us CPU per call, {tot * 1e6:.1f} us wall per call")
-ff = lambda: flashgdn.ops.chunk_fwd(q, k, v, g, beta, initial_state=h0, output_final_state=True, cu_seqlens=cu)
-for _ in range(20): ff()
-torch.cuda.synchronize()
-t = time.perf_counter()
-for _ in range(200): ff()
-cpu = (time.perf_counter() - t) / 200
-print(f"tiny chunk_fwd: {cpu * 1e6:.1f} us CPU per call")
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "python"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import flashgdn  # noqa: E402
+from bench_fwd import Timer, make_inputs  # noqa: E402
+
+TOKENS = 32768
+
+
+def parse(spec: str):
+    heads, nseq = spec.split("x")
+    hqk, hv = (int(x) for x in heads.split("/"))
+    return hqk, hv, int(nseq)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", default="16/32x1,16/16x2,8/8x4,4/8x1")
+    ap.add_argument("--reps", type=int, default=5)
+    args = ap.parse_args()
+    timer = Timer(args.reps)
+    for spec in args.rows.split(","):
+        hqk, hv, nseq = parse(spec)
+        q, k, v, g, beta, h0, cu = make_inputs(hqk, hv, [TOKENS // nseq] * nseq, 0)
+        do = torch.randn(v.shape, device="cuda").to(v.dtype)
+        dht = torch.randn(h0.shape, device="cuda") / 8
+
+        def direct():
+            return flashgdn.ops.chunk_bwd(q, k, v, g, beta, do, dht, initial_state=h0, cu_seqlens=cu)
+        for _ in range(2):
+            direct()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                timer.flush_buf.zero_()
+                direct()
+            torch.cuda.synchronize()
+        kernels = []
+        for e in prof.key_averages():
+            if e.device_time_total > 0 and "zero" not in e.key and "fill" not in e.key:
+                kernels.append((e.device_time_total / 3 / 1000, e.count // 3, e.key))
+        kernels.sort(reverse=True)
+        ksum = sum(t for t, _, _ in kernels)
+        ins = [x.detach().clone().requires_grad_(True) for x in (q, k, v, g, beta, h0)]
+        o, ht = flashgdn.chunk_gated_delta_rule(*ins[:5], initial_state=ins[5], output_final_state=True,
+                                                cu_seqlens=cu)
+
+        def autograd():
+            torch.autograd.grad([o, ht], ins, [do, dht], retain_graph=True)
+        t_direct, t_auto, t_graph = timer.eager(direct), timer.eager(autograd), timer.graph(direct)
+        print(f"== {hqk}/{hv} x{nseq}: kernels {ksum:.3f} ms | eager ops.chunk_bwd {t_direct:.3f} | autograd "
+              f"{t_auto:.3f} | graph replay {t_graph:.3f}")
+        for t, n, key in kernels:
+            print(f"  {t:8.3f} ms {n:3d}x  {key[:100]}")
+        del q, k, v, g, beta, h0, do, dht, ins, o, ht
+        torch.cuda.empty_cache()
+
+    # CPU cost per call: a tiny problem, eager calls back to back.
+    q, k, v, g, beta, h0, cu = make_inputs(1, 2, [64], 0)
+    do = torch.randn(v.shape, device="cuda").to(v.dtype)
+    for name, f in (("chunk_bwd", lambda: flashgdn.ops.chunk_bwd(q, k, v, g, beta, do, None, initial_state=h0,
+                                                                  cu_seqlens=cu)),
+                    ("chunk_fwd", lambda: flashgdn.ops.chunk_fwd(q, k, v, g, beta, initial_state=h0,
+                                                                  output_final_state=True, cu_seqlens=cu))):
+        for _ in range(20):
+            f()
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(200):
+            f()
+        print(f"tiny {name}: {(time.perf_counter() - t) / 200 * 1e6:.1f} us CPU per call")
+
+
+if __name__ == "__main__":
+    main()
