@@ -10,6 +10,11 @@
 
 namespace flashgdn {
 
+// The (b, t, h) strides of a 3-d or 4-d tensor description, in elements.
+inline void strides3(const flashgdn_tensor_t& t, int64_t (&s)[3]) {
+  for (int i = 0; i < 3; ++i) s[i] = t.stride[i];
+}
+
 inline int64_t dtype_size(int32_t d) {
   switch (d) {
     case FLASHGDN_DTYPE_FLOAT32: return 4;

@@ -13,6 +13,7 @@
 
 #include "api/tensor.hpp"
 #include "flashgdn/flashgdn.hpp"
+#include "gpu_test_util.hpp"
 #include "host_problem.hpp"
 
 namespace {
@@ -20,25 +21,7 @@ namespace {
 using flashgdn::test::HostProblem;
 using flashgdn::test::Shape;
 
-#define CUDA_OK(x) ASSERT_EQ((x), cudaSuccess) << cudaGetErrorString(x)
-
-bool have_gpu() {
-  int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-}
-
-struct DevBuf {
-  void* p = nullptr;
-  size_t bytes = 0;
-  explicit DevBuf(size_t n = 0) : bytes(n) {
-    if (n) EXPECT_EQ(cudaMalloc(&p, n), cudaSuccess);
-  }
-  ~DevBuf() {
-    if (p) cudaFree(p);
-  }
-  DevBuf(const DevBuf&) = delete;
-  DevBuf& operator=(const DevBuf&) = delete;
-};
+using flashgdn::test::DevBuf;
 
 struct BwdCase {
   std::string name;
@@ -185,7 +168,7 @@ void run_gpu_bwd(const BwdCase& c, HostProblem& hp, GpuGrads* out) {
 class GpuBackward : public ::testing::TestWithParam<BwdCase> {};
 
 TEST_P(GpuBackward, MatchesFp64ReverseMode) {
-  if (!have_gpu()) GTEST_SKIP() << "no CUDA device: GPU test skipped";
+  REQUIRE_GPU();
   const BwdCase& c = GetParam();
   HostProblem hp(c.s, c.seed);
   // The GPU sees rounded inputs; the reference gets the same values.

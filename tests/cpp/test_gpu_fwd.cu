@@ -15,32 +15,13 @@
 #include "api/problem.hpp"
 #include "api/tensor.hpp"
 #include "flashgdn/flashgdn.hpp"
+#include "gpu_test_util.hpp"
 #include "kernels/portable/bwd/bwd_portable.hpp"
 #include "kernels/portable/fwd/fwd_portable.hpp"
 
 namespace {
 
-#define CUDA_OK(x) ASSERT_EQ((x), cudaSuccess) << cudaGetErrorString(x)
-
-bool have_gpu() {
-  int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
-}
-#define REQUIRE_GPU() \
-  if (!have_gpu()) GTEST_SKIP() << "no CUDA device: GPU test skipped"
-
-struct DevBuf {
-  void* p = nullptr;
-  size_t bytes = 0;
-  explicit DevBuf(size_t n = 0) : bytes(n) {
-    if (n) EXPECT_EQ(cudaMalloc(&p, n), cudaSuccess);
-  }
-  ~DevBuf() {
-    if (p) cudaFree(p);
-  }
-  DevBuf(const DevBuf&) = delete;
-  DevBuf& operator=(const DevBuf&) = delete;
-};
+using flashgdn::test::DevBuf;
 
 struct Case {
   std::string name;

@@ -5,6 +5,7 @@
 #include <cuda_fp16.h>
 
 #include "api/error.hpp"
+#include "api/tensor.hpp"
 #include "kernels/portable/bwd/qk_grads.cuh"
 #include "kernels/portable/fwd/fwd_portable.hpp"
 #include "kernels/portable/fwd/plan.hpp"
@@ -32,12 +33,6 @@ flashgdn_status_t launch_qk_grads(const QkGradArgs& g, int K, flashgdn_dtype_t d
                           : fail(FLASHGDN_ERROR_CUDA, "flashgdn backward: q/k gradient kernel launch: %s",
                                  cudaGetErrorString(e));
 }
-
-namespace {
-void strides3(const flashgdn_tensor_t& t, int64_t (&s)[3]) {
-  for (int i = 0; i < 3; ++i) s[i] = t.stride[i];
-}
-}  // namespace
 
 size_t bwd_workspace_bytes(const Problem& pr) { return bwd_layout(pr, 1).total; }  // CP off: SMs do not matter
 

@@ -95,6 +95,15 @@ struct ChunkGradSmem {
   float red[kGradThreads / 32];
 };
 
+// acc[r][s] += a[r] b[s] (a 4 x 4 outer product, fp32).
+__device__ __forceinline__ void outer4(float (&acc)[4][4], float4 a, float4 b) {
+  const float aa[4] = {a.x, a.y, a.z, a.w}, bb[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+  for (int r = 0; r < 4; ++r)
+#pragma unroll
+    for (int s = 0; s < 4; ++s) acc[r][s] += aa[r] * bb[s];
+}
+
 template <class T>
 __device__ __forceinline__ void store_beta(const FwdArgs& a, void* p, int64_t off, float x) {
   if (a.beta_f32) static_cast<float*>(p)[off] = x;
@@ -355,13 +364,8 @@ __global__ void __launch_bounds__(kGradThreads, 1) chunk_grads_kernel(FwdArgs a,
     // needs Y_im for m <= j < i): strictly upper blocks stay zero.
     float y[4][4] = {}, at[4][4];
     for (int m = i0 > j0 ? i0 : j0; i0 + 3 > j0 && m < kChunk; ++m) {
-      const float4 x = *reinterpret_cast<const float4*>(&sm.r4.at[m * Sm::kLdF + i0]);
-      const float4 d = *reinterpret_cast<const float4*>(&sm.r2.f[m * Sm::kLdF + j0]);
-      const float xa[4] = {x.x, x.y, x.z, x.w}, da[4] = {d.x, d.y, d.z, d.w};
-#pragma unroll
-      for (int r = 0; r < 4; ++r)
-#pragma unroll
-        for (int s = 0; s < 4; ++s) y[r][s] += xa[r] * da[s];
+      outer4(y, *reinterpret_cast<const float4*>(&sm.r4.at[m * Sm::kLdF + i0]),
+             *reinterpret_cast<const float4*>(&sm.r2.f[m * Sm::kLdF + j0]));
     }
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
@@ -387,13 +391,8 @@ __global__ void __launch_bounds__(kGradThreads, 1) chunk_grads_kernel(FwdArgs a,
     float r4x4[4][4] = {};
     if (i0 + 3 > j0) {
       for (int m = 0; m <= j0 + 3; ++m) {
-        const float4 y = *reinterpret_cast<const float4*>(&sm.r2.f[m * Sm::kLdF + i0]);
-        const float4 x = *reinterpret_cast<const float4*>(&sm.r4.at[m * Sm::kLdF + j0]);
-        const float ya[4] = {y.x, y.y, y.z, y.w}, xa[4] = {x.x, x.y, x.z, x.w};
-#pragma unroll
-        for (int r = 0; r < 4; ++r)
-#pragma unroll
-          for (int s = 0; s < 4; ++s) r4x4[r][s] += ya[r] * xa[s];
+        outer4(r4x4, *reinterpret_cast<const float4*>(&sm.r2.f[m * Sm::kLdF + i0]),
+               *reinterpret_cast<const float4*>(&sm.r4.at[m * Sm::kLdF + j0]));
       }
     }
     __syncthreads();  // Ãᵀ is dead: the G copies may overwrite it

@@ -192,13 +192,7 @@ __global__ void __launch_bounds__(kDStateThreads) dstate_kernel(FwdArgs a, BwdAr
     __syncthreads();
     // ---- 4: dS = e^{gamma_L} dS' + Qᵀ sdo + Kᵀ sdw ----
     {
-      const float egl = __expf(gl);
-#pragma unroll
-      for (int mt = 0; mt < kSM; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) dS[mt][nt][e] *= egl;
+      scale(dS, __expf(gl));
       warp_gemm<kSM, kNT, kChunk / 16, Major::kKM, BMajor::kKN>(dS, g.q, Sm::kLdK, srow0, sm.sdo, Sm::kLdV, 0, lane);
       warp_gemm<kSM, kNT, kChunk / 16, Major::kKM, BMajor::kKN>(dS, g.k, Sm::kLdK, srow0, sm.sdw, Sm::kLdV, 0, lane);
     }

@@ -34,10 +34,6 @@ int current_num_sms();
 int prepare_variant();
 int cluster_override();
 
-void strides3(const flashgdn_tensor_t& t, int64_t (&s)[3]) {
-  for (int i = 0; i < 3; ++i) s[i] = t.stride[i];
-}
-
 // Per-device attributes, read once (the launch path stays free of repeated driver queries).
 struct DeviceInfo {
   int num_sms = 0, max_smem = 0, cc_major = 0;

@@ -480,13 +480,7 @@ __global__ void __launch_bounds__(kRecThreads, 1) recurrence_kernel(const __grid
       named_bar_sync(Bar::kState, 128);  // sVd complete
       FLASHGDN_TRACE_EVENT(c, 3);
       // S = exp(gamma_L) S + Kᵀ Vd.
-      const float egl = __expf(gl);
-#pragma unroll
-      for (int mt = 0; mt < kSM; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) S[mt][nt][e] *= egl;
+      scale(S, __expf(gl));
       warp_gemm<kSM, kNT, kChunk / 16, Sm::kKMajor, BMajor::kKN>(S, X.k, Sm::kLdQK, srow0, Sm::kAlias ? X.u : sm.vd, Sm::kLdV, 0, lane);
       FLASHGDN_TRACE_EVENT(c, 4);
       // sS[b ^ 1] held S_{c-1}: wait until the output warps are done with chunk c - 1.
