@@ -195,3 +195,18 @@ TEST(Plan, BackwardWorkspaceRegions) {
 }
 
 }  // namespace
+
+namespace {
+
+// Hqk = Hv without l2norm: stage 3 writes dq, dk directly, so the layout has no dq̂ / dk̂ buffers.
+TEST(Plan, BackwardWorkspaceGroupOneHasNoQkBuffers) {
+  Problem pr = problem(4, 4, {300});
+  fp::BwdLayout l = fp::bwd_layout(pr, kH100Sms);
+  EXPECT_EQ(l.dkh, l.dqh);
+  EXPECT_EQ(l.total, l.dkh);
+  pr.l2norm = true;
+  l = fp::bwd_layout(pr, kH100Sms);
+  EXPECT_GE(l.total - l.dkh, static_cast<size_t>(300 * 4 * 128 * 2));
+}
+
+}  // namespace

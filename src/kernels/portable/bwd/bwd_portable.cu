@@ -73,13 +73,25 @@ flashgdn_status_t launch_bwd(const Problem& pr_in, const flashgdn_chunk_bwd_para
   bw.ab = ws + l.ab;
   bw.dstates = ws + l.dstates;
   bw.at = reinterpret_cast<const float*>(ws + l.at);
-  bw.dqh = ws + l.dqh;
-  bw.dkh = ws + l.dkh;
+  // Hqk = Hv without l2norm: dq̂, dk̂ are dq, dk (stage 3 writes them, stage 4 is skipped).
+  const bool direct = pr.group == 1 && !pr.l2norm;
+  if (direct) {
+    bw.dqh = p.dq.data;
+    bw.dkh = p.dk.data;
+    strides3(p.dq, bw.dqh_s);
+    strides3(p.dk, bw.dkh_s);
+  } else {
+    bw.dqh = ws + l.dqh;
+    bw.dkh = ws + l.dkh;
+    const int64_t ws_s[3] = {pr.T * pr.Hv * pr.K, pr.Hv * pr.K, pr.K};
+    for (int i = 0; i < 3; ++i) bw.dqh_s[i] = bw.dkh_s[i] = ws_s[i];
+  }
   bw.dg = static_cast<float*>(p.dg.data);
   strides3(p.dg, bw.dg_s);
   bw.dbeta = p.dbeta.data;
   strides3(p.dbeta, bw.dbeta_s);
   FLASHGDN_TRY(launch_bwd_stages123(pr, fp, ws, ws + l.h_states, bw, stream));
+  if (direct) return FLASHGDN_SUCCESS;
 
   QkGradArgs g{};
   g.dqh = bw.dqh;

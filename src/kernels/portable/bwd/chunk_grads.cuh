@@ -417,13 +417,12 @@ __global__ void __launch_bounds__(kGradThreads, 1) chunk_grads_kernel(FwdArgs a,
   cp_async_wait<0>();
   __syncthreads();
 
-  const int64_t trow = brow * a.T + t0;  // first token of the chunk in [B·T]
-  auto store_rows = [&](void* out, const float (&acc)[1][kNK][4]) {
+  auto store_rows = [&](void* out, const int64_t (&os)[3], const float (&acc)[1][kNK][4]) {
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
       const int i = ri0 + hf * 8;
       if (i >= L) continue;
-      T* dst = static_cast<T*>(out) + ((trow + i) * a.Hv + h) * int64_t(KD) + half * (KD / 2);
+      T* dst = static_cast<T*>(out) + brow * os[0] + (t0 + i) * os[1] + h * os[2] + half * (KD / 2);
 #pragma unroll
       for (int nt = 0; nt < kNK; ++nt)
         *reinterpret_cast<uint32_t*>(dst + nt * 8 + ((lane & 3) << 1)) =
@@ -471,7 +470,7 @@ __global__ void __launch_bounds__(kGradThreads, 1) chunk_grads_kernel(FwdArgs a,
     }
     scale_rows(acc, f[0], f[1]);
     warp_gemm<1, kNK, kChunk / 16, Major::kMK, BMajor::kKN>(acc, sm.r5.dps.p1, Sm::kLdA, m0, sm.k, Sm::kLdK, n0k, lane);
-    store_rows(bw.dqh, acc);
+    store_rows(bw.dqh, bw.dqh_s, acc);
   }
 
   // ---- G: dK̂ ----
@@ -513,7 +512,7 @@ __global__ void __launch_bounds__(kGradThreads, 1) chunk_grads_kernel(FwdArgs a,
     for (int nt = 0; nt < kNK; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[0][nt][e] += x[0][nt][e];
-    store_rows(bw.dkh, acc);
+    store_rows(bw.dkh, bw.dkh_s, acc);
   }
 
   // ---- H: dγ, dg (reverse cumsum), dβ ----

@@ -160,8 +160,10 @@ BwdLayout bwd_layout(const Problem& pr_in, int num_sms) {
   l.dstates = region(chunks * hv * kk * vv * 2);
   l.ab = region(chunks * hv * pm_image_elems() * 2);
   l.at = region(chunks * hv * kChunk * kChunk * sizeof(float));
-  l.dqh = region(static_cast<size_t>(pr.B * pr.T) * hv * kk * 2);
-  l.dkh = region(static_cast<size_t>(pr.B * pr.T) * hv * kk * 2);
+  // Hqk = Hv without l2norm: stage 3 writes dq, dk directly (no per-value-head buffers).
+  const size_t qk_bytes = pr.group == 1 && !pr.l2norm ? 0 : static_cast<size_t>(pr.B * pr.T) * hv * kk * 2;
+  l.dqh = region(qk_bytes);
+  l.dkh = region(qk_bytes);
   l.total = at;
   return l;
 }

@@ -42,7 +42,8 @@ Layout layout(const Problem& pr, int num_sms);
 // The backward's workspace (docs/design.md §4.2): the forward's (context parallelism off: the recompute is
 // sequential) followed by the recompute's and the stages' buffers, each 256-byte aligned. Per (chunk, value
 // head): h_states and dstates (K, V) in the input dtype, the Ab image (64, 72) in the input dtype, Ã = Γ o A
-// (64, 64) fp32; per token and value head: dq̂, dk̂ (K) in the input dtype.
+// (64, 64) fp32; per token and value head: dq̂, dk̂ (K) in the input dtype (none when Hqk = Hv without
+// l2norm: stage 3 then writes dq, dk themselves).
 struct BwdLayout {
   Layout fwd;
   size_t h_states, dstates, ab, at, dqh, dkh, total;
