@@ -24,7 +24,7 @@ def from_numpy(a, name: str) -> _lib.Tensor:
 _TORCH_CODES = None  # torch dtype -> flashgdn dtype, built on first use (torch is optional)
 
 
-def torch_dtype_code(dtype) -> int:
+def _torch_codes() -> dict:
     global _TORCH_CODES
     if _TORCH_CODES is None:
         import torch
@@ -32,7 +32,11 @@ def torch_dtype_code(dtype) -> int:
         _TORCH_CODES = {torch.float32: _lib.DTYPE_FLOAT32, torch.float16: _lib.DTYPE_FLOAT16,
                         torch.bfloat16: _lib.DTYPE_BFLOAT16, torch.float64: _lib.DTYPE_FLOAT64,
                         torch.int32: _lib.DTYPE_INT32, torch.int64: _lib.DTYPE_INT64, torch.bool: _lib.DTYPE_BOOL}
-    code = _TORCH_CODES.get(dtype)
+    return _TORCH_CODES
+
+
+def torch_dtype_code(dtype) -> int:
+    code = _torch_codes().get(dtype)
     if code is None:
         raise TypeError(f"flashgdn: unsupported torch dtype {dtype}")
     return code
@@ -47,6 +51,21 @@ def fill_from_torch(dst: _lib.Tensor, t, name: str) -> _lib.Tensor:
     except TypeError:
         raise TypeError(f"flashgdn: argument '{name}' has unsupported dtype {t.dtype}") from None
     return _lib.fill_tensor(dst, t.data_ptr(), code, t.shape, t.stride())
+
+
+def pack_torch(buf, offset: int, t, name: str) -> None:
+    """Describes torch tensor ``t`` (not None) into the params buffer ``buf`` at byte ``offset``."""
+    # NOTE: one struct.pack_into per tensor: a backward call describes 15 tensors, and ctypes field
+    # assignments cost several times more (the call's CPU time is latency before its first kernel).
+    shape = t.shape
+    n = len(shape)
+    if n == 0 or n > _lib.MAX_DIMS:
+        raise ValueError(f"flashgdn: argument '{name}' must have 1 to 4 dimensions, got {n}")
+    code = (_TORCH_CODES or _torch_codes()).get(t.dtype)
+    if code is None:
+        raise TypeError(f"flashgdn: argument '{name}' has unsupported dtype {t.dtype}")
+    pad = _lib.PAD[n]
+    _lib.TENSOR_PACK.pack_into(buf, offset, t.data_ptr(), code, n, *shape, *pad, *t.stride(), *pad)
 
 
 def from_torch(t, name: str) -> _lib.Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import struct
 from pathlib import Path
 
 ABI_VERSION = 1
@@ -156,6 +157,12 @@ def new_bwd_params() -> BwdParams:
     p = BwdParams()
     lib.flashgdn_chunk_bwd_params_init(ctypes.byref(p))
     return p
+
+
+# One tensor description as bytes: data, dtype, ndim, shape[4], stride[4] (80 bytes, as ``Tensor``).
+TENSOR_PACK = struct.Struct("=Qii4q4q")
+assert TENSOR_PACK.size == ctypes.sizeof(Tensor)
+PAD = tuple((0,) * (MAX_DIMS - n) for n in range(MAX_DIMS + 1))  # PAD[n]: the zeros after n dimensions
 
 
 def fill_tensor(t: Tensor, data_ptr: int, dtype: int, shape, strides) -> Tensor:

@@ -17,7 +17,7 @@ from typing import Optional, Tuple
 import torch
 
 from . import _lib
-from ._convert import fill_from_torch, from_torch
+from ._convert import from_torch, pack_torch
 
 
 def _check_env() -> bool:
@@ -37,13 +37,6 @@ def _state_dtype(q: torch.Tensor) -> torch.dtype:
     return torch.float64 if q.dtype == torch.float64 else torch.float32
 
 
-def _require_same_device(q: torch.Tensor, named) -> None:
-    """Every tensor must live where q lives: the CPU reference would otherwise read device memory."""
-    for name, t in named:
-        if t is not None and t.device != q.device:
-            raise ValueError(f"flashgdn: argument '{name}' is on {t.device}, expected {q.device} (the device of 'q')")
-
-
 def _launch_on_gpu(kind: str, p, device: torch.device) -> None:
     """Workspace from torch's caching allocator, launch on the current stream (no synchronisation)."""
     nbytes = ctypes.c_size_t(0)
@@ -56,15 +49,23 @@ def _launch_on_gpu(kind: str, p, device: torch.device) -> None:
 
 def _fill_params(p, q, named, scale, l2norm, v_first):
     """The fields forward and backward parameters share; every tensor checked to be on q's device first."""
-    _require_same_device(q, named)
+    buf = memoryview(p).cast("B")  # the struct's own bytes, written in place
+    offsets = _OFFSETS[type(p)]
+    dev = q.device
     for name, t in named:  # fresh params: absent tensors are already empty descriptions
         if t is not None:
-            fill_from_torch(getattr(p, name), t, name)
+            if t.device != dev:
+                raise ValueError(f"flashgdn: argument '{name}' is on {t.device}, expected {dev} (the device of 'q')")
+            pack_torch(buf, offsets[name], t, name)
     p.scale = float(scale)
     p.use_qk_l2norm = int(l2norm)
     p.state_v_first = int(v_first)
     p.check_inputs = int(_check_env())
     return p
+
+
+_OFFSETS = {cls: {name: getattr(cls, name).offset for name, ftype in cls._fields_ if ftype is _lib.Tensor}
+            for cls in (_lib.FwdParams, _lib.BwdParams)}
 
 
 def _launch_fwd(q, k, v, g, beta, o, scale, initial_state, final_state, cu_seqlens, state_indices,

@@ -12,7 +12,7 @@
 //   dvn = Pmᵀ dO + e^{γL-γ} o (K̂ dS'),  dP = dO vnᵀ,  dAb = dvn W§ᵀ,  dÃ = dAb diag(β)
 //   dQ̂  = scale e^γ o (dO Sᵀ) + (scale Γ o dP) K̂
 //   dK̂  = e^{γL-γ} o (vn dS'ᵀ) - e^γ o (dW Sᵀ) + (scale Γ o dP)ᵀ Q̂ + β o (G K̂) + Gᵀ (β o K̂)
-//   G   = Γ o dL̃,  dL̃ = StrictLower(-Ãᵀ dÃ Ãᵀ)   (fp32, CUDA cores)
+//   G   = Γ o dL̃,  dL̃ = StrictLower(-Ãᵀ dÃ Ãᵀ)   (tensor cores, bf16 operands, fp32 accumulation)
 //   dβ_j = Σ_i dAb_ij Ã_ij + k̂_j·(G K̂)_j
 //   dγ_i = -e^γ_i dW_i·(K̂S)_i + scale e^γ_i q̂_i·(dO Sᵀ)_i - e^{γL-γ_i} (K̂dS')_i·vn_i
 //          + Σ_j (dP o Pm)_ij - Σ_j (dP o Pm)_ji + β_i k̂_i·(G K̂)_i - k̂_i·(Gᵀ(β o K̂))_i
@@ -26,20 +26,24 @@
 // Phases (__syncthreads between them):
 //   A  cp.async in two groups: K, V, dW (zero past L), S_c, aux; then dS', dO, Ã, Pm; β by plain loads
 //   B  (first group only) KS = K S_c: W§ = V - e^γ rk o KS over V (in place); dγ row term;
-//      dW <- -e^γ dW (in place); then the second group, Ab = Ã diag(β) (T), <dS', S_c> partial sums
+//      dW <- -e^γ dW (in place); then the second group, Ab = Ã diag(β) (T) and Ã (bf16) images,
+//      <dS', S_c> partial sums
 //   C  vn = Ab W§ -> sVn; KdS = K dS' (dγ terms); dvn = e^{γL-γ} rk o KdS + Pmᵀ dO -> sDvn
-//   D  dP = dO vnᵀ, dAb = dvn W§ᵀ (registers; dγ row terms, column partials); barrier; dÃ (fp32) over sDvn,
-//      scale Γ o dP (two bf16/fp16 operand copies, columns scaled by rk / rows by rq) over the images,
-//      column partials over W§
-//   E  column partials reduced; Y = Ãᵀ dÃ (4 x 4 blocks per thread); barrier; Yᵀ over dÃ, Ãᵀ over Ã, Q
-//      load issued (over W§); barrier; R = Y Ãᵀ, G = -Γ o R (strictly lower); barrier; G diag(rk) and
-//      diag(β rk) G (operand copies) over Ã
+//   D  dP = dO vnᵀ, dAb = dvn W§ᵀ (registers; dγ row terms, column partials); barrier; dÃ (bf16 image)
+//      over dvn, scale Γ o dP (two bf16/fp16 operand copies, columns scaled by rk / rows by rq) over the
+//      images, column partials over W§
+//   E  column partials reduced; Y = Ãᵀ dÃ (mma, bf16 operands) -> bf16 image; barrier; Q load issued
+//      (over the partials); R = Y Ãᵀ (mma), G = -Γ o R (strictly lower) -> G diag(rk) and diag(β rk) G
+//      (operand copies) over the fp32 Ã
 //   F  dQ̂ = (dO S_cᵀ) [q̂-dot for dγ] x scale e^γ + (scale Γ o dP diag(rk)) K -> dqh
 //   G  dK̂ = (vn dS'ᵀ) x e^{γL-γ} + (-e^γ dW) S_cᵀ + (scale diag(rq) Γ o dP)ᵀ Q + G-terms [k̂-dots] -> dkh
 //   H  row halves combined, dγ -> reverse cumsum -> dg; dβ
-// Shared memory (K = V = 128): K, dO, dW, vn (64, 136) T; S_c, dS' (128, 136) T; four unions of ~18 KB
-// (V/W§/Q, dvn/dÃ/Yᵀ, Ã/Ãᵀ/G copies, Ab+Pm/dP copies); 64-float vectors: 213,536 bytes (one CTA per SM;
-// sm_90's 227 KB limit; K or V = 64 is smaller). No named barriers.
+// NOTE: phase E's operands are bf16 whatever T is (the range of Ã, dÃ and Y); its two 64 x 64 x 64
+// products on the tensor cores replaced fp32 4 x 4 outer products on the CUDA cores (~20% of the
+// kernel's instructions, with 8-way bank conflicts on the transposed stores).
+// Shared memory (K = V = 128): K, dO, dW, vn (64, 136) T; S_c, dS' (128, 136) T; Ã bf16 (64, 72); four
+// unions of ~18 KB (V/W§/Q, dvn/dÃ+Y, fp32 Ã/G copies, Ab+Pm/dP copies); 64-float vectors: 223,776 bytes
+// (one CTA per SM; sm_90's 227 KB limit; K or V = 64 is smaller). No named barriers.
 #pragma once
 
 #include "device/warp_mma.cuh"
@@ -53,6 +57,7 @@ inline constexpr int kGradThreads = 256;
 
 template <class T, int KD, int VD>
 struct ChunkGradSmem {
+  using Tb = __nv_bfloat16;  // phase E's operands (bf16 whatever T is: Ã, dÃ and Y need the exponent range)
   static constexpr int kLdK = KD + 8;  // NOTE: +16 bytes per row keeps ldmatrix conflict-free
   static constexpr int kLdV = VD + 8;
   static constexpr int kLdA = kChunk + 8;
@@ -70,10 +75,14 @@ struct ChunkGradSmem {
   } r1;
   union {
     T dvn[kChunk * kLdV];          // (64, V) (C-D)
-    float f[kChunk * kLdF];        // (64, 64) dÃ, then Yᵀ (D-E)
+    struct {
+      Tb da[kChunk * kLdA];        // (64, 64) dÃ (bf16 operand) (D-E)
+      Tb y[kChunk * kLdA];         // (64, 64) Y = Ãᵀ dÃ (bf16 operand) (E)
+    } e;
   } r2;
+  Tb atb[kChunk * kLdA];           // (64, 64) Ã (bf16 operand) (B-E)
   union {
-    float at[kChunk * kLdF];       // (64, 64) Ã, then Ãᵀ (A-E)
+    float at[kChunk * kLdF];       // (64, 64) Ã fp32 (A-D)
     struct {
       T g1[kChunk * kLdA];         // (64, 64) G diag(rk)
       T g2[kChunk * kLdA];         // (64, 64) diag(β rk) G
@@ -94,15 +103,6 @@ struct ChunkGradSmem {
   float rowg[2][kChunk], rowb[2][kChunk], colg[kChunk], colb[kChunk];
   float red[kGradThreads / 32];
 };
-
-// acc[r][s] += a[r] b[s] (a 4 x 4 outer product, fp32).
-__device__ __forceinline__ void outer4(float (&acc)[4][4], float4 a, float4 b) {
-  const float aa[4] = {a.x, a.y, a.z, a.w}, bb[4] = {b.x, b.y, b.z, b.w};
-#pragma unroll
-  for (int r = 0; r < 4; ++r)
-#pragma unroll
-    for (int s = 0; s < 4; ++s) acc[r][s] += aa[r] * bb[s];
-}
 
 template <class T>
 __device__ __forceinline__ void store_beta(const FwdArgs& a, void* p, int64_t off, float x) {
@@ -207,18 +207,17 @@ __global__ void __launch_bounds__(kGradThreads, 1) chunk_grads_kernel(FwdArgs a,
       const int i = ri0 + hf * 8;
       const float eg = __expf(fminf(gam[i], 0.f)), f = eg * rk[i];
 #pragma unroll
-      for (int nt = 0; nt < kNV; ++nt)
-#pragma unroll
-        for (int u = 0; u < 2; ++u) {
-          const int j = half * (VD / 2) + nt * 8 + ((lane & 3) << 1) + u;
-          const float x = ks[0][nt][2 * hf + u];
-          T& vv = sm.r1.v[i * Sm::kLdV + j];
-          vv = from_float<T>(to_float(vv) - f * x);
-          T& dw = sm.dw[i * Sm::kLdV + j];
-          const float dwf = to_float(dw);
-          dot[hf] += dwf * x;
-          dw = from_float<T>(-eg * dwf);
-        }
+      for (int nt = 0; nt < kNV; ++nt) {  // packed pairs (u = 0, 1)
+        const int j = half * (VD / 2) + nt * 8 + ((lane & 3) << 1);
+        const float x0 = ks[0][nt][2 * hf], x1 = ks[0][nt][2 * hf + 1];
+        uint32_t& vv = *reinterpret_cast<uint32_t*>(&sm.r1.v[i * Sm::kLdV + j]);
+        const float2 vf = unpack2<T>(vv);
+        vv = pack2<T>(vf.x - f * x0, vf.y - f * x1);
+        uint32_t& dw = *reinterpret_cast<uint32_t*>(&sm.dw[i * Sm::kLdV + j]);
+        const float2 dwf = unpack2<T>(dw);
+        dot[hf] += dwf.x * x0 + dwf.y * x1;
+        dw = pack2<T>(-eg * dwf.x, -eg * dwf.y);
+      }
       dot[hf] *= -f;
     }
     quad_sum(dot);
@@ -228,10 +227,12 @@ __global__ void __launch_bounds__(kGradThreads, 1) chunk_grads_kernel(FwdArgs a,
   cp_async_wait<0>();
   __syncthreads();
   // Ab = Ã diag(β) (the operand of vn = Ab W§), from the fp32 Ã rather than another 9 KB image load.
+  // Ã's bf16 image for phase E.
   for (int e = tid; e < kChunk * kChunk / 2; e += kGradThreads) {
     const int i = e >> 5, j = (e & 31) * 2;
-    *reinterpret_cast<uint32_t*>(&sm.r5.img.ab[i * Sm::kLdA + j]) =
-        pack2<T>(sm.r4.at[i * Sm::kLdF + j] * sm.beta[j], sm.r4.at[i * Sm::kLdF + j + 1] * sm.beta[j + 1]);
+    const float2 x = *reinterpret_cast<const float2*>(&sm.r4.at[i * Sm::kLdF + j]);
+    *reinterpret_cast<uint32_t*>(&sm.r5.img.ab[i * Sm::kLdA + j]) = pack2<T>(x.x * sm.beta[j], x.y * sm.beta[j + 1]);
+    *reinterpret_cast<uint32_t*>(&sm.atb[i * Sm::kLdA + j]) = pack2<typename Sm::Tb>(x.x, x.y);
   }
   __syncthreads();
   {
@@ -325,7 +326,7 @@ __global__ void __launch_bounds__(kGradThreads, 1) chunk_grads_kernel(FwdArgs a,
       for (int hf = 0; hf < 2; ++hf) {
         const int i = ri0 + hf * 8, j = n0 + nt * 8 + ((lane & 3) << 1);
         const float gi = gam[i];
-        float p1[2], p2[2];
+        float p1[2], p2[2], da[2];
 #pragma unroll
         for (int u = 0; u < 2; ++u) {
           const int jj = j + u;
@@ -333,8 +334,9 @@ __global__ void __launch_bounds__(kGradThreads, 1) chunk_grads_kernel(FwdArgs a,
           const float s = in ? a.scale * __expf(fminf(gi - gam[jj], 0.f)) * dp[0][nt][2 * hf + u] : 0.f;
           p1[u] = s * rk[jj];
           p2[u] = s * rq[i];
-          sm.r2.f[i * Sm::kLdF + jj] = in ? dab[0][nt][2 * hf + u] * sm.beta[jj] : 0.f;
+          da[u] = in ? dab[0][nt][2 * hf + u] * sm.beta[jj] : 0.f;
         }
+        *reinterpret_cast<uint32_t*>(&sm.r2.e.da[i * Sm::kLdA + j]) = pack2<typename Sm::Tb>(da[0], da[1]);
         *reinterpret_cast<uint32_t*>(&sm.r5.dps.p1[i * Sm::kLdA + j]) = pack2<T>(p1[0], p1[1]);
         *reinterpret_cast<uint32_t*>(&sm.r5.dps.p2[i * Sm::kLdA + j]) = pack2<T>(p2[0], p2[1]);
       }
@@ -351,83 +353,74 @@ __global__ void __launch_bounds__(kGradThreads, 1) chunk_grads_kernel(FwdArgs a,
   }
   __syncthreads();
 
-  // ---- E: dL̃ = -Ãᵀ dÃ Ãᵀ (strictly lower) in fp32; G = Γ o dL̃ ----
+  // ---- E: dL̃ = -Ãᵀ dÃ Ãᵀ (strictly lower); G = Γ o dL̃ (bf16 operands, fp32 accumulators) ----
   if (tid < kChunk) {
     sm.colg[tid] = sm.r1.part[0][0][tid] + sm.r1.part[0][1][tid] + sm.r1.part[0][2][tid] + sm.r1.part[0][3][tid];
   } else if (tid < 2 * kChunk) {
     const int j = tid - kChunk;
     sm.colb[j] = sm.r1.part[1][0][j] + sm.r1.part[1][1][j] + sm.r1.part[1][2][j] + sm.r1.part[1][3][j];
   }
-  const int i0 = (tid >> 4) * 4, j0 = (tid & 15) * 4;  // this thread's 4 x 4 block
   {
-    // Y_ij = Σ_m Ã_mi dÃ_mj over m >= max(i, j) (both lower triangular). Only j < i is ever used (R below
-    // needs Y_im for m <= j < i): strictly upper blocks stay zero.
-    float y[4][4] = {}, at[4][4];
-    for (int m = i0 > j0 ? i0 : j0; i0 + 3 > j0 && m < kChunk; ++m) {
-      outer4(y, *reinterpret_cast<const float4*>(&sm.r4.at[m * Sm::kLdF + i0]),
-             *reinterpret_cast<const float4*>(&sm.r2.f[m * Sm::kLdF + j0]));
-    }
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const float4 x = *reinterpret_cast<const float4*>(&sm.r4.at[(i0 + r) * Sm::kLdF + j0]);
-      at[r][0] = x.x; at[r][1] = x.y; at[r][2] = x.z; at[r][3] = x.w;
-    }
-    __syncthreads();  // every read of dÃ, Ã and the column partials is done
-    // Yᵀ over dÃ, Ãᵀ over Ã.
-#pragma unroll
-    for (int r = 0; r < 4; ++r)
-#pragma unroll
-      for (int s = 0; s < 4; ++s) {
-        sm.r2.f[(j0 + s) * Sm::kLdF + i0 + r] = y[r][s];
-        sm.r4.at[(j0 + s) * Sm::kLdF + i0 + r] = at[r][s];
-      }
+    // Y = Ãᵀ dÃ (64, 64); warp tile rows m0 .., columns 32 half .. . The full product: the zero upper
+    // triangles of Ã and dÃ make it the triangular sums exactly.
+    const int n0 = half * 32;
+    float y[1][4][4];
+    zero(y);
+    warp_gemm<1, 4, kChunk / 16, Major::kKM, BMajor::kKN>(y, sm.atb, Sm::kLdA, m0, sm.r2.e.da, Sm::kLdA, n0, lane);
+    store_acc(y, sm.r2.e.y + n0, Sm::kLdA, m0, lane);
   }
-  // Q for F and G, over the column partials (read above), its latency behind the rest of E.
+  __syncthreads();  // Y complete; the column partials are read
+  // Q for F and G, over the column partials, its latency behind the rest of E.
   load_rows(sm.r1.q, Sm::kLdK, qg, a.q_s[1], KD);
   cp_async_commit();
-  __syncthreads();
   {
-    // R_ij = Σ_m Y_im Ã_jm = Σ_m Yᵀ[m][i] Ãᵀ[m][j], m <= j; only i > j is needed.
-    float r4x4[4][4] = {};
-    if (i0 + 3 > j0) {
-      for (int m = 0; m <= j0 + 3; ++m) {
-        outer4(r4x4, *reinterpret_cast<const float4*>(&sm.r2.f[m * Sm::kLdF + i0]),
-               *reinterpret_cast<const float4*>(&sm.r4.at[m * Sm::kLdF + j0]));
-      }
-    }
-    __syncthreads();  // Ãᵀ is dead: the G copies may overwrite it
+    // R = Y Ãᵀ; G_ij = -e^{γi-γj} R_ij (j < i) -> G diag(rk), diag(β rk) G over the fp32 Ã (dead since D).
+    const int n0 = half * 32;
+    float r[1][4][4];
+    zero(r);
+    warp_gemm<1, 4, kChunk / 16, Major::kMK, BMajor::kNK>(r, sm.r2.e.y, Sm::kLdA, m0, sm.atb, Sm::kLdA, n0, lane);
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int i = i0 + r;
+    for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
-      for (int s = 0; s < 4; s += 2) {
+      for (int hf = 0; hf < 2; ++hf) {
+        const int i = ri0 + hf * 8, j = n0 + nt * 8 + ((lane & 3) << 1);
         float g1[2], g2[2];
 #pragma unroll
         for (int u = 0; u < 2; ++u) {
-          const int j = j0 + s + u;
-          const float gg = j < i ? -__expf(fminf(gam[i] - gam[j], 0.f)) * r4x4[r][s + u] : 0.f;
-          g1[u] = gg * rk[j];
+          const int jj = j + u;
+          const float gg = jj < i ? -__expf(fminf(gam[i] - gam[jj], 0.f)) * r[0][nt][2 * hf + u] : 0.f;
+          g1[u] = gg * rk[jj];
           g2[u] = gg * sm.beta[i] * rk[i];
         }
-        *reinterpret_cast<uint32_t*>(&sm.r4.gg.g1[i * Sm::kLdA + j0 + s]) = pack2<T>(g1[0], g1[1]);
-        *reinterpret_cast<uint32_t*>(&sm.r4.gg.g2[i * Sm::kLdA + j0 + s]) = pack2<T>(g2[0], g2[1]);
+        *reinterpret_cast<uint32_t*>(&sm.r4.gg.g1[i * Sm::kLdA + j]) = pack2<T>(g1[0], g1[1]);
+        *reinterpret_cast<uint32_t*>(&sm.r4.gg.g2[i * Sm::kLdA + j]) = pack2<T>(g2[0], g2[1]);
       }
-    }
   }
   cp_async_wait<0>();
   __syncthreads();
 
+  // NOTE: through a per-warp (16, K/2) staging tile over the dead dvn / dÃ union, so that rows leave in
+  // 16-byte vectors (the accumulator's own layout writes 4 bytes per lane: half-used sectors).
   auto store_rows = [&](void* out, const int64_t (&os)[3], const float (&acc)[1][kNK][4]) {
+    constexpr int kLdS = KD / 2 + 8;
+    static_assert(sizeof(sm.r2) >= sizeof(T) * 8 * 16 * kLdS, "staging tiles fit the dvn / dÃ union");
+    T* stg = reinterpret_cast<T*>(&sm.r2) + warp * 16 * kLdS;
 #pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const int i = ri0 + hf * 8;
-      if (i >= L) continue;
-      T* dst = static_cast<T*>(out) + brow * os[0] + (t0 + i) * os[1] + h * os[2] + half * (KD / 2);
+    for (int hf = 0; hf < 2; ++hf)
 #pragma unroll
       for (int nt = 0; nt < kNK; ++nt)
-        *reinterpret_cast<uint32_t*>(dst + nt * 8 + ((lane & 3) << 1)) =
+        *reinterpret_cast<uint32_t*>(&stg[((lane >> 2) + hf * 8) * kLdS + nt * 8 + ((lane & 3) << 1)]) =
             pack2<T>(acc[0][nt][2 * hf], acc[0][nt][2 * hf + 1]);
+    __syncwarp();
+    constexpr int kVecs = KD / 2 / kE;  // 16-byte vectors per row
+#pragma unroll
+    for (int e = lane; e < 16 * kVecs; e += 32) {
+      const int r = e / kVecs, cv = (e % kVecs) * kE, i = m0 + r;
+      if (i < L)
+        *reinterpret_cast<uint4*>(static_cast<T*>(out) + brow * os[0] + (t0 + i) * os[1] + h * os[2] + half * (KD / 2) +
+                                  cv) = *reinterpret_cast<const uint4*>(&stg[r * kLdS + cv]);
     }
+    __syncwarp();
   };
   // Per-thread dots of the accumulator's two rows with rows of a (64, K) tile, over this warp's half.
   auto row_dots = [&](const float (&acc)[1][kNK][4], const T* x, float (&dot)[2]) {
@@ -438,8 +431,8 @@ __global__ void __launch_bounds__(kGradThreads, 1) chunk_grads_kernel(FwdArgs a,
 #pragma unroll
       for (int nt = 0; nt < kNK; ++nt) {
         const int j = half * (KD / 2) + nt * 8 + ((lane & 3) << 1);
-        dot[hf] += acc[0][nt][2 * hf] * to_float(x[i * Sm::kLdK + j]) +
-                   acc[0][nt][2 * hf + 1] * to_float(x[i * Sm::kLdK + j + 1]);
+        const float2 xv = unpack2<T>(*reinterpret_cast<const uint32_t*>(&x[i * Sm::kLdK + j]));
+        dot[hf] += acc[0][nt][2 * hf] * xv.x + acc[0][nt][2 * hf + 1] * xv.y;
       }
     }
     quad_sum(dot);

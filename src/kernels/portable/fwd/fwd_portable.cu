@@ -218,11 +218,22 @@ flashgdn_status_t launch_dstate_bv(const FwdArgs& a, const BwdArgs& bw, int dev,
   return e == cudaSuccess ? FLASHGDN_SUCCESS : cuda_error("dstate kernel launch", e);
 }
 
+int dstate_override();  // FLASHGDN_BWD_DSTATE (below)
+
 template <class T, int KD, int VD>
 flashgdn_status_t launch_dstate(const FwdArgs& a, const BwdArgs& bw, int max_smem, int dev, cudaStream_t stream) {
   const int64_t rows = int64_t(a.N) * a.Hv, sms = current_num_sms();
   const bool two16 = static_cast<int>(sizeof(DStateSmem<T, KD, 16, 2>)) <= max_smem;
   const bool two32 = static_cast<int>(sizeof(DStateSmem<T, KD, 32, 2>)) <= max_smem;
+  if constexpr (VD >= 32) {
+    switch (dstate_override()) {
+      case 161: return launch_dstate_bv<T, KD, VD, 16, 1>(a, bw, dev, stream);
+      case 162: if (two16) return launch_dstate_bv<T, KD, VD, 16, 2>(a, bw, dev, stream); break;
+      case 321: return launch_dstate_bv<T, KD, VD, 32, 1>(a, bw, dev, stream);
+      case 322: if (two32) return launch_dstate_bv<T, KD, VD, 32, 2>(a, bw, dev, stream); break;
+      default: break;
+    }
+  }
   if (VD >= 32 && rows * (VD / 16) <= sms && two16) return launch_dstate_bv<T, KD, VD, 16, 2>(a, bw, dev, stream);
   if (rows * (VD / 32) <= sms && two32) return launch_dstate_bv<T, KD, VD, 32, 2>(a, bw, dev, stream);
   return launch_dstate_bv<T, KD, VD, 32, 1>(a, bw, dev, stream);
@@ -378,6 +389,13 @@ int env_choice(const char* name, std::initializer_list<int> allowed, int fallbac
     if (v == a) return v;
   if (!warned.exchange(true)) std::fprintf(stderr, "flashgdn: ignoring %s=%s\n", name, e);
   return fallback;
+}
+
+// FLASHGDN_BWD_DSTATE=161|162|321|322 pins stage 2's V slice and stages (BV x 10 + STAGES; a tuning and
+// benchmarking aid read at each call, documented in docs/design.md).
+int dstate_override() {
+  static std::atomic<bool> warned{false};
+  return env_choice("FLASHGDN_BWD_DSTATE", {161, 162, 321, 322}, 0, warned);
 }
 
 // FLASHGDN_PORTABLE_BV=16|32|64 pins the recurrence's V slice (a tuning and benchmarking aid, read at each
