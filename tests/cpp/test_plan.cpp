@@ -184,7 +184,7 @@ TEST(Plan, BackwardWorkspaceRegions) {
   EXPECT_EQ(l.fwd.total, fp::layout(off, kH100Sms).total);
   const size_t chunks = static_cast<size_t>(pr.max_chunks()), hv = 6, kv = 128 * 128, tokens = 329;
   const size_t want[6] = {chunks * hv * kv * 2, chunks * hv * kv * 2, chunks * hv * 64 * 72 * 2,
-                          chunks * hv * 64 * 64 * 4, tokens * hv * 128 * 2, tokens * hv * 128 * 2};
+                          chunks * hv * 64 * 72 * 2, tokens * hv * 128 * 2, tokens * hv * 128 * 2};
   const size_t at[7] = {l.h_states, l.dstates, l.ab, l.at, l.dqh, l.dkh, l.total};
   EXPECT_GE(l.h_states, l.fwd.total);
   for (int i = 0; i < 6; ++i) {

@@ -72,7 +72,7 @@ flashgdn_status_t launch_bwd(const Problem& pr_in, const flashgdn_chunk_bwd_para
   bw.dh0_row_stride = pr.has_h0 ? p.d_initial_state.stride[0] : 0;
   bw.ab = ws + l.ab;
   bw.dstates = ws + l.dstates;
-  bw.at = reinterpret_cast<const float*>(ws + l.at);
+  bw.at = ws + l.at;
   // Hqk = Hv without l2norm: dq̂, dk̂ are dq, dk (stage 3 writes them, stage 4 is skipped).
   const bool direct = pr.group == 1 && !pr.l2norm;
   if (direct) {

@@ -3,7 +3,7 @@
 //
 // Inputs per chunk c and value head h (K̂ = diag(rk) K, Q̂ = diag(rq) Q, L valid rows, zero past L):
 //   K, Q (q/k head), V, dO, dW = dv (stage 2's output), S_c (the state at the chunk's start, stage 1),
-//   dS' (the gradient of the state after the chunk, stage 2), Ã = Γ o A (fp32, 64 x 64, prepare on the
+//   dS' (the gradient of the state after the chunk, stage 2), Ã = Γ o A (a bf16 (64, 72) image, prepare on the
 //   recompute), the Pm = scale Γ o tril(Q̂K̂ᵀ) image, aux (γ, rq, rk), β.
 // The chunk's forward, in the form differentiated here (γ enters Ã through L̃):
 //   L̃ = StrictLower(diag(β) Γ o K̂K̂ᵀ),  Ã = (I + L̃)⁻¹,  Ab = Ã diag(β),  W§ = V - e^γ o (K̂ S)
@@ -26,7 +26,7 @@
 // Phases (__syncthreads between them):
 //   A  cp.async in two groups: K, V, dW (zero past L), S_c, aux; then dS', dO, Ã, Pm; β by plain loads
 //   B  (first group only) KS = K S_c: W§ = V - e^γ rk o KS over V (in place); dγ row term;
-//      dW <- -e^γ dW (in place); then the second group, Ab = Ã diag(β) (T) and Ã (bf16) images,
+//      dW <- -e^γ dW (in place); then the second group, Ab = Ã diag(β) (T) from Ã's image,
 //      <dS', S_c> partial sums
 //   C  vn = Ab W§ -> sVn; KdS = K dS' (dγ terms); dvn = e^{γL-γ} rk o KdS + Pmᵀ dO -> sDvn
 //   D  dP = dO vnᵀ, dAb = dvn W§ᵀ (registers; dγ row terms, column partials); barrier; dÃ (bf16 image)
@@ -34,15 +34,15 @@
 //      images, column partials over W§
 //   E  column partials reduced; Y = Ãᵀ dÃ (mma, bf16 operands) -> bf16 image; barrier; Q load issued
 //      (over the partials); R = Y Ãᵀ (mma), G = -Γ o R (strictly lower) -> G diag(rk) and diag(β rk) G
-//      (operand copies) over the fp32 Ã
+//      (operand copies)
 //   F  dQ̂ = (dO S_cᵀ) [q̂-dot for dγ] x scale e^γ + (scale Γ o dP diag(rk)) K -> dqh
 //   G  dK̂ = (vn dS'ᵀ) x e^{γL-γ} + (-e^γ dW) S_cᵀ + (scale diag(rq) Γ o dP)ᵀ Q + G-terms [k̂-dots] -> dkh
 //   H  row halves combined, dγ -> reverse cumsum -> dg; dβ
 // NOTE: phase E's operands are bf16 whatever T is (the range of Ã, dÃ and Y); its two 64 x 64 x 64
 // products on the tensor cores replaced fp32 4 x 4 outer products on the CUDA cores (~20% of the
 // kernel's instructions, with 8-way bank conflicts on the transposed stores).
-// Shared memory (K = V = 128): K, dO, dW, vn (64, 136) T; S_c, dS' (128, 136) T; Ã bf16 (64, 72); four
-// unions of ~18 KB (V/W§/Q, dvn/dÃ+Y, fp32 Ã/G copies, Ab+Pm/dP copies); 64-float vectors: 223,776 bytes
+// Shared memory (K = V = 128): K, dO, dW, vn (64, 136) T; S_c, dS' (128, 136) T; Ã bf16 (64, 72); the G
+// copies; three unions of ~18 KB (V/W§/Q, dvn/dÃ+Y, Ab+Pm/dP copies); 64-float vectors: 223,776 bytes
 // (one CTA per SM; sm_90's 227 KB limit; K or V = 64 is smaller). No named barriers.
 #pragma once
 
@@ -61,7 +61,6 @@ struct ChunkGradSmem {
   static constexpr int kLdK = KD + 8;  // NOTE: +16 bytes per row keeps ldmatrix conflict-free
   static constexpr int kLdV = VD + 8;
   static constexpr int kLdA = kChunk + 8;
-  static constexpr int kLdF = 68;      // fp32 (64, 64) tiles
   T k[kChunk * kLdK];   // (64, K)
   T sc[KD * kLdV];      // (K, V) S_c
   T ds[KD * kLdV];      // (K, V) dS'
@@ -80,14 +79,11 @@ struct ChunkGradSmem {
       Tb y[kChunk * kLdA];         // (64, 64) Y = Ãᵀ dÃ (bf16 operand) (E)
     } e;
   } r2;
-  Tb atb[kChunk * kLdA];           // (64, 64) Ã (bf16 operand) (B-E)
-  union {
-    float at[kChunk * kLdF];       // (64, 64) Ã fp32 (A-D)
-    struct {
-      T g1[kChunk * kLdA];         // (64, 64) G diag(rk)
-      T g2[kChunk * kLdA];         // (64, 64) diag(β rk) G
-    } gg;                          // (E-G)
-  } r4;
+  Tb atb[kChunk * kLdA];           // (64, 64) Ã, bf16 image from prepare (A-E)
+  struct {
+    T g1[kChunk * kLdA];           // (64, 64) G diag(rk)
+    T g2[kChunk * kLdA];           // (64, 64) diag(β rk) G
+  } gg;                            // (E-G)
   union {
     struct {
       T ab[kChunk * kLdA];         // (64, 64) Ab image
@@ -163,12 +159,9 @@ __global__ void __launch_bounds__(kGradThreads, 1) chunk_grads_kernel(FwdArgs a,
       cp_async_16(&sm.ds[r * Sm::kLdV + cv], dsg + r * VD + cv, true);
     }
     load_rows(sm.d_o, Sm::kLdV, static_cast<const T*>(bw.d_o) + brow * bw.do_s[0] + h * bw.do_s[2], bw.do_s[1], VD);
-    const float* atg = bw.at + ch * kChunk * kChunk;
-    for (int e = tid; e < kChunk * kChunk / 4; e += kGradThreads) {
-      const int r = e >> 4, cv = (e & 15) * 4;
-      cp_async_16(&sm.r4.at[r * Sm::kLdF + cv], atg + r * kChunk + cv, true);
-    }
     constexpr int kImg = int(sizeof(T)) * kChunk * Sm::kLdA;
+    static_assert(sizeof(T) == sizeof(typename Sm::Tb), "Ã's image has the Pm image's size");
+    load_linear(sm.atb, static_cast<const typename Sm::Tb*>(bw.at) + ch * pm_image_elems(), kImg);
     load_linear(sm.r5.img.pm, static_cast<const T*>(a.Pm) + ch * pm_image_elems(), kImg);
     cp_async_commit();
     if (warp == 0) {
@@ -226,13 +219,11 @@ __global__ void __launch_bounds__(kGradThreads, 1) chunk_grads_kernel(FwdArgs a,
   }
   cp_async_wait<0>();
   __syncthreads();
-  // Ab = Ã diag(β) (the operand of vn = Ab W§), from the fp32 Ã rather than another 9 KB image load.
-  // Ã's bf16 image for phase E.
+  // Ab = Ã diag(β) (the operand of vn = Ab W§), from Ã's image rather than another 9 KB image load.
   for (int e = tid; e < kChunk * kChunk / 2; e += kGradThreads) {
     const int i = e >> 5, j = (e & 31) * 2;
-    const float2 x = *reinterpret_cast<const float2*>(&sm.r4.at[i * Sm::kLdF + j]);
+    const float2 x = unpack2<typename Sm::Tb>(*reinterpret_cast<const uint32_t*>(&sm.atb[i * Sm::kLdA + j]));
     *reinterpret_cast<uint32_t*>(&sm.r5.img.ab[i * Sm::kLdA + j]) = pack2<T>(x.x * sm.beta[j], x.y * sm.beta[j + 1]);
-    *reinterpret_cast<uint32_t*>(&sm.atb[i * Sm::kLdA + j]) = pack2<typename Sm::Tb>(x.x, x.y);
   }
   __syncthreads();
   {
@@ -304,7 +295,7 @@ __global__ void __launch_bounds__(kGradThreads, 1) chunk_grads_kernel(FwdArgs a,
           const float mp = dp[0][nt][2 * hf + u] * to_float(sm.r5.img.pm[i * Sm::kLdA + j]);
           row[hf] += mp;
           colg[nt][u] += mp;
-          colb[nt][u] += j <= i ? dab[0][nt][2 * hf + u] * sm.r4.at[i * Sm::kLdF + j] : 0.f;
+          colb[nt][u] += j <= i ? dab[0][nt][2 * hf + u] * to_float(sm.atb[i * Sm::kLdA + j]) : 0.f;
         }
       }
     quad_sum(row);
@@ -374,7 +365,7 @@ __global__ void __launch_bounds__(kGradThreads, 1) chunk_grads_kernel(FwdArgs a,
   load_rows(sm.r1.q, Sm::kLdK, qg, a.q_s[1], KD);
   cp_async_commit();
   {
-    // R = Y Ãᵀ; G_ij = -e^{γi-γj} R_ij (j < i) -> G diag(rk), diag(β rk) G over the fp32 Ã (dead since D).
+    // R = Y Ãᵀ; G_ij = -e^{γi-γj} R_ij (j < i) -> G diag(rk), diag(β rk) G.
     const int n0 = half * 32;
     float r[1][4][4];
     zero(r);
@@ -392,8 +383,8 @@ __global__ void __launch_bounds__(kGradThreads, 1) chunk_grads_kernel(FwdArgs a,
           g1[u] = gg * rk[jj];
           g2[u] = gg * sm.beta[i] * rk[i];
         }
-        *reinterpret_cast<uint32_t*>(&sm.r4.gg.g1[i * Sm::kLdA + j]) = pack2<T>(g1[0], g1[1]);
-        *reinterpret_cast<uint32_t*>(&sm.r4.gg.g2[i * Sm::kLdA + j]) = pack2<T>(g2[0], g2[1]);
+        *reinterpret_cast<uint32_t*>(&sm.gg.g1[i * Sm::kLdA + j]) = pack2<T>(g1[0], g1[1]);
+        *reinterpret_cast<uint32_t*>(&sm.gg.g2[i * Sm::kLdA + j]) = pack2<T>(g2[0], g2[1]);
       }
   }
   cp_async_wait<0>();
@@ -478,7 +469,7 @@ __global__ void __launch_bounds__(kGradThreads, 1) chunk_grads_kernel(FwdArgs a,
     float x[1][kNK][4], dot[2];
     // β o (G K̂): X1 = G diag(rk) K; dβ_i += rk_i k_i·X1_i, dγ_i += β_i rk_i k_i·X1_i
     zero(x);
-    warp_gemm<1, kNK, kChunk / 16, Major::kMK, BMajor::kKN>(x, sm.r4.gg.g1, Sm::kLdA, m0, sm.k, Sm::kLdK, n0k, lane);
+    warp_gemm<1, kNK, kChunk / 16, Major::kMK, BMajor::kKN>(x, sm.gg.g1, Sm::kLdA, m0, sm.k, Sm::kLdK, n0k, lane);
     row_dots(x, sm.k, dot);
     float bi[2];
 #pragma unroll
@@ -497,7 +488,7 @@ __global__ void __launch_bounds__(kGradThreads, 1) chunk_grads_kernel(FwdArgs a,
     }
     // Gᵀ (β o K̂) = (diag(β rk) G)ᵀ K; dγ_i -= rk_i k_i·X2_i
     zero(x);
-    warp_gemm<1, kNK, kChunk / 16, Major::kKM, BMajor::kKN>(x, sm.r4.gg.g2, Sm::kLdA, m0, sm.k, Sm::kLdK, n0k, lane);
+    warp_gemm<1, kNK, kChunk / 16, Major::kKM, BMajor::kKN>(x, sm.gg.g2, Sm::kLdA, m0, sm.k, Sm::kLdK, n0k, lane);
     row_dots(x, sm.k, dot);
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) rg[hf] -= rk[ri0 + hf * 8] * dot[hf];

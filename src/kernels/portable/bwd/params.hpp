@@ -17,7 +17,7 @@ struct BwdArgs {
   const void* ab;      // [chunks, Hv] (64, 72) images of (Gamma o A) diag(beta), input dtype (prepare)
   void* dstates;       // [chunks, Hv, K, V] input dtype: dS' per chunk (for stage 3)
   // Stage 3 (chunk_grads.cuh); dqh null: stages 1-2 only.
-  const float* at;     // [chunks, Hv] (64, 64) fp32: Γ o A (prepare on the recompute, FwdArgs::At)
+  const void* at;      // [chunks, Hv] (64, 72) bf16 images of Γ o A (prepare on the recompute, FwdArgs::At)
   void* dqh;           // dq̂ per value head, input dtype, element (b, t, h, :) at b s[0] + t s[1] + h s[2]:
   void* dkh;           // the [B·T, Hv, K] workspace (stage 4's input), or dq / dk themselves when
   int64_t dqh_s[3], dkh_s[3];  // Hqk = Hv without l2norm (stage 4 then has nothing to do)

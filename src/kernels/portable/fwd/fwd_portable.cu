@@ -561,7 +561,7 @@ flashgdn_status_t launch_impl(const Problem& pr_in, const flashgdn_chunk_fwd_par
 
   a.h_states = h_states;
   a.Ab = ab;
-  a.At = bw != nullptr && bw->dqh != nullptr ? const_cast<float*>(bw->at) : nullptr;
+  a.At = bw != nullptr && bw->dqh != nullptr ? const_cast<void*>(bw->at) : nullptr;
   const bool sm90_path = !l.cp.on && h_states == nullptr && sm90fwd::applies(pr, p, info.cc_major, max_smem);
   const int bv = l.cp.on || sm90_path
                      ? kCpBv

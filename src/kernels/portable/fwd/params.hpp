@@ -95,7 +95,8 @@ struct FwdArgs {
   // images of (Gamma o A) diag(beta) (written by prepare when non-null).
   void* h_states;
   void* Ab;
-  float* At;  // [chunks, Hv] (64, 64) fp32 Γ o A (zero above the diagonal and in rows past L); null: not written
+  void* At;   // [chunks, Hv] (64, 72) bf16 images of Γ o A (zero above the diagonal, in rows past L and in the
+              // pads); null: not written
 };
 
 // The last n with offsets[n] <= x (offsets non-decreasing, offsets[0] = 0 <= x).

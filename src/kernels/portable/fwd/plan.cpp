@@ -159,7 +159,7 @@ BwdLayout bwd_layout(const Problem& pr_in, int num_sms) {
   l.h_states = region(chunks * hv * kk * vv * 2);
   l.dstates = region(chunks * hv * kk * vv * 2);
   l.ab = region(chunks * hv * pm_image_elems() * 2);
-  l.at = region(chunks * hv * kChunk * kChunk * sizeof(float));
+  l.at = region(chunks * hv * pm_image_elems() * 2);  // bf16 whatever the input dtype
   // Hqk = Hv without l2norm: stage 3 writes dq, dk directly (no per-value-head buffers).
   const size_t qk_bytes = pr.group == 1 && !pr.l2norm ? 0 : static_cast<size_t>(pr.B * pr.T) * hv * kk * 2;
   l.dqh = region(qk_bytes);

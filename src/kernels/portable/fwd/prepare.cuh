@@ -7,7 +7,7 @@
 // (W, U and Pm as padded images of the recurrence's shared-memory tiles, params.hpp)
 //   W[c, h]   = (Gamma o A) diag(beta) diag(e^gamma) K̂  T, 64 x K   (A = T⁻¹, T = I + StrictLower(diag(beta) K̂ K̂ᵀ))
 //   U[c, h]   = (Gamma o A) diag(beta) V          T, 64 x V
-// and, on the backward's recompute, the Ab = (Gamma o A) diag(beta) image and Gamma o A in fp32 (FwdArgs).
+// and, on the backward's recompute, the Ab = (Gamma o A) diag(beta) image and a bf16 image of Gamma o A (FwdArgs).
 // with Gamma_ij = exp(gamma_i - gamma_j) for i >= j (exponent <= 0; the exp(gamma_i) on W is <= 1 too),
 // zero above the diagonal and in rows/columns past the chunk's length L. Q̂ = diag(rq) Q, K̂ = diag(rk) K.
 // The q/k head's Q Kᵀ and K Kᵀ are recomputed by each of its value heads (two 64 x 64 x K products on
@@ -239,11 +239,17 @@ __global__ void __launch_bounds__(128, LATE_V ? 4 : 3) prepare_kernel(FwdArgs a)
     *reinterpret_cast<uint32_t*>(&sm.a.prod.ab[i * S::kLdA + j]) = pack2<T>(ab[0], ab[1]);
     *reinterpret_cast<uint32_t*>(&sm.a.prod.aw[i * S::kLdA + j]) = pack2<T>(aw[0], aw[1]);
   }
-  if (a.At != nullptr) {  // the backward's recompute: Γ o A in fp32 (stage 3 differentiates through it)
-    float* dst = a.At + ch * kChunk * kChunk;
-    for (int e = tid; e < kChunk * kChunk; e += 128) {
-      const int i = e >> 6, j = e & 63;
-      dst[e] = j <= i && i < L ? sm.xv.x[i * S::kLdF + j] * __expf(fminf(sm.gam[i] - sm.gam[j], 0.f)) : 0.f;
+  if (a.At != nullptr) {  // the backward's recompute: Γ o A as a bf16 image (stage 3 differentiates through it)
+    __nv_bfloat16* dst = static_cast<__nv_bfloat16*>(a.At) + ch * pm_image_elems();
+    for (int e = tid; e < kChunk * (kChunk + 8) / 2; e += 128) {  // pairs, pads included
+      const int i = e / ((kChunk + 8) / 2), j = (e % ((kChunk + 8) / 2)) * 2;
+      float x[2];
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int jj = j + u;
+        x[u] = jj <= i && i < L ? sm.xv.x[i * S::kLdF + jj] * __expf(fminf(sm.gam[i] - sm.gam[jj], 0.f)) : 0.f;
+      }
+      *reinterpret_cast<uint32_t*>(&dst[i * (kChunk + 8) + j]) = pack2<__nv_bfloat16>(x[0], x[1]);
     }
   }
   __syncthreads();
