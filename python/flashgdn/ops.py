@@ -145,12 +145,7 @@ def _launch_bwd(q, k, v, g, beta, scale, initial_state, cu_seqlens, do, dht, dq,
     _launch_on_gpu("bwd", p, q.device)
 
 
-@torch.library.custom_op("flashgdn::chunk_bwd", mutates_args=())
-def chunk_bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
-                 scale: float, initial_state: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],
-                 do: torch.Tensor, dht: Optional[torch.Tensor], l2norm: bool,
-                 v_first: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                         torch.Tensor]:
+def _chunk_bwd_impl(q, k, v, g, beta, scale, initial_state, cu_seqlens, do, dht, l2norm, v_first):
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dg = torch.empty_like(g)  # fp32 on the GPU (g is fp32 there); the CPU reference also takes fp64
     dbeta = torch.empty_like(beta)
@@ -163,6 +158,15 @@ def chunk_bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Ten
                 None if dht is None else dht.to(_state_dtype(q)).contiguous(), dq, dk, dv, dg, dbeta,
                 dh0 if initial_state is not None else None, l2norm, v_first)
     return dq, dk, dv, dg, dbeta, dh0
+
+
+@torch.library.custom_op("flashgdn::chunk_bwd", mutates_args=())
+def chunk_bwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+                 scale: float, initial_state: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],
+                 do: torch.Tensor, dht: Optional[torch.Tensor], l2norm: bool,
+                 v_first: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                         torch.Tensor]:
+    return _chunk_bwd_impl(q, k, v, g, beta, scale, initial_state, cu_seqlens, do, dht, l2norm, v_first)
 
 
 @chunk_bwd_op.register_fake
@@ -194,8 +198,13 @@ def _fwd_backward(ctx, do, dht):
         do = torch.zeros(v.shape, dtype=q.dtype, device=q.device)
     if not ctx.output_final_state or dht is None or dht.numel() == 0:
         dht = None
-    dq, dk, dv, dg, dbeta, dh0 = chunk_bwd_op(q, k, v, g, beta, ctx.scale, initial_state, cu_seqlens, do, dht,
-                                              ctx.l2norm, ctx.v_first)
+    # NOTE: an eager backward on plain tensors calls the implementation directly: the custom op's dispatch
+    # costs tens of µs of CPU that precede the first kernel. Traced (torch.compile, fake or functional
+    # tensor subclasses), the op itself goes into the graph.
+    eager = type(q) is torch.Tensor and not torch.compiler.is_compiling()
+    bwd = _chunk_bwd_impl if eager else chunk_bwd_op
+    dq, dk, dv, dg, dbeta, dh0 = bwd(q, k, v, g, beta, ctx.scale, initial_state, cu_seqlens, do, dht, ctx.l2norm,
+                                     ctx.v_first)
     if initial_state is None:
         dh0 = None
     else:
