@@ -35,24 +35,6 @@ def _torch_codes() -> dict:
     return _TORCH_CODES
 
 
-def torch_dtype_code(dtype) -> int:
-    code = _torch_codes().get(dtype)
-    if code is None:
-        raise TypeError(f"flashgdn: unsupported torch dtype {dtype}")
-    return code
-
-
-def fill_from_torch(dst: _lib.Tensor, t, name: str) -> _lib.Tensor:
-    """Describes torch tensor ``t`` into ``dst`` in place (``t`` not None)."""
-    if t.dim() == 0 or t.dim() > _lib.MAX_DIMS:
-        raise ValueError(f"flashgdn: argument '{name}' must have 1 to 4 dimensions, got {t.dim()}")
-    try:
-        code = torch_dtype_code(t.dtype)
-    except TypeError:
-        raise TypeError(f"flashgdn: argument '{name}' has unsupported dtype {t.dtype}") from None
-    return _lib.fill_tensor(dst, t.data_ptr(), code, t.shape, t.stride())
-
-
 def pack_torch(buf, offset: int, t, name: str) -> None:
     """Describes torch tensor ``t`` (not None) into the params buffer ``buf`` at byte ``offset``."""
     # NOTE: one struct.pack_into per tensor: a backward call describes 15 tensors, and ctypes field
@@ -61,7 +43,7 @@ def pack_torch(buf, offset: int, t, name: str) -> None:
     n = len(shape)
     if n == 0 or n > _lib.MAX_DIMS:
         raise ValueError(f"flashgdn: argument '{name}' must have 1 to 4 dimensions, got {n}")
-    code = (_TORCH_CODES or _torch_codes()).get(t.dtype)
+    code = _torch_codes().get(t.dtype)
     if code is None:
         raise TypeError(f"flashgdn: argument '{name}' has unsupported dtype {t.dtype}")
     pad = _lib.PAD[n]
@@ -71,4 +53,6 @@ def pack_torch(buf, offset: int, t, name: str) -> None:
 def from_torch(t, name: str) -> _lib.Tensor:
     if t is None:
         return _lib.Tensor()
-    return fill_from_torch(_lib.Tensor(), t, name)
+    dst = _lib.Tensor()
+    pack_torch(memoryview(dst).cast("B"), 0, t, name)
+    return dst
