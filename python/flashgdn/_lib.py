@@ -165,18 +165,8 @@ assert TENSOR_PACK.size == ctypes.sizeof(Tensor)
 PAD = tuple((0,) * (MAX_DIMS - n) for n in range(MAX_DIMS + 1))  # PAD[n]: the zeros after n dimensions
 
 
-def fill_tensor(t: Tensor, data_ptr: int, dtype: int, shape, strides) -> Tensor:
-    """Writes a description into ``t`` in place (e.g. a field of a params struct); returns ``t``."""
-    # NOTE: slice assignment, in place: ~3x cheaper than building a Tensor and copying it into the params
-    # (a backward call describes 15 tensors).
-    t.data = data_ptr or None
-    t.dtype = dtype
-    n = len(shape)
-    t.ndim = n
-    t.shape[:n] = shape  # tuples of Python ints (torch.Size, numpy shapes, lists)
-    t.stride[:n] = strides
-    return t
-
-
 def make_tensor(data_ptr: int, dtype: int, shape, strides) -> Tensor:
-    return fill_tensor(Tensor(), data_ptr, dtype, shape, strides)
+    t = Tensor()
+    n = len(shape)
+    TENSOR_PACK.pack_into(memoryview(t).cast("B"), 0, data_ptr or 0, dtype, n, *shape, *PAD[n], *strides, *PAD[n])
+    return t
