@@ -17,12 +17,12 @@
 // 128 threads = 4 warps, no warp specialisation. Per chunk, __syncthreads between phases:
 //   0  wait for chunk c's loads (cp.async; zero-filled past L)
 //   1  S -> sS (operand copy) and to h_states;                                     barrier
-//      (STAGES > 1: chunk c + STAGES - 1's loads issued into chunk c - 1's stage)
+//      (STAGES = 2: chunk c + 1's loads issued into the other stage)
 //   2  warp w, rows 16 w ..: acc = W sS; vn = U - acc; Vd -> sVd;                  barrier
 //   3  warp w, state rows w K/4 ..: S = e^{gamma_L} S + Kᵀ sVd
 //      (STAGES = 1: barrier, then chunk c + 1's loads)
 // Shared memory (K = 128): STAGES x (K, W (64, 136) T, U (64, BV + 8) T, aux 768 B); sS (128, BV + 8) T;
-// sVd (64, BV + 8) T: one stage ~47 KB at BV = 16, ~55 KB at BV = 32; two ~85 / ~95 KB; three ~122 / ~134 KB.
+// sVd (64, BV + 8) T: one stage ~49 KB at BV = 16, ~56 KB at BV = 32; two stages ~88 / ~98 KB.
 // (No named barriers.)
 #pragma once
 
@@ -69,7 +69,7 @@ template <class T, int KD, int BV, int STAGES>
 __global__ void __launch_bounds__(kStatesThreads) states_kernel(FwdArgs a) {
   using namespace device;
   using Sm = StatesSmem<T, KD, BV, STAGES>;
-  static_assert(STAGES >= 1 && STAGES <= 3, "one to three stages");
+  static_assert(STAGES == 1 || STAGES == 2, "one or two stages");
   constexpr int kNT = BV / 8;   // n-tiles of a (., BV) accumulator
   constexpr int kSM = KD / 64;  // m-tiles of S per warp (K/4 rows)
   // NOTE: stage 2 (the next grid, programmatic launch) may start now: it does not depend on this grid.
@@ -126,38 +126,21 @@ __global__ void __launch_bounds__(kStatesThreads) states_kernel(FwdArgs a) {
     image(g.aux, a.aux + ch * 3 * kChunk, int(sizeof(float)) * 3 * kChunk);
     cp_async_commit();
   };
-  // STAGES >= 2: chunks 0 .. STAGES - 2 in flight before the loop, one cp.async group each (empty past the
-  // end: the wait count stays uniform).
-  if constexpr (STAGES == 1) {
-    if (nchunks > 0) load_chunk(0, 0);
-  } else {
-    for (int j = 0; j < STAGES - 1; ++j) {
-      if (j < nchunks) load_chunk(j, j);
-      else cp_async_commit();
-    }
-  }
+  if (nchunks > 0) load_chunk(0, 0);
 
   for (int64_t c = 0; c < nchunks; ++c) {
-    const int buf = static_cast<int>(c % STAGES);
+    const int buf = STAGES == 2 ? static_cast<int>(c & 1) : 0;
     const typename Sm::Stage& g = sm.st[buf];
     const int64_t ch = (c_base + c) * a.Hv + h;
-    if constexpr (STAGES == 1) {
-      if (c > 0) load_chunk(c, 0);  // the first chunk's loads went out before the loop
-      cp_async_wait<0>();
-    } else {
-      cp_async_wait<STAGES - 2>();  // chunk c has landed (the STAGES - 2 groups after it may be in flight)
-    }
+    if (STAGES == 1 && c > 0) load_chunk(c, 0);  // the first chunk's loads went out before the loop
+    cp_async_wait<0>();
     // ---- 1: S_c -> sS and h_states ----
     store_acc(S, sm.s, Sm::kLdV, srow0, lane);
     store_acc(S, static_cast<T*>(a.h_states) + ch * int64_t(KD) * a.V + v0, a.V, srow0, lane);
     __syncthreads();
-    // NOTE: chunk c + STAGES - 1 goes into the stage chunk c - 1 used, free since the barrier above (its last
-    // reader, phase 3 of chunk c - 1, is behind it); the loads overlap the next STAGES - 1 chunks' work.
-    if constexpr (STAGES > 1) {
-      const int64_t cn = c + STAGES - 1;
-      if (cn < nchunks) load_chunk(cn, static_cast<int>(cn % STAGES));
-      else cp_async_commit();
-    }
+    // NOTE: the next chunk's loads go into the other stage, free since the barrier above (its last reader,
+    // phase 3 of chunk c - 1, is behind it); they overlap phases 2 and 3.
+    if (STAGES == 2 && c + 1 < nchunks) load_chunk(c + 1, buf ^ 1);
     const float* gam = g.aux;
     const float* rk = g.aux + 2 * kChunk;
     const float gl = gam[kChunk - 1];  // = gamma[L - 1] (prepare pads gamma)

@@ -45,17 +45,11 @@ struct DeviceInfo {
 flashgdn_status_t device_info(int dev, DeviceInfo* out);
 
 // cudaFuncSetAttribute(MaxDynamicSharedMemorySize) once per kernel and device (bit `dev` of `done`).
-// `max_carveout`: also prefer the largest shared-memory carveout. NOTE: kernels meant to co-run on an SM
-// (the backward's states pass and stage 2) need it: an SM configured for a small CTA's carveout cannot take
-// the other kernel's large CTA until it drains.
 template <class Kernel>
-cudaError_t raise_smem_limit_once(Kernel kernel, int smem, int dev, std::atomic<uint64_t>& done,
-                                  bool max_carveout = false) {
+cudaError_t raise_smem_limit_once(Kernel kernel, int smem, int dev, std::atomic<uint64_t>& done) {
   const uint64_t bit = dev < 64 ? (uint64_t(1) << dev) : 0;
   if (bit && (done.load(std::memory_order_acquire) & bit)) return cudaSuccess;
-  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  if (e == cudaSuccess && max_carveout)
-    e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
+  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e == cudaSuccess && bit) done.fetch_or(bit, std::memory_order_acq_rel);
   return e;
 }
@@ -232,7 +226,7 @@ flashgdn_status_t launch_recurrence(const FwdArgs& a, int64_t ctas, int max_smem
 // fit one wave (one per SM), else it takes one stage (83 KB: two CTAs per SM hide each other's loads). The
 // states pass co-runs beside it (programmatic launch): two stages if they fit in the SM's shared memory
 // next to stage 2's CTA(s), else one. FLASHGDN_BWD_DSTATE pins stage 2's slice and stages (the states pass
-// follows the slice); FLASHGDN_BWD_STATES=1|2|3 pins the states pass's stages, =0 runs the forward's
+// follows the slice); FLASHGDN_BWD_STATES=1|2 pins the states pass's stages, =0 runs the forward's
 // recurrence kernel (CP = 2, slice from choose_bv) serially before stage 2 instead (A/B).
 struct ChainPlan {
   int bv = 32, dstate_stages = 1, states_stages = 1;
@@ -269,29 +263,17 @@ ChainPlan chain_plan(const FwdArgs& a, const DeviceInfo& info, int recurrence_bv
     p.bv = recurrence_bv;  // the recurrence's U image
     return p;
   }
-  auto states_smem = [&](int stages) -> size_t {
-    switch (p.bv * 10 + stages) {
-      case 161: return sizeof(StatesSmem<T, KD, 16, 1>);
-      case 162: return sizeof(StatesSmem<T, KD, 16, 2>);
-      case 163: return sizeof(StatesSmem<T, KD, 16, 3>);
-      case 321: return sizeof(StatesSmem<T, KD, 32, 1>);
-      case 322: return sizeof(StatesSmem<T, KD, 32, 2>);
-      default: return sizeof(StatesSmem<T, KD, 32, 3>);
-    }
+  auto states_smem = [&](int stages) {
+    return p.bv == 16 ? (stages == 2 ? sizeof(StatesSmem<T, KD, 16, 2>) : sizeof(StatesSmem<T, KD, 16, 1>))
+                      : (stages == 2 ? sizeof(StatesSmem<T, KD, 32, 2>) : sizeof(StatesSmem<T, KD, 32, 1>));
   };
   const size_t dsm = p.bv == 16 ? (p.dstate_stages == 2 ? sizeof(DStateSmem<T, KD, 16, 2>) : sizeof(DStateSmem<T, KD, 16, 1>))
                                 : (p.dstate_stages == 2 ? sizeof(DStateSmem<T, KD, 32, 2>) : sizeof(DStateSmem<T, KD, 32, 1>));
-  // The deepest states pipeline that fits beside stage 2's CTA(s) (NOTE: the driver reserves 1 KB of shared
-  // memory per CTA).
-  const int64_t beside = int64_t(info.sm_smem) - int64_t(dsm + 1024) * (p.dstate_stages == 2 ? 1 : 2);
-  p.states_stages = 1;
-  for (int st = 3; st >= 2; --st)
-    if (int64_t(states_smem(st) + 1024) <= beside) {
-      p.states_stages = st;
-      break;
-    }
-  if (so >= 1) p.states_stages = so;
-  while (p.states_stages > 1 && static_cast<int>(states_smem(p.states_stages)) > max_smem) --p.states_stages;
+  // NOTE: the driver reserves 1 KB of shared memory per CTA.
+  const size_t beside = static_cast<size_t>(info.sm_smem) - (dsm + 1024) * (p.dstate_stages == 2 ? 1 : 2);
+  if (so == 1 || so == 2) p.states_stages = so;
+  else p.states_stages = states_smem(2) + 1024 <= beside ? 2 : 1;
+  if (static_cast<int>(states_smem(p.states_stages)) > max_smem) p.states_stages = 1;
   return p;
 }
 
@@ -300,7 +282,7 @@ flashgdn_status_t launch_dstate_bv(const FwdArgs& a, const BwdArgs& bw, int dev,
   auto kernel = dstate_kernel<T, KD, BV, STAGES>;
   const int smem = static_cast<int>(sizeof(DStateSmem<T, KD, BV, STAGES>));
   static std::atomic<uint64_t> done{0};
-  cudaError_t e = raise_smem_limit_once(kernel, smem, dev, done, true);
+  cudaError_t e = raise_smem_limit_once(kernel, smem, dev, done);
   if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(dstate)", e);
   const int64_t ctas = int64_t(a.N) * a.Hv * (VD / BV);
   if (ctas > 0x7fffffff) return fail(FLASHGDN_ERROR_UNSUPPORTED, "flashgdn backward: too many CTAs");
@@ -325,7 +307,7 @@ flashgdn_status_t launch_states_bv(const FwdArgs& a, int dev, bool pdl, cudaStre
   auto kernel = states_kernel<T, KD, BV, STAGES>;
   const int smem = static_cast<int>(sizeof(StatesSmem<T, KD, BV, STAGES>));
   static std::atomic<uint64_t> done{0};
-  cudaError_t e = raise_smem_limit_once(kernel, smem, dev, done, true);
+  cudaError_t e = raise_smem_limit_once(kernel, smem, dev, done);
   if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(states)", e);
   const int64_t ctas = int64_t(a.N) * a.Hv * (VD / BV);
   if (ctas > 0x7fffffff) return fail(FLASHGDN_ERROR_UNSUPPORTED, "flashgdn backward: too many CTAs");
@@ -337,17 +319,11 @@ template <class T, int KD, int VD>
 flashgdn_status_t launch_states(const FwdArgs& a, const ChainPlan& p, int dev, bool pdl, cudaStream_t stream) {
   if constexpr (VD >= 32) {
     if (p.bv == 16)
-      switch (p.states_stages) {
-        case 1: return launch_states_bv<T, KD, VD, 16, 1>(a, dev, pdl, stream);
-        case 2: return launch_states_bv<T, KD, VD, 16, 2>(a, dev, pdl, stream);
-        default: return launch_states_bv<T, KD, VD, 16, 3>(a, dev, pdl, stream);
-      }
+      return p.states_stages == 2 ? launch_states_bv<T, KD, VD, 16, 2>(a, dev, pdl, stream)
+                                  : launch_states_bv<T, KD, VD, 16, 1>(a, dev, pdl, stream);
   }
-  switch (p.states_stages) {
-    case 1: return launch_states_bv<T, KD, VD, 32, 1>(a, dev, pdl, stream);
-    case 2: return launch_states_bv<T, KD, VD, 32, 2>(a, dev, pdl, stream);
-    default: return launch_states_bv<T, KD, VD, 32, 3>(a, dev, pdl, stream);
-  }
+  return p.states_stages == 2 ? launch_states_bv<T, KD, VD, 32, 2>(a, dev, pdl, stream)
+                              : launch_states_bv<T, KD, VD, 32, 1>(a, dev, pdl, stream);
 }
 
 // The backward's stage 3 (chunk_grads.cuh): one CTA per (chunk, value head).
@@ -527,11 +503,11 @@ int dstate_override() {
   return env_choice("FLASHGDN_BWD_DSTATE", {161, 162, 321, 322}, 0, warned);
 }
 
-// FLASHGDN_BWD_STATES=1|2|3 pins the backward's states pass's stages, =0 takes the forward's recurrence kernel
+// FLASHGDN_BWD_STATES=1|2 pins the backward's states pass's stages, =0 takes the forward's recurrence kernel
 // for it (serial, A/B; chain_plan above). Read at each call.
 int states_override() {
   static std::atomic<bool> warned{false};
-  return env_choice("FLASHGDN_BWD_STATES", {0, 1, 2, 3}, -1, warned);
+  return env_choice("FLASHGDN_BWD_STATES", {0, 1, 2}, -1, warned);
 }
 
 // FLASHGDN_PORTABLE_BV=16|32|64 pins the recurrence's V slice (a tuning and benchmarking aid, read at each
