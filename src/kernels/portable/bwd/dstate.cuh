@@ -24,7 +24,6 @@
 
 #include "device/warp_mma.cuh"
 #include "kernels/portable/bwd/params.hpp"
-#include "kernels/portable/bwd/states.cuh"  // PrepareGate
 #include "kernels/portable/fwd/params.hpp"
 #include "kernels/portable/fwd/scheduler.cuh"
 
@@ -64,7 +63,7 @@ __global__ void __launch_bounds__(kDStateThreads) dstate_kernel(FwdArgs a, BwdAr
   const int tiles = a.V / BV;
   const int h = static_cast<int>(blockIdx.x % a.Hv);
   const int slice = static_cast<int>((blockIdx.x / a.Hv) % tiles);
-  const int64_t n = a.seq_order[blockIdx.x / (static_cast<int64_t>(tiles) * a.Hv)];
+  const int64_t n = blockIdx.x / (static_cast<int64_t>(tiles) * a.Hv);
   const int v0 = slice * BV, hk = h / a.group;
   const Seq s = seq_range(a, n);
   const int64_t nchunks = (s.eos - s.bos + kChunk - 1) / kChunk;
@@ -74,7 +73,6 @@ __global__ void __launch_bounds__(kDStateThreads) dstate_kernel(FwdArgs a, BwdAr
   const T* kg = static_cast<const T*>(a.k) + s.b * a.k_s[0] + hk * a.k_s[2];
   const T* dog = static_cast<const T*>(bw.d_o) + s.b * bw.do_s[0] + h * bw.do_s[2] + v0;
   T* dvg = static_cast<T*>(bw.dv) + s.b * bw.dv_s[0] + h * bw.dv_s[2] + v0;
-  PrepareGate gate(a);
   float dS[kSM][kNT][4];
   // f(x, offset) for every dS element this thread holds, with its offset in dht / dh0 ([N, Hv, K, V] or
   // [.., V, K], fp32, rows `srow_stride` apart).
@@ -96,7 +94,6 @@ __global__ void __launch_bounds__(kDStateThreads) dstate_kernel(FwdArgs a, BwdAr
     const int64_t t0 = s.bos + c * kChunk;
     const int L = static_cast<int>(s.eos - t0 < kChunk ? s.eos - t0 : kChunk);
     const int64_t ch = (c_base + c) * a.Hv + h;
-    gate.acquire(ch);
     constexpr int kE = 16 / sizeof(T);
     for (int e = tid; e < kChunk * (KD / kE); e += kDStateThreads) {
       const int r = e / (KD / kE), cv = (e % (KD / kE)) * kE;
@@ -203,9 +200,6 @@ __global__ void __launch_bounds__(kDStateThreads) dstate_kernel(FwdArgs a, BwdAr
   }
   // The initial state's gradient (fp32), when the forward had one.
   if (bw.dh0 != nullptr) for_each_ds(bw.dh0_row_stride, [&](float& x, int64_t off) { bw.dh0[off] = x; });
-  // Launched after the states pass (programmatic launch, co-running with it): this grid's completion must
-  // imply the states pass's (and so prepare's): stage 3 is stream-ordered after this grid only.
-  grid_dependency_wait();
 }
 
 }  // namespace flashgdn::portable

@@ -18,7 +18,6 @@
 #include "api/tensor_map.hpp"
 #include "kernels/portable/bwd/chunk_grads.cuh"
 #include "kernels/portable/bwd/dstate.cuh"
-#include "kernels/portable/bwd/states.cuh"
 #include "kernels/portable/fwd/cp_scan.cuh"
 #include "kernels/portable/fwd/fwd_portable.hpp"
 #include "kernels/portable/fwd/plan.hpp"
@@ -38,7 +37,6 @@ int cluster_override();
 // Per-device attributes, read once (the launch path stays free of repeated driver queries).
 struct DeviceInfo {
   int num_sms = 0, max_smem = 0, cc_major = 0;
-  int sm_smem = 0;  // shared memory per SM (all resident CTAs together)
   bool tma_recurrence = false;  // the recurrence's sm_90a (TMA) instantiations run on this device
 };
 
@@ -52,25 +50,6 @@ cudaError_t raise_smem_limit_once(Kernel kernel, int smem, int dev, std::atomic<
   const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e == cudaSuccess && bit) done.fetch_or(bit, std::memory_order_acq_rel);
   return e;
-}
-
-// Launches kernel<<<ctas, threads, smem, stream>>>(args...), with programmatic stream serialization when
-// `pdl` (the kernel may start before the previous grid in the stream ends: see its griddepcontrol use).
-template <class... Params, class... Args>
-cudaError_t launch_pdl(void (*kernel)(Params...), int64_t ctas, int threads, int smem, bool pdl, cudaStream_t stream,
-                       const Args&... args) {
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(static_cast<unsigned>(ctas));
-  cfg.blockDim = dim3(static_cast<unsigned>(threads));
-  cfg.dynamicSmemBytes = static_cast<size_t>(smem);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 1 : 0;
-  const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, args...);
-  return e == cudaSuccess ? cudaGetLastError() : e;
 }
 
 flashgdn_status_t cuda_error(const char* what, cudaError_t e) {
@@ -220,65 +199,13 @@ flashgdn_status_t launch_recurrence(const FwdArgs& a, int64_t ctas, int max_smem
                    : launch_recurrence_path<T, KD, BV, CP, false>(a, ctas, max_smem, dev, pdl, stream);
 }
 
-// The backward's two sequential chains after prepare: the states pass (states.cuh) and stage 2 (dstate.cuh),
-// independent of each other. Both take V slices of `bv` (prepare writes U's image for it): 16 when the
-// (sequence, head, slice) CTAs of 16 fit one wave, else 32. Stage 2 double-buffers its loads when its CTAs
-// fit one wave (one per SM), else it takes one stage (83 KB: two CTAs per SM hide each other's loads). The
-// states pass co-runs beside it (programmatic launch): two stages if they fit in the SM's shared memory
-// next to stage 2's CTA(s), else one. FLASHGDN_BWD_DSTATE pins stage 2's slice and stages (the states pass
-// follows the slice); FLASHGDN_BWD_STATES=1|2 pins the states pass's stages, =0 runs the forward's
-// recurrence kernel (CP = 2, slice from choose_bv) serially before stage 2 instead (A/B).
-struct ChainPlan {
-  int bv = 32, dstate_stages = 1, states_stages = 1;
-  bool legacy = false;  // FLASHGDN_BWD_STATES=0
-};
-
-int dstate_override();  // FLASHGDN_BWD_DSTATE (below)
-int states_override();  // FLASHGDN_BWD_STATES (below)
-
-template <class T, int KD, int VD>
-ChainPlan chain_plan(const FwdArgs& a, const DeviceInfo& info, int recurrence_bv) {
-  ChainPlan p;
-  const int64_t rows = int64_t(a.N) * a.Hv, sms = info.num_sms;
-  const int max_smem = info.max_smem;
-  const bool two16 = static_cast<int>(sizeof(DStateSmem<T, KD, 16, 2>)) <= max_smem;
-  const bool two32 = static_cast<int>(sizeof(DStateSmem<T, KD, 32, 2>)) <= max_smem;
-  const int so = states_override();
-  p.legacy = so == 0;
-  int d = 0;
-  if constexpr (VD >= 32) {
-    switch (dstate_override()) {
-      case 161: d = 161; break;
-      case 162: d = two16 ? 162 : 0; break;
-      case 321: d = 321; break;
-      case 322: d = two32 ? 322 : 0; break;
-      default: break;
-    }
-    if (d == 0 && rows * (VD / 16) <= sms && two16) d = 162;
-  }
-  if (d == 0) d = rows * (VD / 32) <= sms && two32 ? 322 : 321;
-  p.bv = d / 10;
-  p.dstate_stages = d % 10;
-  if (p.legacy) {
-    p.bv = recurrence_bv;  // the recurrence's U image
-    return p;
-  }
-  auto states_smem = [&](int stages) {
-    return p.bv == 16 ? (stages == 2 ? sizeof(StatesSmem<T, KD, 16, 2>) : sizeof(StatesSmem<T, KD, 16, 1>))
-                      : (stages == 2 ? sizeof(StatesSmem<T, KD, 32, 2>) : sizeof(StatesSmem<T, KD, 32, 1>));
-  };
-  const size_t dsm = p.bv == 16 ? (p.dstate_stages == 2 ? sizeof(DStateSmem<T, KD, 16, 2>) : sizeof(DStateSmem<T, KD, 16, 1>))
-                                : (p.dstate_stages == 2 ? sizeof(DStateSmem<T, KD, 32, 2>) : sizeof(DStateSmem<T, KD, 32, 1>));
-  // NOTE: the driver reserves 1 KB of shared memory per CTA.
-  const size_t beside = static_cast<size_t>(info.sm_smem) - (dsm + 1024) * (p.dstate_stages == 2 ? 1 : 2);
-  if (so == 1 || so == 2) p.states_stages = so;
-  else p.states_stages = states_smem(2) + 1024 <= beside ? 2 : 1;
-  if (static_cast<int>(states_smem(p.states_stages)) > max_smem) p.states_stages = 1;
-  return p;
-}
-
+// sm90_pr / sm90_p non-null: the experimental sm_90a recurrence replaces the portable one (bv = 64).
+// The backward's stage 2 (dstate.cuh) after the recompute. Each CTA is a sequential chain over its
+// sequence's chunks, so: V slices of 16 with double-buffered loads when those CTAs fit one wave (one per
+// SM); else slices of 32, double-buffered if they fit one wave, else single-buffered (83 KB: two CTAs per
+// SM hide each other's loads).
 template <class T, int KD, int VD, int BV, int STAGES>
-flashgdn_status_t launch_dstate_bv(const FwdArgs& a, const BwdArgs& bw, int dev, bool pdl, cudaStream_t stream) {
+flashgdn_status_t launch_dstate_bv(const FwdArgs& a, const BwdArgs& bw, int dev, cudaStream_t stream) {
   auto kernel = dstate_kernel<T, KD, BV, STAGES>;
   const int smem = static_cast<int>(sizeof(DStateSmem<T, KD, BV, STAGES>));
   static std::atomic<uint64_t> done{0};
@@ -286,44 +213,30 @@ flashgdn_status_t launch_dstate_bv(const FwdArgs& a, const BwdArgs& bw, int dev,
   if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(dstate)", e);
   const int64_t ctas = int64_t(a.N) * a.Hv * (VD / BV);
   if (ctas > 0x7fffffff) return fail(FLASHGDN_ERROR_UNSUPPORTED, "flashgdn backward: too many CTAs");
-  e = launch_pdl(kernel, ctas, kDStateThreads, smem, pdl, stream, a, bw);
+  kernel<<<static_cast<unsigned>(ctas), kDStateThreads, smem, stream>>>(a, bw);
+  e = cudaGetLastError();
   return e == cudaSuccess ? FLASHGDN_SUCCESS : cuda_error("dstate kernel launch", e);
 }
 
-template <class T, int KD, int VD>
-flashgdn_status_t launch_dstate(const FwdArgs& a, const BwdArgs& bw, const ChainPlan& p, int dev, bool pdl,
-                                cudaStream_t stream) {
-  if constexpr (VD >= 32) {
-    if (p.bv == 16)
-      return p.dstate_stages == 2 ? launch_dstate_bv<T, KD, VD, 16, 2>(a, bw, dev, pdl, stream)
-                                  : launch_dstate_bv<T, KD, VD, 16, 1>(a, bw, dev, pdl, stream);
-  }
-  return p.dstate_stages == 2 ? launch_dstate_bv<T, KD, VD, 32, 2>(a, bw, dev, pdl, stream)
-                              : launch_dstate_bv<T, KD, VD, 32, 1>(a, bw, dev, pdl, stream);
-}
-
-template <class T, int KD, int VD, int BV, int STAGES>
-flashgdn_status_t launch_states_bv(const FwdArgs& a, int dev, bool pdl, cudaStream_t stream) {
-  auto kernel = states_kernel<T, KD, BV, STAGES>;
-  const int smem = static_cast<int>(sizeof(StatesSmem<T, KD, BV, STAGES>));
-  static std::atomic<uint64_t> done{0};
-  cudaError_t e = raise_smem_limit_once(kernel, smem, dev, done);
-  if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(states)", e);
-  const int64_t ctas = int64_t(a.N) * a.Hv * (VD / BV);
-  if (ctas > 0x7fffffff) return fail(FLASHGDN_ERROR_UNSUPPORTED, "flashgdn backward: too many CTAs");
-  e = launch_pdl(kernel, ctas, kStatesThreads, smem, pdl, stream, a);
-  return e == cudaSuccess ? FLASHGDN_SUCCESS : cuda_error("states kernel launch", e);
-}
+int dstate_override();  // FLASHGDN_BWD_DSTATE (below)
 
 template <class T, int KD, int VD>
-flashgdn_status_t launch_states(const FwdArgs& a, const ChainPlan& p, int dev, bool pdl, cudaStream_t stream) {
+flashgdn_status_t launch_dstate(const FwdArgs& a, const BwdArgs& bw, int max_smem, int dev, cudaStream_t stream) {
+  const int64_t rows = int64_t(a.N) * a.Hv, sms = current_num_sms();
+  const bool two16 = static_cast<int>(sizeof(DStateSmem<T, KD, 16, 2>)) <= max_smem;
+  const bool two32 = static_cast<int>(sizeof(DStateSmem<T, KD, 32, 2>)) <= max_smem;
   if constexpr (VD >= 32) {
-    if (p.bv == 16)
-      return p.states_stages == 2 ? launch_states_bv<T, KD, VD, 16, 2>(a, dev, pdl, stream)
-                                  : launch_states_bv<T, KD, VD, 16, 1>(a, dev, pdl, stream);
+    switch (dstate_override()) {
+      case 161: return launch_dstate_bv<T, KD, VD, 16, 1>(a, bw, dev, stream);
+      case 162: if (two16) return launch_dstate_bv<T, KD, VD, 16, 2>(a, bw, dev, stream); break;
+      case 321: return launch_dstate_bv<T, KD, VD, 32, 1>(a, bw, dev, stream);
+      case 322: if (two32) return launch_dstate_bv<T, KD, VD, 32, 2>(a, bw, dev, stream); break;
+      default: break;
+    }
   }
-  return p.states_stages == 2 ? launch_states_bv<T, KD, VD, 32, 2>(a, dev, pdl, stream)
-                              : launch_states_bv<T, KD, VD, 32, 1>(a, dev, pdl, stream);
+  if (VD >= 32 && rows * (VD / 16) <= sms && two16) return launch_dstate_bv<T, KD, VD, 16, 2>(a, bw, dev, stream);
+  if (rows * (VD / 32) <= sms && two32) return launch_dstate_bv<T, KD, VD, 32, 2>(a, bw, dev, stream);
+  return launch_dstate_bv<T, KD, VD, 32, 1>(a, bw, dev, stream);
 }
 
 // The backward's stage 3 (chunk_grads.cuh): one CTA per (chunk, value head).
@@ -346,19 +259,10 @@ flashgdn_status_t launch_chunk_grads(const FwdArgs& a, const BwdArgs& bw, int ma
   return e == cudaSuccess ? FLASHGDN_SUCCESS : cuda_error("chunk grads kernel launch", e);
 }
 
-// sm90_pr / sm90_p non-null: the experimental sm_90a recurrence replaces the portable one (bv = 64).
-// a.cp_pass = 2: the backward's recompute (prepare, the states pass) and, with bw, its stages 2 and 3.
 template <class T, int KD, int VD>
 flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, bool pdl, cudaStream_t stream,
                              const Problem* sm90_pr = nullptr, const flashgdn_chunk_fwd_params_t* sm90_p = nullptr,
                              const BwdArgs* bw = nullptr) {
-  ChainPlan chain;
-  if (a.cp_pass == 2) {
-    DeviceInfo info;
-    FLASHGDN_TRY(device_info(dev, &info));
-    chain = chain_plan<T, KD, VD>(a, info, bv);
-    bv = chain.bv;
-  }
   // Shrink BV if the device cannot hold the recurrence's tile (before stage 1: U's image depends on it).
   if (bv == 64 && static_cast<int>(recurrence_smem_bytes<T, KD, 64, 2, true>()) > max_smem) bv = 32;
   if (bv == 32 && static_cast<int>(recurrence_smem_bytes<T, KD, 32, 2, true>()) > max_smem) bv = 16;
@@ -405,18 +309,10 @@ flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, bool pdl,
     }
   };
   if (a.cp_pass == 0) return recurrence(a, a.N, a.V);
-  if (a.cp_pass == 2) {  // the backward's recompute, then (when asked) its stages 2 and 3
-    if (chain.legacy) {
-      FLASHGDN_TRY(recurrence(a, a.N, a.V));
-      if (bw == nullptr) return FLASHGDN_SUCCESS;
-      FLASHGDN_TRY((launch_dstate<T, KD, VD>(a, *bw, chain, dev, false, stream)));
-    } else {
-      // Both chains start during prepare's last wave and co-run (each acquires prepare's images per chunk);
-      // stage 2 waits for the states pass before it exits, so stage 3 (stream order) sees both.
-      FLASHGDN_TRY((launch_states<T, KD, VD>(a, chain, dev, pdl, stream)));
-      if (bw == nullptr) return FLASHGDN_SUCCESS;
-      FLASHGDN_TRY((launch_dstate<T, KD, VD>(a, *bw, chain, dev, pdl, stream)));
-    }
+  if (a.cp_pass == 2) {  // the backward's recompute, then (when asked) its stage 2
+    FLASHGDN_TRY(recurrence(a, a.N, a.V));
+    if (bw == nullptr) return FLASHGDN_SUCCESS;
+    FLASHGDN_TRY((launch_dstate<T, KD, VD>(a, *bw, max_smem, dev, stream)));
     return bw->dqh != nullptr ? launch_chunk_grads<T, KD, VD>(a, *bw, max_smem, dev, stream) : FLASHGDN_SUCCESS;
   }
   // Context parallelism: transition pass over the augmented columns [V | K], the scan, the final pass.
@@ -457,7 +353,6 @@ flashgdn_status_t device_info(int dev, DeviceInfo* out) {
   cudaError_t e = cudaDeviceGetAttribute(&info.num_sms, cudaDevAttrMultiProcessorCount, dev);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&info.max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&info.cc_major, cudaDevAttrComputeCapabilityMajor, dev);
-  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&info.sm_smem, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev);
   if (e != cudaSuccess) return cuda_error("cudaDeviceGetAttribute", e);
   if (info.cc_major == 9) {
     // The fatbin has sm_90a code when FLASHGDN_PORTABLE_ARCHS lists 90a; the binary the driver picks for
@@ -501,13 +396,6 @@ int env_choice(const char* name, std::initializer_list<int> allowed, int fallbac
 int dstate_override() {
   static std::atomic<bool> warned{false};
   return env_choice("FLASHGDN_BWD_DSTATE", {161, 162, 321, 322}, 0, warned);
-}
-
-// FLASHGDN_BWD_STATES=1|2 pins the backward's states pass's stages, =0 takes the forward's recurrence kernel
-// for it (serial, A/B; chain_plan above). Read at each call.
-int states_override() {
-  static std::atomic<bool> warned{false};
-  return env_choice("FLASHGDN_BWD_STATES", {0, 1, 2}, -1, warned);
 }
 
 // FLASHGDN_PORTABLE_BV=16|32|64 pins the recurrence's V slice (a tuning and benchmarking aid, read at each
