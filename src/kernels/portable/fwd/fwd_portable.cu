@@ -204,18 +204,31 @@ flashgdn_status_t launch_recurrence(const FwdArgs& a, int64_t ctas, int max_smem
 // sequence's chunks, so: V slices of 16 with double-buffered loads when those CTAs fit one wave (one per
 // SM); else slices of 32, double-buffered if they fit one wave, else single-buffered (83 KB: two CTAs per
 // SM hide each other's loads).
-template <class T, int KD, int VD, int BV, int STAGES>
-flashgdn_status_t launch_dstate_bv(const FwdArgs& a, const BwdArgs& bw, int dev, cudaStream_t stream) {
-  auto kernel = dstate_kernel<T, KD, BV, STAGES>;
-  const int smem = static_cast<int>(sizeof(DStateSmem<T, KD, BV, STAGES>));
+template <class T, int KD, int VD, int BV, int STAGES, bool TMA>
+flashgdn_status_t launch_dstate_tma(const FwdArgs& a, const BwdArgs& bw, int dev, cudaStream_t stream) {
+  auto kernel = dstate_kernel<T, KD, BV, STAGES, TMA>;
+  const int smem = static_cast<int>(dstate_smem_bytes<T, KD, BV, STAGES, TMA>());
+  RecMaps maps{};
+  if constexpr (TMA) {
+    FLASHGDN_TRY(map_qk<T>(&maps.q, a.q, a.q_s, a, 1, "q"));
+    FLASHGDN_TRY(map_qk<T>(&maps.k, a.k, a.k_s, a, 1, "k"));
+  }
   static std::atomic<uint64_t> done{0};
   cudaError_t e = raise_smem_limit_once(kernel, smem, dev, done);
   if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(dstate)", e);
   const int64_t ctas = int64_t(a.N) * a.Hv * (VD / BV);
   if (ctas > 0x7fffffff) return fail(FLASHGDN_ERROR_UNSUPPORTED, "flashgdn backward: too many CTAs");
-  kernel<<<static_cast<unsigned>(ctas), kDStateThreads, smem, stream>>>(a, bw);
+  kernel<<<static_cast<unsigned>(ctas), kDStateThreads, smem, stream>>>(maps, a, bw);
   e = cudaGetLastError();
   return e == cudaSuccess ? FLASHGDN_SUCCESS : cuda_error("dstate kernel launch", e);
+}
+
+// The TMA loads where the recurrence takes them (a.rec_tma: an sm_90a binary, T >= 64, not switched off by
+// FLASHGDN_PORTABLE_TMA=0).
+template <class T, int KD, int VD, int BV, int STAGES>
+flashgdn_status_t launch_dstate_bv(const FwdArgs& a, const BwdArgs& bw, int dev, cudaStream_t stream) {
+  return a.rec_tma ? launch_dstate_tma<T, KD, VD, BV, STAGES, true>(a, bw, dev, stream)
+                   : launch_dstate_tma<T, KD, VD, BV, STAGES, false>(a, bw, dev, stream);
 }
 
 int dstate_override();  // FLASHGDN_BWD_DSTATE (below)
@@ -223,8 +236,9 @@ int dstate_override();  // FLASHGDN_BWD_DSTATE (below)
 template <class T, int KD, int VD>
 flashgdn_status_t launch_dstate(const FwdArgs& a, const BwdArgs& bw, int max_smem, int dev, cudaStream_t stream) {
   const int64_t rows = int64_t(a.N) * a.Hv, sms = current_num_sms();
-  const bool two16 = static_cast<int>(sizeof(DStateSmem<T, KD, 16, 2>)) <= max_smem;
-  const bool two32 = static_cast<int>(sizeof(DStateSmem<T, KD, 32, 2>)) <= max_smem;
+  // The TMA variants are the larger (1 KB of alignment slack).
+  const bool two16 = static_cast<int>(dstate_smem_bytes<T, KD, 16, 2, true>()) <= max_smem;
+  const bool two32 = static_cast<int>(dstate_smem_bytes<T, KD, 32, 2, true>()) <= max_smem;
   if constexpr (VD >= 32) {
     switch (dstate_override()) {
       case 161: return launch_dstate_bv<T, KD, VD, 16, 1>(a, bw, dev, stream);
