@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 import torch
 
 from . import _lib
-from .ops import chunk_fwd_op, chunk_fwd_pool_op
+from .ops import chunk_fwd_autograd, chunk_fwd_pool_op
 
 
 def chunk_gated_delta_rule(
@@ -94,7 +94,7 @@ def chunk_gated_delta_rule(
                               has_initial_state, bool(use_qk_l2norm_in_kernel), bool(state_v_first), cp_mode,
                               cu_seqlens_cpu)
         return o, None
-    o, ht = chunk_fwd_op(q, k, v, g, beta, float(scale), initial_state, bool(output_final_state), cu_seqlens,
+    o, ht = chunk_fwd_autograd(q, k, v, g, beta, float(scale), initial_state, bool(output_final_state), cu_seqlens,
                          has_initial_state, bool(use_qk_l2norm_in_kernel), bool(state_v_first), cp_mode,
                          cu_seqlens_cpu)
     return o, (ht if output_final_state else None)

@@ -5,6 +5,10 @@ Each op runs libflashgdn on the current CUDA stream for CUDA tensors (outputs an
 torch's caching allocator; nothing synchronises), and the fp64 CPU reference for CPU tensors. Fake
 implementations make them traceable by ``torch.compile(fullgraph=True)``.
 
+``chunk_fwd_autograd`` (what ``chunk_gated_delta_rule`` calls) runs eager calls on plain tensors through
+``_ChunkFwdFunction`` (the op's implementation, context and backward, without its dispatch) and traced calls
+through the op.
+
 Low-level entry points (FLA / FlashQLA style): ``chunk_fwd(...) -> (o, final_state)`` and
 ``chunk_bwd(...) -> (dq, dk, dv, dg, dbeta, dh0)``.
 """
@@ -86,12 +90,8 @@ def _launch_fwd(q, k, v, g, beta, o, scale, initial_state, final_state, cu_seqle
     _launch_on_gpu("fwd", p, q.device)
 
 
-@torch.library.custom_op("flashgdn::chunk_fwd", mutates_args=())
-def chunk_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
-                 scale: float, initial_state: Optional[torch.Tensor], output_final_state: bool,
-                 cu_seqlens: Optional[torch.Tensor], has_initial_state: Optional[torch.Tensor], l2norm: bool,
-                 v_first: bool, cp_mode: int,
-                 cu_seqlens_cpu: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+def _chunk_fwd_impl(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, has_initial_state,
+                    l2norm, v_first, cp_mode, cu_seqlens_cpu=None):
     o = torch.empty(v.shape, dtype=q.dtype, device=q.device)
     if output_final_state:
         n = _num_seqs(q, cu_seqlens)
@@ -102,6 +102,16 @@ def chunk_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Ten
     _launch_fwd(q, k, v, g, beta, o, scale, initial_state, ht if output_final_state else None, cu_seqlens, None,
                 has_initial_state, l2norm, v_first, cp_mode, cu_seqlens_cpu)
     return o, ht
+
+
+@torch.library.custom_op("flashgdn::chunk_fwd", mutates_args=())
+def chunk_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+                 scale: float, initial_state: Optional[torch.Tensor], output_final_state: bool,
+                 cu_seqlens: Optional[torch.Tensor], has_initial_state: Optional[torch.Tensor], l2norm: bool,
+                 v_first: bool, cp_mode: int,
+                 cu_seqlens_cpu: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    return _chunk_fwd_impl(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens,
+                           has_initial_state, l2norm, v_first, cp_mode, cu_seqlens_cpu)
 
 
 @chunk_fwd_op.register_fake
@@ -215,6 +225,38 @@ def _fwd_backward(ctx, do, dht):
 
 
 chunk_fwd_op.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
+
+
+class _ChunkFwdFunction(torch.autograd.Function):
+    """The eager form of ``chunk_fwd_op`` with its autograd: the same implementation, context and backward,
+    without the custom op's dispatch and autograd wrapper (tens of µs of CPU per call, all of it before the
+    first kernel)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        o, ht = _chunk_fwd_impl(*inputs)
+        _fwd_setup_context(ctx, inputs, (o, ht))
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        return _fwd_backward(ctx, do, dht)
+
+
+def chunk_fwd_autograd(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, has_initial_state,
+                       l2norm, v_first, cp_mode, cu_seqlens_cpu=None):
+    """``chunk_fwd_op`` with autograd. NOTE: eager calls on plain tensors skip the custom op (see
+    _ChunkFwdFunction); traced calls (torch.compile, fake or functional tensors, ...) take the op, which is
+    what the graph records."""
+    inputs = (q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, has_initial_state, l2norm,
+              v_first, cp_mode, cu_seqlens_cpu)
+    if torch.compiler.is_compiling() or not all(
+            type(t) is torch.Tensor for t in (q, k, v, g, beta, initial_state, cu_seqlens, has_initial_state,
+                                              cu_seqlens_cpu) if t is not None):
+        return chunk_fwd_op(*inputs)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, g, beta, initial_state)):
+        return _ChunkFwdFunction.apply(*inputs)
+    return _chunk_fwd_impl(*inputs)
 
 
 def _default_scale(q: torch.Tensor, scale: Optional[float]) -> float:

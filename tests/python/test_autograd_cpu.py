@@ -108,3 +108,24 @@ def test_compiled_gdn_layer_forward_and_backward():
     assert torch.allclose(eager, compiled)
     for a, b in zip(grads, [p.grad for p in layer.parameters()]):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_eager_autograd_path_equals_the_custom_op_path():
+    # Eager calls on plain tensors skip the custom op's dispatch (ops._ChunkFwdFunction); the op with its
+    # registered autograd (what torch.compile records) must give bitwise the same outputs and gradients.
+    (q, k, v, g, beta, h0), cu = inputs(hqk=1, hv=3)
+    args = (0.5, h0, True, cu, None, True, False, 0, None)
+    o1, ht1 = ops.chunk_fwd_autograd(q, k, v, g, beta, *args)
+    assert type(o1.grad_fn).__name__ == "_ChunkFwdFunctionBackward"
+    o2, ht2 = ops.chunk_fwd_op(q, k, v, g, beta, *args)
+    assert type(o2.grad_fn).__name__ != "_ChunkFwdFunctionBackward"
+    do, dht = torch.randn_like(o1), torch.randn_like(ht1)
+    g1 = torch.autograd.grad([o1, ht1], [q, k, v, g, beta, h0], [do, dht])
+    g2 = torch.autograd.grad([o2, ht2], [q, k, v, g, beta, h0], [do, dht])
+    assert torch.equal(o1, o2) and torch.equal(ht1, ht2)
+    for a, b in zip(g1, g2):
+        assert torch.equal(a, b)
+    # No input requires grad (or grad mode off): the implementation alone, no autograd node.
+    with torch.no_grad():
+        o3, _ = ops.chunk_fwd_autograd(q, k, v, g, beta, *args)
+    assert o3.grad_fn is None and torch.equal(o3, o1.detach())
