@@ -6,7 +6,7 @@ FLA refuses its Triton backward on Hopper with Triton < 3.7.1 (wrong dg/dβ, its
 this script sets ``fla.ops.common.chunk_o.TRITON_ABOVE_3_7_1 = True`` and records that in the JSON —
 FLA's gradients are then timed, not trusted. A row where FlashGDN fails records the error instead of a time.
 
-  python benchmarks/bench_bwd.py --out DIR [--reps 10] [--rows substring[,substring...]] [--tag variant]
+  python benchmarks/bench_bwd.py --out DIR [--reps 10] [--rounds 1] [--rows substring[,substring...]] [--tag variant]
 writes DIR/<gpu>-<date>-bwd[-tag].json and .md.
 """
 from __future__ import annotations
@@ -58,6 +58,9 @@ def main():
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--rows", default="")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="time FlashGDN and FLA alternately this many times per row; each time is the median "
+                         "over the rounds (the JSON keeps every round's)")
     ap.add_argument("--tag", default=os.environ.get("FLASHGDN_BENCH_TAG", ""))
     args = ap.parse_args()
     prop = torch.cuda.get_device_properties(0)
@@ -80,8 +83,10 @@ def main():
             "copy_bandwidth_GBps": bw / 1e9, "bf16_matmul_TFLOPs": rate / 1e12,
             "fla_note": "fla.ops.common.chunk_o.TRITON_ABOVE_3_7_1 forced True to time FLA's Triton backward on "
                         "Triton < 3.7.1 (its issue #640: wrong dg/dbeta there); FLA gradients are not checked",
-            "timing": f"median of {args.reps} runs, L2 flushed before each; backward alone = autograd.grad on a "
-                      "retained graph; fwd+bwd = forward and backward of the autograd op"}
+            "timing": f"median of {args.reps} runs, L2 flushed before each" +
+                      (f", then the median of {args.rounds} alternating rounds" if args.rounds > 1 else "") +
+                      "; backward alone = autograd.grad on a retained graph; fwd+bwd = forward and backward of "
+                      "the autograd op"}
     timer = Timer(args.reps)
     rows = []
     print(f"GPU {prop.name}; FLA {fla_ver}; copy {bw / 1e9:.0f} GB/s, bf16 {rate / 1e12:.0f} TFLOP/s")
@@ -107,17 +112,29 @@ def main():
             def gdn():
                 return flashgdn.chunk_gated_delta_rule(*ins[:5], initial_state=ins[5], output_final_state=True,
                                                        cu_seqlens=cu)
-            try:
-                row["flashgdn_bwd_ms"], row["flashgdn_fwdbwd_ms"] = run(gdn)
-            except flashgdn.FlashGDNError as e:
-                row["flashgdn_bwd_ms"] = row["flashgdn_fwdbwd_ms"] = None
-                row["flashgdn_error"] = str(e)[:200]
-            if fla_gdr is not None:
-                cu64 = cu.long()
+            cu64 = cu.long()
 
-                def fla():
-                    return fla_gdr(*ins[:5], initial_state=ins[5], output_final_state=True, cu_seqlens=cu64)
-                row["fla_bwd_ms"], row["fla_fwdbwd_ms"] = run(fla)
+            def fla():
+                return fla_gdr(*ins[:5], initial_state=ins[5], output_final_state=True, cu_seqlens=cu64)
+            # Rounds alternate the two libraries so that drift within the process (clocks, the allocator)
+            # does not favour either.
+            rounds = {"flashgdn_bwd_ms": [], "flashgdn_fwdbwd_ms": [], "fla_bwd_ms": [], "fla_fwdbwd_ms": []}
+            for _ in range(max(1, args.rounds)):
+                try:
+                    b, fb = run(gdn)
+                    rounds["flashgdn_bwd_ms"].append(b)
+                    rounds["flashgdn_fwdbwd_ms"].append(fb)
+                except flashgdn.FlashGDNError as e:
+                    row["flashgdn_error"] = str(e)[:200]
+                if fla_gdr is not None:
+                    b, fb = run(fla)
+                    rounds["fla_bwd_ms"].append(b)
+                    rounds["fla_fwdbwd_ms"].append(fb)
+            for key, xs in rounds.items():
+                row[key] = statistics.median(xs) if xs else None
+            if args.rounds > 1:
+                row["rounds"] = rounds
+            if fla_gdr is not None:
                 if row.get("flashgdn_bwd_ms"):
                     row["speedup_bwd_vs_fla"] = row["fla_bwd_ms"] / row["flashgdn_bwd_ms"]
                     row["speedup_fwdbwd_vs_fla"] = row["fla_fwdbwd_ms"] / row["flashgdn_fwdbwd_ms"]
