@@ -199,6 +199,12 @@ def _(q, k, v, g, beta, scale, initial_state, cu_seqlens, do, dht, l2norm, v_fir
             torch.empty_like(beta), dh0)
 
 
+def _plain_eager(tensors) -> bool:
+    """Not traced (torch.compile) and every given tensor a plain torch.Tensor (no fake, functional or other
+    subclass): the implementation may be called without the custom op."""
+    return not torch.compiler.is_compiling() and all(type(t) is torch.Tensor for t in tensors if t is not None)
+
+
 def _fwd_setup_context(ctx, inputs, output):
     (q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, has_initial_state, l2norm, v_first,
      cp_mode, cu_seqlens_cpu) = inputs
@@ -222,8 +228,7 @@ def _fwd_backward(ctx, do, dht):
     # NOTE: an eager backward on plain tensors calls the implementation directly: the custom op's dispatch
     # costs tens of µs of CPU that precede the first kernel. Traced (torch.compile, fake or functional
     # tensor subclasses), the op itself goes into the graph.
-    eager = type(q) is torch.Tensor and not torch.compiler.is_compiling()
-    bwd = _chunk_bwd_impl if eager else chunk_bwd_op
+    bwd = _chunk_bwd_impl if _plain_eager((q,)) else chunk_bwd_op
     dq, dk, dv, dg, dbeta, dh0 = bwd(q, k, v, g, beta, ctx.scale, initial_state, cu_seqlens, do, dht, ctx.l2norm,
                                      ctx.v_first)
     if initial_state is None:
@@ -261,9 +266,7 @@ def chunk_fwd_autograd(q, k, v, g, beta, scale, initial_state, output_final_stat
     what the graph records."""
     inputs = (q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, has_initial_state, l2norm,
               v_first, cp_mode, cu_seqlens_cpu)
-    if torch.compiler.is_compiling() or not all(
-            type(t) is torch.Tensor for t in (q, k, v, g, beta, initial_state, cu_seqlens, has_initial_state,
-                                              cu_seqlens_cpu) if t is not None):
+    if not _plain_eager((q, k, v, g, beta, initial_state, cu_seqlens, has_initial_state, cu_seqlens_cpu)):
         return chunk_fwd_op(*inputs)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, g, beta, initial_state)):
         return _ChunkFwdFunction.apply(*inputs)

@@ -205,7 +205,7 @@ flashgdn_status_t launch_recurrence(const FwdArgs& a, int64_t ctas, int max_smem
 // SM); else slices of 32, double-buffered if they fit one wave, else single-buffered (83 KB: two CTAs per
 // SM hide each other's loads).
 template <class T, int KD, int VD, int BV, int STAGES, bool TMA>
-flashgdn_status_t launch_dstate_tma(const FwdArgs& a, const BwdArgs& bw, int dev, cudaStream_t stream) {
+flashgdn_status_t launch_dstate_variant(const FwdArgs& a, const BwdArgs& bw, int dev, cudaStream_t stream) {
   auto kernel = dstate_kernel<T, KD, BV, STAGES, TMA>;
   const int smem = static_cast<int>(dstate_smem_bytes<T, KD, BV, STAGES, TMA>());
   RecMaps maps{};
@@ -227,8 +227,8 @@ flashgdn_status_t launch_dstate_tma(const FwdArgs& a, const BwdArgs& bw, int dev
 // FLASHGDN_PORTABLE_TMA=0).
 template <class T, int KD, int VD, int BV, int STAGES>
 flashgdn_status_t launch_dstate_bv(const FwdArgs& a, const BwdArgs& bw, int dev, cudaStream_t stream) {
-  return a.rec_tma ? launch_dstate_tma<T, KD, VD, BV, STAGES, true>(a, bw, dev, stream)
-                   : launch_dstate_tma<T, KD, VD, BV, STAGES, false>(a, bw, dev, stream);
+  return a.rec_tma ? launch_dstate_variant<T, KD, VD, BV, STAGES, true>(a, bw, dev, stream)
+                   : launch_dstate_variant<T, KD, VD, BV, STAGES, false>(a, bw, dev, stream);
 }
 
 int dstate_override();  // FLASHGDN_BWD_DSTATE (below)
