@@ -53,6 +53,42 @@ def floor_ms(hqk, hv, nseq, bw, rate):
     return max(flops / rate, nbytes / bw) * 1e3
 
 
+def write_results(args, prop, meta, rows, final):
+    """Writes the JSON and the Markdown table (after every row, so that a run cut short keeps its rows)."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{prop.name.replace(' ', '_')}-{meta['date']}-bwd" + (f"-{args.tag}" if args.tag else "")
+    md = [f"# Backward benchmark: {prop.name}, commit {meta['commit']}, {meta['date']}", "", meta["fla_note"] + ".",
+          meta["fla_autotune"] + ".", meta["timing"] + ".", "",
+          "| row | floor ms | FlashGDN bwd ms | FlashGDN fwd+bwd ms | FLA bwd ms | FLA fwd+bwd ms | "
+          "FlashQLA H200 bwd ms | bwd speedup | fwd+bwd speedup | FlashGDN bwd queued ms | FLA bwd queued ms | "
+          "queued bwd speedup |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        g = lambda k: f"{r[k]:.3f}" if isinstance(r.get(k), float) else "n/a"  # noqa: E731
+        md.append(f"| {r['name']} | {g('floor_ms')} | {g('flashgdn_bwd_ms')} | {g('flashgdn_fwdbwd_ms')} | "
+                  f"{g('fla_bwd_ms')} | {g('fla_fwdbwd_ms')} | {g('flashqla_h200_bwd_ms')} | {g('speedup_bwd_vs_fla')} | "
+                  f"{g('speedup_fwdbwd_vs_fla')} | {g('flashgdn_bwd_gpu_ms')} | {g('fla_bwd_gpu_ms')} | "
+                  f"{g('speedup_bwd_gpu_vs_fla')} |")
+    sp = [r["speedup_bwd_vs_fla"] for r in rows if r.get("speedup_bwd_vs_fla")]
+    sp2 = [r["speedup_fwdbwd_vs_fla"] for r in rows if r.get("speedup_fwdbwd_vs_fla")]
+    sp3 = [r["speedup_bwd_gpu_vs_fla"] for r in rows if r.get("speedup_bwd_gpu_vs_fla")]
+    if sp:
+        gm = lambda xs: math.exp(sum(math.log(x) for x in xs) / len(xs))  # noqa: E731
+        summary = (f"Backward alone: geomean {gm(sp):.2f}x FLA, min {min(sp):.2f}x, {sum(x < 1 for x in sp)} of "
+                   f"{len(sp)} rows slower; forward + backward: geomean {gm(sp2):.2f}x, min {min(sp2):.2f}x; "
+                   f"backward alone, launches queued: geomean {gm(sp3):.2f}x, min {min(sp3):.2f}x, "
+                   f"{sum(x < 1 for x in sp3)} rows slower.")
+        meta["summary"] = summary
+        md += ["", summary]
+        if final:
+            print(summary)
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    (out / f"{stem}.md").write_text("\n".join(md) + "\n")
+    if final:
+        print(f"wrote {out / stem}.json and .md")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
@@ -80,13 +116,16 @@ def main():
     meta = {"gpu": prop.name, "commit": os.environ.get("FLASHGDN_COMMIT", "unknown"),
             "date": datetime.date.today().isoformat(), "torch": torch.__version__, "triton": triton.__version__,
             "fla": fla_ver, "flashgdn": flashgdn.__version__, "variant": args.tag or "default",
+            "fla_autotune": os.environ.get("FLASHGDN_FLA_AUTOTUNE_NOTE", "FLA autotuned in this process"),
             "copy_bandwidth_GBps": bw / 1e9, "bf16_matmul_TFLOPs": rate / 1e12,
             "fla_note": "fla.ops.common.chunk_o.TRITON_ABOVE_3_7_1 forced True to time FLA's Triton backward on "
                         "Triton < 3.7.1 (its issue #640: wrong dg/dbeta there); FLA gradients are not checked",
             "timing": f"median of {args.reps} runs, L2 flushed before each" +
                       (f", then the median of {args.rounds} alternating rounds" if args.rounds > 1 else "") +
                       "; backward alone = autograd.grad on a retained graph; fwd+bwd = forward and backward of "
-                      "the autograd op"}
+                      "the autograd op; queued = backward alone with its launches queued behind a ~1 ms GPU spin "
+                      "and the flush (the CPU's work before the first kernel hidden, as in a training step whose CPU "
+                      "runs ahead)"}
     timer = Timer(args.reps)
     rows = []
     print(f"GPU {prop.name}; FLA {fla_ver}; copy {bw / 1e9:.0f} GB/s, bf16 {rate / 1e12:.0f} TFLOP/s")
@@ -107,7 +146,7 @@ def main():
 
                 def bwd():
                     torch.autograd.grad([o, ht], ins, [do, dht], retain_graph=True)
-                return timer.eager(bwd), timer.eager(fwdbwd)
+                return timer.eager(bwd), timer.eager(fwdbwd), timer.queued(bwd)
 
             def gdn():
                 return flashgdn.chunk_gated_delta_rule(*ins[:5], initial_state=ins[5], output_final_state=True,
@@ -118,18 +157,21 @@ def main():
                 return fla_gdr(*ins[:5], initial_state=ins[5], output_final_state=True, cu_seqlens=cu64)
             # Rounds alternate the two libraries so that drift within the process (clocks, the allocator)
             # does not favour either.
-            rounds = {"flashgdn_bwd_ms": [], "flashgdn_fwdbwd_ms": [], "fla_bwd_ms": [], "fla_fwdbwd_ms": []}
+            rounds = {"flashgdn_bwd_ms": [], "flashgdn_fwdbwd_ms": [], "flashgdn_bwd_gpu_ms": [], "fla_bwd_ms": [],
+                      "fla_fwdbwd_ms": [], "fla_bwd_gpu_ms": []}
             for _ in range(max(1, args.rounds)):
                 try:
-                    b, fb = run(gdn)
+                    b, fb, bq = run(gdn)
                     rounds["flashgdn_bwd_ms"].append(b)
                     rounds["flashgdn_fwdbwd_ms"].append(fb)
+                    rounds["flashgdn_bwd_gpu_ms"].append(bq)
                 except flashgdn.FlashGDNError as e:
                     row["flashgdn_error"] = str(e)[:200]
                 if fla_gdr is not None:
-                    b, fb = run(fla)
+                    b, fb, bq = run(fla)
                     rounds["fla_bwd_ms"].append(b)
                     rounds["fla_fwdbwd_ms"].append(fb)
+                    rounds["fla_bwd_gpu_ms"].append(bq)
             for key, xs in rounds.items():
                 row[key] = statistics.median(xs) if xs else None
             if args.rounds > 1:
@@ -138,6 +180,7 @@ def main():
                 if row.get("flashgdn_bwd_ms"):
                     row["speedup_bwd_vs_fla"] = row["fla_bwd_ms"] / row["flashgdn_bwd_ms"]
                     row["speedup_fwdbwd_vs_fla"] = row["fla_fwdbwd_ms"] / row["flashgdn_fwdbwd_ms"]
+                    row["speedup_bwd_gpu_vs_fla"] = row["fla_bwd_gpu_ms"] / row["flashgdn_bwd_gpu_ms"]
             pub = published.get((hqk, hv, nseq))
             if pub:
                 row["flashqla_h200_bwd_ms"] = pub["flashqla_ms"]
@@ -147,34 +190,12 @@ def main():
             print(f"{name:<16} floor {fmt('floor_ms')}  gdn bwd {fmt('flashgdn_bwd_ms')} fwd+bwd "
                   f"{fmt('flashgdn_fwdbwd_ms')}  fla bwd {fmt('fla_bwd_ms')} fwd+bwd {fmt('fla_fwdbwd_ms')}  "
                   f"QLA h200 bwd {fmt('flashqla_h200_bwd_ms')}  speedup bwd {fmt('speedup_bwd_vs_fla')} "
-                  f"fwd+bwd {fmt('speedup_fwdbwd_vs_fla')}", flush=True)
+                  f"fwd+bwd {fmt('speedup_fwdbwd_vs_fla')}  queued bwd {fmt('flashgdn_bwd_gpu_ms')} vs "
+                  f"{fmt('fla_bwd_gpu_ms')} ({fmt('speedup_bwd_gpu_vs_fla')})", flush=True)
             del ins, do, dht
             torch.cuda.empty_cache()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"{prop.name.replace(' ', '_')}-{meta['date']}-bwd" + (f"-{args.tag}" if args.tag else "")
-    md = [f"# Backward benchmark: {prop.name}, commit {meta['commit']}, {meta['date']}", "", meta["fla_note"] + ".",
-          meta["timing"] + ".", "",
-          "| row | floor ms | FlashGDN bwd ms | FlashGDN fwd+bwd ms | FLA bwd ms | FLA fwd+bwd ms | "
-          "FlashQLA H200 bwd ms | bwd speedup | fwd+bwd speedup |",
-          "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        g = lambda k: f"{r[k]:.3f}" if isinstance(r.get(k), float) else "n/a"  # noqa: E731
-        md.append(f"| {r['name']} | {g('floor_ms')} | {g('flashgdn_bwd_ms')} | {g('flashgdn_fwdbwd_ms')} | "
-                  f"{g('fla_bwd_ms')} | {g('fla_fwdbwd_ms')} | {g('flashqla_h200_bwd_ms')} | {g('speedup_bwd_vs_fla')} | "
-                  f"{g('speedup_fwdbwd_vs_fla')} |")
-    sp = [r["speedup_bwd_vs_fla"] for r in rows if r.get("speedup_bwd_vs_fla")]
-    sp2 = [r["speedup_fwdbwd_vs_fla"] for r in rows if r.get("speedup_fwdbwd_vs_fla")]
-    if sp:
-        gm = lambda xs: math.exp(sum(math.log(x) for x in xs) / len(xs))  # noqa: E731
-        summary = (f"Backward alone: geomean {gm(sp):.2f}x FLA, min {min(sp):.2f}x, {sum(x < 1 for x in sp)} of "
-                   f"{len(sp)} rows slower; forward + backward: geomean {gm(sp2):.2f}x, min {min(sp2):.2f}x.")
-        meta["summary"] = summary
-        md += ["", summary]
-        print(summary)
-    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    (out / f"{stem}.md").write_text("\n".join(md) + "\n")
-    print(f"wrote {out / stem}.json and .md")
+            write_results(args, prop, meta, rows, final=False)
+    write_results(args, prop, meta, rows, final=True)
 
 
 if __name__ == "__main__":

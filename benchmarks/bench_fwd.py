@@ -122,6 +122,26 @@ class Timer:
         torch.cuda.synchronize()
         return self._time(fn)
 
+    def queued(self, fn, spin_ms=1.0):
+        """GPU time of an eager call whose launches are queued behind a GPU spin (``spin_ms``, then the L2
+        flush), so the CPU's work before its first kernel is hidden, as in a training step whose CPU runs
+        ahead of the GPU. Launch gaps the CPU cannot fill after the spin still count."""
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        cycles = int(spin_ms * 2e6)  # ~spin_ms at Hopper's ~2 GHz SM clock (only needs to outlast the CPU)
+        ts = []
+        for _ in range(self.reps):
+            torch.cuda._sleep(cycles)
+            self.flush_buf.zero_()
+            e0, e1 = torch.cuda.Event(True), torch.cuda.Event(True)
+            e0.record()
+            fn()
+            e1.record()
+            torch.cuda.synchronize()
+            ts.append(e0.elapsed_time(e1))
+        return statistics.median(ts)
+
     def graph(self, fn):
         for _ in range(3):
             fn()
