@@ -1,0 +1,71 @@
+"""Merges backward-benchmark parts (bench_bwd.py JSONs from separate device calls, e.g. a few head layouts
+each) into one table, rows in bench_bwd's order, with every part's provenance kept.
+
+  python3 benchmarks/merge_bwd.py PART.json [PART.json ...] --out STEM   -> STEM.json and STEM.md
+Refuses parts from different GPUs or library versions (FLA, Triton, torch), and duplicate rows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+ORDER = [f"{h}/{v} 32k x{n}" for h, v in [(16, 32), (8, 16), (4, 8), (2, 4), (16, 16), (8, 8), (4, 4)]
+         for n in (1, 2, 4, 8)]
+SAME = ("gpu", "torch", "triton", "fla", "flashgdn")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("parts", nargs="+")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    parts = [(Path(p).name, json.load(open(p))) for p in args.parts]
+    first = parts[0][1]["meta"]
+    rows = {}
+    for name, d in parts:
+        for key in SAME:
+            if d["meta"].get(key) != first.get(key):
+                raise SystemExit(f"{name}: {key} {d['meta'].get(key)!r} differs from {first.get(key)!r}")
+        for r in d["rows"]:
+            if r["name"] in rows:
+                raise SystemExit(f"{name}: row {r['name']} already in another part")
+            rows[r["name"]] = dict(r, part=name, commit=d["meta"]["commit"])
+    ordered = [rows[n] for n in ORDER if n in rows] + [r for n, r in rows.items() if n not in ORDER]
+    meta = {k: first.get(k) for k in SAME}
+    meta["parts"] = [{"file": name, **{k: d["meta"].get(k) for k in ("commit", "date", "fla_autotune", "timing")}}
+                     for name, d in parts]
+    meta["fla_note"] = first.get("fla_note")
+    gm = lambda xs: math.exp(sum(math.log(x) for x in xs) / len(xs))  # noqa: E731
+    summary = []
+    for key, what in (("speedup_bwd_vs_fla", "backward alone"), ("speedup_fwdbwd_vs_fla", "forward + backward"),
+                      ("speedup_bwd_gpu_vs_fla", "backward alone, launches queued")):
+        xs = [r[key] for r in ordered if r.get(key)]
+        if xs:
+            summary.append(f"{what}: geomean {gm(xs):.2f}x FLA, min {min(xs):.2f}x, {sum(x < 1 for x in xs)} of "
+                           f"{len(xs)} rows slower")
+    meta["summary"] = "; ".join(summary) + "."
+    out = Path(args.out)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": ordered}, indent=1))
+    md = [f"# Backward benchmark, all parts: {meta['gpu']}, {len(ordered)} rows", "",
+          f"torch {meta['torch']}, Triton {meta['triton']}, FLA {meta['fla']}, FlashGDN {meta['flashgdn']}. "
+          f"{meta['fla_note']}.", "", "Parts (each timed in one process, FLA in the same run):", ""]
+    md += [f"- `{p['file']}`: commit {p['commit']}, {p['date']}; {p['fla_autotune']}" for p in meta["parts"]]
+    md += ["", f"Timing: {parts[0][1]['meta']['timing']}.", "",
+           "| row | floor ms | FlashGDN bwd ms | FLA bwd ms | bwd speedup | FlashGDN fwd+bwd ms | FLA fwd+bwd ms | "
+           "fwd+bwd speedup | FlashGDN bwd queued ms | FLA bwd queued ms | queued speedup | FlashQLA H200 bwd ms |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in ordered:
+        g = lambda k: f"{r[k]:.3f}" if isinstance(r.get(k), float) else "n/a"  # noqa: E731
+        md.append(f"| {r['name']} | {g('floor_ms')} | {g('flashgdn_bwd_ms')} | {g('fla_bwd_ms')} | "
+                  f"{g('speedup_bwd_vs_fla')} | {g('flashgdn_fwdbwd_ms')} | {g('fla_fwdbwd_ms')} | "
+                  f"{g('speedup_fwdbwd_vs_fla')} | {g('flashgdn_bwd_gpu_ms')} | {g('fla_bwd_gpu_ms')} | "
+                  f"{g('speedup_bwd_gpu_vs_fla')} | {g('flashqla_h200_bwd_ms')} |")
+    md += ["", meta["summary"][0].upper() + meta["summary"][1:]]
+    out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    print(meta["summary"])
+
+
+if __name__ == "__main__":
+    main()
