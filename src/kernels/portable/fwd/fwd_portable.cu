@@ -582,8 +582,10 @@ flashgdn_status_t launch_impl(const Problem& pr_in, const flashgdn_chunk_fwd_par
                      : (bv_override() > 0 && bv_override() <= pr.V ? bv_override() : choose_bv(pr, num_sms));
   // Programmatic dependent launch of the recurrence on sm_90+ (FLASHGDN_PORTABLE_PDL=0 turns it off: A/B).
   const bool pdl = info.cc_major >= 9 && !env_is_zero("FLASHGDN_PORTABLE_PDL");
-  if (sm90_path)  // bf16, K = V = 128 (sm90fwd::applies)
+  if (sm90_path) {  // bf16, K = V = 128 (sm90fwd::applies)
+    a.a_only = sm90fwd::variant() == 2;  // the fused form: prepare writes A diag(beta) and aux only
     return launch_all<__nv_bfloat16, 128, 128>(a, bv, max_smem, dev, false, stream, &pr, &p);
+  }
   const bool bf16 = pr.io_dtype == FLASHGDN_DTYPE_BFLOAT16;
   if (h_states != nullptr) a.cp_pass = 2;  // after the scheduler kernels (they read cp_pass 0: no segments)
 #define FLASHGDN_DISPATCH(KD_, VD_)                                                          \

@@ -95,6 +95,9 @@ struct FwdArgs {
   // images of (Gamma o A) diag(beta) (written by prepare when non-null).
   void* h_states;
   void* Ab;
+  // 1: prepare writes only aux and, into Pm's image array, the gate-free A diag(beta) (bf16, zero above the
+  // diagonal, past L and in the pads) for the fused sm_90a kernel (no W, U, Pm; V is not read).
+  int a_only;
   void* At;   // [chunks, Hv] (64, 72) bf16 images of Γ o A (zero above the diagonal, in rows past L and in the
               // pads); null: not written
 };

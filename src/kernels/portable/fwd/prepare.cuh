@@ -8,6 +8,8 @@
 //   W[c, h]   = (Gamma o A) diag(beta) diag(e^gamma) K̂  T, 64 x K   (A = T⁻¹, T = I + StrictLower(diag(beta) K̂ K̂ᵀ))
 //   U[c, h]   = (Gamma o A) diag(beta) V          T, 64 x V
 // and, on the backward's recompute, the Ab = (Gamma o A) diag(beta) image and a bf16 image of Gamma o A (FwdArgs).
+// With a.a_only (the fused sm_90a forward) it writes aux and the gate-free A diag(beta) as a bf16 image in Pm's
+// layout instead, and skips V, Q Kᵀ, W and U.
 // with Gamma_ij = exp(gamma_i - gamma_j) for i >= j (exponent <= 0; the exp(gamma_i) on W is <= 1 too),
 // zero above the diagonal and in rows/columns past the chunk's length L. Q̂ = diag(rq) Q, K̂ = diag(rk) K.
 // The q/k head's Q Kᵀ and K Kᵀ are recomputed by each of its value heads (two 64 x 64 x K products on
@@ -114,7 +116,8 @@ __global__ void __launch_bounds__(128, LATE_V ? 4 : 3) prepare_kernel(FwdArgs a)
       cp_async_16(&sm.a.q[r * S::kLd + cv], qg + t * a.q_s[1] + cv, ok);
       cp_async_16(&sm.k[r * S::kLd + cv], kg + t * a.k_s[1] + cv, ok);
     }
-    if constexpr (!LATE_V) load_v();
+    if constexpr (!LATE_V)
+      if (!a.a_only) load_v();
     cp_async_commit();
   }
   if (warp == 0) {
@@ -166,21 +169,24 @@ __global__ void __launch_bounds__(128, LATE_V ? 4 : 3) prepare_kernel(FwdArgs a)
     float qk[1][8][4], kk[1][8][4];  // (16, 64) each
     zero(qk);
     zero(kk);
-    warp_gemm<1, 8, KD / 16, Major::kMK, BMajor::kNK>(qk, sm.a.q, S::kLd, warp * 16, sm.k, S::kLd, 0, lane);
+    if (!a.a_only)
+      warp_gemm<1, 8, KD / 16, Major::kMK, BMajor::kNK>(qk, sm.a.q, S::kLd, warp * 16, sm.k, S::kLd, 0, lane);
     if constexpr (!LATE_V)
       warp_gemm<1, 8, KD / 16, Major::kMK, BMajor::kNK>(kk, sm.k, S::kLd, warp * 16, sm.k, S::kLd, 0, lane);
     T* pm = static_cast<T*>(a.Pm) + ch * pm_image_elems();  // (64, 72) image
+    if (!a.a_only) {
 #pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const int i = warp * 16 + (lane >> 2) + hf * 8;
-      const float gi = sm.gam[i], fq = a.scale * sm.rq[i];
+      for (int hf = 0; hf < 2; ++hf) {
+        const int i = warp * 16 + (lane >> 2) + hf * 8;
+        const float gi = sm.gam[i], fq = a.scale * sm.rq[i];
 #pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-        const int j = nt * 8 + ((lane & 3) << 1);
-        // exp(gamma_i - gamma_j) <= 1 for i >= j; masked elsewhere.
-        const float p0 = (j <= i) ? fq * sm.rk[j] * __expf(fminf(gi - sm.gam[j], 0.f)) * qk[0][nt][2 * hf] : 0.f;
-        const float p1 = (j + 1 <= i) ? fq * sm.rk[j + 1] * __expf(fminf(gi - sm.gam[j + 1], 0.f)) * qk[0][nt][2 * hf + 1] : 0.f;
-        *reinterpret_cast<uint32_t*>(pm + i * (kChunk + 8) + j) = pack2<T>(p0, p1);
+        for (int nt = 0; nt < 8; ++nt) {
+          const int j = nt * 8 + ((lane & 3) << 1);
+          // exp(gamma_i - gamma_j) <= 1 for i >= j; masked elsewhere.
+          const float p0 = (j <= i) ? fq * sm.rk[j] * __expf(fminf(gi - sm.gam[j], 0.f)) * qk[0][nt][2 * hf] : 0.f;
+          const float p1 = (j + 1 <= i) ? fq * sm.rk[j + 1] * __expf(fminf(gi - sm.gam[j + 1], 0.f)) * qk[0][nt][2 * hf + 1] : 0.f;
+          *reinterpret_cast<uint32_t*>(pm + i * (kChunk + 8) + j) = pack2<T>(p0, p1);
+        }
       }
     }
     // NOTE: LATE_V (128 registers) forms K Kᵀ after Pm so that the two accumulators are not live together.
@@ -217,6 +223,27 @@ __global__ void __launch_bounds__(128, LATE_V ? 4 : 3) prepare_kernel(FwdArgs a)
     __syncthreads();
     blocked_solve::level_x(tid, 128, d, sm.xv.x, sm.yb);
     __syncthreads();  // after the last level sTm is dead: sProd may overwrite it
+  }
+
+  if (a.a_only) {  // the fused sm_90a forward: A diag(beta) as a bf16 image in Pm's layout, pads included
+    T* dst = static_cast<T*>(a.Pm) + ch * pm_image_elems();
+    for (int e = tid; e < kChunk * (kChunk + 8) / 2; e += 128) {
+      const int i = e / ((kChunk + 8) / 2), j = (e % ((kChunk + 8) / 2)) * 2;
+      float x[2];
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int jj = j + u;
+        x[u] = jj <= i && i < L ? sm.xv.x[i * S::kLdF + jj] * sm.beta[jj] : 0.f;
+      }
+      *reinterpret_cast<uint32_t*>(&dst[i * (kChunk + 8) + j]) = pack2<T>(x[0], x[1]);
+    }
+    __syncthreads();  // every image write of this CTA happens before the release below
+    if (tid == 0) {
+      __threadfence();
+      atomic_add_release_gpu(a.prepared, 1);
+      store_release_gpu(&a.ready[ch], 1);
+    }
+    return;
   }
 
   // ---- phase 4: Ab = Gamma o X diag(beta), Aw = diag(e^gamma) Gamma o X diag(beta rk) (T) ----

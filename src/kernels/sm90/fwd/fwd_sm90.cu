@@ -7,15 +7,23 @@
 #include "api/env.hpp"
 #include "api/error.hpp"
 #include "api/tensor_map.hpp"
+#include "kernels/sm90/fwd/fused_sm90.cuh"
 #include "kernels/sm90/fwd/recurrence_sm90.cuh"
 
 namespace flashgdn::sm90fwd {
 
+int variant() {
+  if (env_is_one("FLASHGDN_EXPERIMENTAL_SM90")) return 1;
+  if (env_is_value("FLASHGDN_EXPERIMENTAL_SM90", "2")) return 2;
+  return 0;
+}
+
 bool applies(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, int cc_major, int max_smem) {
-  if (!env_is_one("FLASHGDN_EXPERIMENTAL_SM90")) return false;
+  const int var = variant();
+  if (var == 0) return false;
   if (cc_major != 9 || pr.K != 128 || pr.V != 128 || pr.io_dtype != FLASHGDN_DTYPE_BFLOAT16) return false;
   if (pr.cp_mode == FLASHGDN_CP_ON) return false;
-  if (max_smem < static_cast<int>(kSmemBytes)) return false;
+  if (max_smem < static_cast<int>(var == 2 ? fused::kSmemBytes : kSmemBytes)) return false;
   // The 3-D maps index tokens as b * T + t: batch rows must follow each other at the token stride.
   if (pr.B > 1 && (p.q.stride[0] != pr.T * p.q.stride[1] || p.k.stride[0] != pr.T * p.k.stride[1])) return false;
   // TMA: 16-byte aligned bases and strides (8 bf16 elements).
@@ -23,17 +31,25 @@ bool applies(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, int cc_maj
     if (reinterpret_cast<uintptr_t>(x->data) % 16 != 0 || x->stride[1] % 8 != 0 || x->stride[2] % 8 != 0 ||
         x->stride[2] < pr.K)
       return false;
+  if (var == 2) {  // V through a 3-D map as well
+    if (pr.B > 1 && p.v.stride[0] != pr.T * p.v.stride[1]) return false;
+    if (reinterpret_cast<uintptr_t>(p.v.data) % 16 != 0 || p.v.stride[1] % 8 != 0 || p.v.stride[2] % 8 != 0 ||
+        p.v.stride[2] < pr.V)
+      return false;
+  }
   return true;
 }
 
 namespace {
 
-flashgdn_status_t map_qk(CUtensorMap* map, const flashgdn_tensor_t& x, const Problem& pr, const char* name) {
+// q / k (heads = Hqk, width K) or v (heads = Hv, width V): (width, heads, tokens), boxes (64, 1, 64).
+flashgdn_status_t map_qk(CUtensorMap* map, const flashgdn_tensor_t& x, const Problem& pr, const char* name,
+                         bool is_v = false) {
   TmaTile t;
   t.base = x.data;
   t.dtype = x.dtype;
-  t.dim0 = static_cast<uint64_t>(pr.K);
-  t.dim1 = static_cast<uint64_t>(pr.Hqk);
+  t.dim0 = static_cast<uint64_t>(is_v ? pr.V : pr.K);
+  t.dim1 = static_cast<uint64_t>(is_v ? pr.Hv : pr.Hqk);
   t.row_stride_bytes = static_cast<uint64_t>(x.stride[2]) * 2;
   t.dim2 = static_cast<uint64_t>(pr.B * pr.T);
   t.stride2_bytes = static_cast<uint64_t>(x.stride[1]) * 2;
@@ -64,11 +80,45 @@ flashgdn_status_t map_image(CUtensorMap* map, const void* base, int inner, int64
   return encode_tma_tile(map, t, "flashgdn_chunk_fwd", name);
 }
 
+template <class Kernel>
+cudaError_t raise_smem_once(Kernel kernel, uint32_t bytes, std::atomic<uint64_t>& raised) {
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  const uint64_t bit = dev < 64 ? uint64_t(1) << dev : 0;
+  if (e == cudaSuccess && !(bit && (raised.load() & bit))) {
+    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+    if (e == cudaSuccess) raised.fetch_or(bit);
+  }
+  return e;
+}
+
+flashgdn_status_t launch_fused(const portable::FwdArgs& a, const Problem& pr, const flashgdn_chunk_fwd_params_t& p,
+                               cudaStream_t stream) {
+  using portable::kChunk;
+  fused::FusedMaps maps;
+  const int64_t ch = a.max_chunks * a.Hv;  // (chunk, head) images
+  FLASHGDN_TRY(map_qk(&maps.q, p.q, pr, "q"));
+  FLASHGDN_TRY(map_qk(&maps.k, p.k, pr, "k"));
+  FLASHGDN_TRY(map_qk(&maps.v, p.v, pr, "v", true));
+  FLASHGDN_TRY(map_image(&maps.a, a.Pm, kChunk + 8, ch * kChunk, 1, 0, "workspace A"));
+  static std::atomic<uint64_t> raised{0};  // the shared-memory limit, raised once per device (bit `dev`)
+  cudaError_t e = raise_smem_once(fused::fused_sm90_kernel, fused::kSmemBytes, raised);
+  if (e != cudaSuccess)
+    return fail(FLASHGDN_ERROR_CUDA, "flashgdn_chunk_fwd: sm90 fused kernel setup: %s", cudaGetErrorString(e));
+  fused::fused_sm90_kernel<<<static_cast<unsigned>(int64_t(a.N) * a.Hv * 2), fused::kThreads, fused::kSmemBytes,
+                             stream>>>(maps, a);
+  e = cudaGetLastError();
+  if (e != cudaSuccess)
+    return fail(FLASHGDN_ERROR_CUDA, "flashgdn_chunk_fwd: sm90 fused kernel launch: %s", cudaGetErrorString(e));
+  return FLASHGDN_SUCCESS;
+}
+
 }  // namespace
 
 flashgdn_status_t launch(const portable::FwdArgs& a, const Problem& pr, const flashgdn_chunk_fwd_params_t& p,
                          cudaStream_t stream) {
   using portable::kChunk;
+  if (a.a_only) return launch_fused(a, pr, p, stream);
   Maps maps;
   const int64_t ch = a.max_chunks * a.Hv;  // (chunk, head) images
   FLASHGDN_TRY(map_qk(&maps.q, p.q, pr, "q"));
@@ -76,15 +126,8 @@ flashgdn_status_t launch(const portable::FwdArgs& a, const Problem& pr, const fl
   FLASHGDN_TRY(map_image(&maps.w, a.W, a.K + 8, ch * kChunk, 1, 0, "workspace W"));
   FLASHGDN_TRY(map_image(&maps.u, a.U, kBv + 8, 2 * kChunk, ch, a.u_stride, "workspace U"));
   FLASHGDN_TRY(map_image(&maps.pm, a.Pm, kChunk + 8, ch * kChunk, 1, 0, "workspace Pm"));
-  // The shared-memory limit is raised once per device (bit `dev`).
   static std::atomic<uint64_t> raised{0};
-  int dev = 0;
-  cudaError_t e = cudaGetDevice(&dev);
-  const uint64_t bit = dev < 64 ? uint64_t(1) << dev : 0;
-  if (e == cudaSuccess && !(bit && (raised.load() & bit))) {
-    e = cudaFuncSetAttribute(recurrence_sm90_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
-    if (e == cudaSuccess) raised.fetch_or(bit);
-  }
+  cudaError_t e = raise_smem_once(recurrence_sm90_kernel, kSmemBytes, raised);
   if (e != cudaSuccess)
     return fail(FLASHGDN_ERROR_CUDA, "flashgdn_chunk_fwd: sm90 recurrence setup: %s", cudaGetErrorString(e));
   recurrence_sm90_kernel<<<static_cast<unsigned>(int64_t(a.N) * a.Hv * 2), kThreads, kSmemBytes, stream>>>(maps, a);
