@@ -174,7 +174,8 @@ def rel(a, b):
 
 
 VARIANT_ENV = {"cp_on": ("on", {}), "cp_off": ("off", {}),
-               "sm90": ("off", {"FLASHGDN_EXPERIMENTAL_SM90": "1"})}
+               "sm90": ("off", {"FLASHGDN_EXPERIMENTAL_SM90": "1"}),
+               "portable": ("auto", {"FLASHGDN_EXPERIMENTAL_SM90": "0"})}
 
 
 def time_variant(timer, var, q, k, v, g, beta, h0, cu, cu_cpu):
@@ -206,7 +207,8 @@ def main():
                     help="the experimental sm_90a recurrence (sets FLASHGDN_EXPERIMENTAL_SM90=1)")
     ap.add_argument("--variants", default="",
                     help="extra FlashGDN variants timed per row (graph replay) in the same run, comma-separated: "
-                         "cp_on, cp_off, sm90 (experimental switches set only around each variant's calls)")
+                         "cp_on, cp_off, sm90, portable (the portable path where the sm_90a fused forward would be taken; "
+                         "switches set only around each variant's calls)")
     ap.add_argument("--tag", default=os.environ.get("FLASHGDN_BENCH_TAG", ""),
                     help="suffix of the output file names (e.g. the build variant)")
     args = ap.parse_args()

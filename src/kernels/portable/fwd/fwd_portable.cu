@@ -576,7 +576,10 @@ flashgdn_status_t launch_impl(const Problem& pr_in, const flashgdn_chunk_fwd_par
   a.h_states = h_states;
   a.Ab = ab;
   a.At = bw != nullptr && bw->dqh != nullptr ? const_cast<void*>(bw->at) : nullptr;
-  const bool sm90_path = !l.cp.on && h_states == nullptr && sm90fwd::applies(pr, p, info.cc_major, max_smem);
+  // The sm_90a forward (bf16, K = V = 128, cc 9.x; fwd_sm90.hpp) where the portable plan has BV = 64 and no
+  // context parallelism: its grid of N * Hv * 2 CTAs then fills the GPU as the portable one would.
+  const bool sm90_path = !l.cp.on && h_states == nullptr && sm90fwd::applies(pr, p, info.cc_major, max_smem) &&
+                         (sm90fwd::forced() || (bv_override() == 0 && choose_bv(pr, num_sms) == 64));
   const int bv = l.cp.on || sm90_path
                      ? kCpBv
                      : (bv_override() > 0 && bv_override() <= pr.V ? bv_override() : choose_bv(pr, num_sms));

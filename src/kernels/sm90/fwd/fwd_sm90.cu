@@ -12,10 +12,16 @@
 
 namespace flashgdn::sm90fwd {
 
+// NOTE: read on every call (a getenv each): benchmarks switch variants within one process.
 int variant() {
   if (env_is_one("FLASHGDN_EXPERIMENTAL_SM90")) return 1;
   if (env_is_value("FLASHGDN_EXPERIMENTAL_SM90", "2")) return 2;
-  return 0;
+  if (env_is_zero("FLASHGDN_EXPERIMENTAL_SM90")) return 0;
+  return 2;  // unset: the fused form where planned
+}
+
+bool forced() {
+  return env_is_one("FLASHGDN_EXPERIMENTAL_SM90") || env_is_value("FLASHGDN_EXPERIMENTAL_SM90", "2");
 }
 
 bool applies(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, int cc_major, int max_smem) {
