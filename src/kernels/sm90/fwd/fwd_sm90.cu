@@ -49,7 +49,7 @@ bool applies(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, int cc_maj
 namespace {
 
 // q / k (heads = Hqk, width K) or v (heads = Hv, width V): (width, heads, tokens), boxes (64, 1, 64).
-flashgdn_status_t map_qk(CUtensorMap* map, const flashgdn_tensor_t& x, const Problem& pr, const char* name,
+flashgdn_status_t map_tokens(CUtensorMap* map, const flashgdn_tensor_t& x, const Problem& pr, const char* name,
                          bool is_v = false) {
   TmaTile t;
   t.base = x.data;
@@ -103,9 +103,9 @@ flashgdn_status_t launch_fused(const portable::FwdArgs& a, const Problem& pr, co
   using portable::kChunk;
   fused::FusedMaps maps;
   const int64_t ch = a.max_chunks * a.Hv;  // (chunk, head) images
-  FLASHGDN_TRY(map_qk(&maps.q, p.q, pr, "q"));
-  FLASHGDN_TRY(map_qk(&maps.k, p.k, pr, "k"));
-  FLASHGDN_TRY(map_qk(&maps.v, p.v, pr, "v", true));
+  FLASHGDN_TRY(map_tokens(&maps.q, p.q, pr, "q"));
+  FLASHGDN_TRY(map_tokens(&maps.k, p.k, pr, "k"));
+  FLASHGDN_TRY(map_tokens(&maps.v, p.v, pr, "v", true));
   FLASHGDN_TRY(map_image(&maps.a, a.Pm, kChunk + 8, ch * kChunk, 1, 0, "workspace A"));
   static std::atomic<uint64_t> raised{0};  // the shared-memory limit, raised once per device (bit `dev`)
   cudaError_t e = raise_smem_once(fused::fused_sm90_kernel, fused::kSmemBytes, raised);
@@ -127,8 +127,8 @@ flashgdn_status_t launch(const portable::FwdArgs& a, const Problem& pr, const fl
   if (a.a_only) return launch_fused(a, pr, p, stream);
   Maps maps;
   const int64_t ch = a.max_chunks * a.Hv;  // (chunk, head) images
-  FLASHGDN_TRY(map_qk(&maps.q, p.q, pr, "q"));
-  FLASHGDN_TRY(map_qk(&maps.k, p.k, pr, "k"));
+  FLASHGDN_TRY(map_tokens(&maps.q, p.q, pr, "q"));
+  FLASHGDN_TRY(map_tokens(&maps.k, p.k, pr, "k"));
   FLASHGDN_TRY(map_image(&maps.w, a.W, a.K + 8, ch * kChunk, 1, 0, "workspace W"));
   FLASHGDN_TRY(map_image(&maps.u, a.U, kBv + 8, 2 * kChunk, ch, a.u_stride, "workspace U"));
   FLASHGDN_TRY(map_image(&maps.pm, a.Pm, kChunk + 8, ch * kChunk, 1, 0, "workspace Pm"));
