@@ -1,4 +1,5 @@
-// sm_90a forward, stage 2 (EXPERIMENTAL, FLASHGDN_EXPERIMENTAL_SM90=1; not yet run on a GPU): the
+// sm_90a forward, stage 2 (EXPERIMENTAL, FLASHGDN_EXPERIMENTAL_SM90=1; correct on H100, slower than the fused form of
+// fused_sm90.cuh, kept as an A/B variant): the
 // portable recurrence's roles and barrier protocol with wgmma products from 128-byte-swizzled shared
 // memory and TMA loads. K = V = 128, BV = 64, bf16; stage 1 is the portable prepare kernel (its W, U, Pm
 // images are read through 2-D / 3-D tensor maps, their 16-byte row pads skipped by the boxes).
