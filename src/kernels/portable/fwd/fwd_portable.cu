@@ -24,6 +24,7 @@
 #include "kernels/portable/fwd/prepare.cuh"
 #include "kernels/portable/fwd/recurrence.cuh"
 #include "kernels/portable/fwd/scheduler_kernels.cuh"
+#include "kernels/launch_util.hpp"
 #include "kernels/sm90/fwd/fwd_sm90.hpp"
 
 namespace flashgdn::portable {
@@ -41,16 +42,6 @@ struct DeviceInfo {
 };
 
 flashgdn_status_t device_info(int dev, DeviceInfo* out);
-
-// cudaFuncSetAttribute(MaxDynamicSharedMemorySize) once per kernel and device (bit `dev` of `done`).
-template <class Kernel>
-cudaError_t raise_smem_limit_once(Kernel kernel, int smem, int dev, std::atomic<uint64_t>& done) {
-  const uint64_t bit = dev < 64 ? (uint64_t(1) << dev) : 0;
-  if (bit && (done.load(std::memory_order_acquire) & bit)) return cudaSuccess;
-  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  if (e == cudaSuccess && bit) done.fetch_or(bit, std::memory_order_acq_rel);
-  return e;
-}
 
 flashgdn_status_t cuda_error(const char* what, cudaError_t e) {
   if (e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver)

@@ -7,6 +7,7 @@
 #include "api/env.hpp"
 #include "api/error.hpp"
 #include "api/tensor_map.hpp"
+#include "kernels/launch_util.hpp"
 #include "kernels/sm90/fwd/fused_sm90.cuh"
 #include "kernels/sm90/fwd/recurrence_sm90.cuh"
 
@@ -86,18 +87,6 @@ flashgdn_status_t map_image(CUtensorMap* map, const void* base, int inner, int64
   return encode_tma_tile(map, t, "flashgdn_chunk_fwd", name);
 }
 
-template <class Kernel>
-cudaError_t raise_smem_once(Kernel kernel, uint32_t bytes, std::atomic<uint64_t>& raised) {
-  int dev = 0;
-  cudaError_t e = cudaGetDevice(&dev);
-  const uint64_t bit = dev < 64 ? uint64_t(1) << dev : 0;
-  if (e == cudaSuccess && !(bit && (raised.load() & bit))) {
-    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
-    if (e == cudaSuccess) raised.fetch_or(bit);
-  }
-  return e;
-}
-
 flashgdn_status_t launch_fused(const portable::FwdArgs& a, const Problem& pr, const flashgdn_chunk_fwd_params_t& p,
                                cudaStream_t stream) {
   using portable::kChunk;
@@ -108,7 +97,10 @@ flashgdn_status_t launch_fused(const portable::FwdArgs& a, const Problem& pr, co
   FLASHGDN_TRY(map_tokens(&maps.v, p.v, pr, "v", true));
   FLASHGDN_TRY(map_image(&maps.a, a.Pm, kChunk + 8, ch * kChunk, 1, 0, "workspace A"));
   static std::atomic<uint64_t> raised{0};  // the shared-memory limit, raised once per device (bit `dev`)
-  cudaError_t e = raise_smem_once(fused::fused_sm90_kernel, fused::kSmemBytes, raised);
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e == cudaSuccess)
+    e = raise_smem_limit_once(fused::fused_sm90_kernel, static_cast<int>(fused::kSmemBytes), dev, raised);
   if (e != cudaSuccess)
     return fail(FLASHGDN_ERROR_CUDA, "flashgdn_chunk_fwd: sm90 fused kernel setup: %s", cudaGetErrorString(e));
   fused::fused_sm90_kernel<<<static_cast<unsigned>(int64_t(a.N) * a.Hv * 2), fused::kThreads, fused::kSmemBytes,
@@ -133,7 +125,9 @@ flashgdn_status_t launch(const portable::FwdArgs& a, const Problem& pr, const fl
   FLASHGDN_TRY(map_image(&maps.u, a.U, kBv + 8, 2 * kChunk, ch, a.u_stride, "workspace U"));
   FLASHGDN_TRY(map_image(&maps.pm, a.Pm, kChunk + 8, ch * kChunk, 1, 0, "workspace Pm"));
   static std::atomic<uint64_t> raised{0};
-  cudaError_t e = raise_smem_once(recurrence_sm90_kernel, kSmemBytes, raised);
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e == cudaSuccess) e = raise_smem_limit_once(recurrence_sm90_kernel, static_cast<int>(kSmemBytes), dev, raised);
   if (e != cudaSuccess)
     return fail(FLASHGDN_ERROR_CUDA, "flashgdn_chunk_fwd: sm90 recurrence setup: %s", cudaGetErrorString(e));
   recurrence_sm90_kernel<<<static_cast<unsigned>(int64_t(a.N) * a.Hv * 2), kThreads, kSmemBytes, stream>>>(maps, a);
