@@ -571,6 +571,17 @@ flashgdn_status_t launch_impl(const Problem& pr_in, const flashgdn_chunk_fwd_par
   // context parallelism: its grid of N * Hv * 2 CTAs then fills the GPU as the portable one would.
   const bool sm90_path = !l.cp.on && h_states == nullptr && sm90fwd::applies(pr, p, info.cc_major, max_smem) &&
                          (sm90fwd::forced() || (bv_override() == 0 && choose_bv(pr, num_sms) == 64));
+  if (info.cc_major == 9 && h_states == nullptr && sm90fwd::variant() != 0 &&
+      (pr.K != 128 || pr.V != 128 || pr.io_dtype != FLASHGDN_DTYPE_BFLOAT16)) {
+    // Issue 5: a call the sm_90a kernels do not cover says so, once per process (the portable path runs it).
+    static std::atomic<bool> told{false};
+    if (!told.exchange(true))
+      std::fprintf(stderr,
+                   "flashgdn: the sm_90a forward covers bf16 with K = V = 128; K = %lld, V = %lld, %s runs on the "
+                   "portable kernels (said once per process)\n",
+                   static_cast<long long>(pr.K), static_cast<long long>(pr.V),
+                   pr.io_dtype == FLASHGDN_DTYPE_BFLOAT16 ? "bf16" : "fp16");
+  }
   const int bv = l.cp.on || sm90_path
                      ? kCpBv
                      : (bv_override() > 0 && bv_override() <= pr.V ? bv_override() : choose_bv(pr, num_sms));
