@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import statistics
 import sys
@@ -26,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import flashgdn  # noqa: E402
+import bwd_table  # noqa: E402
 from bench_fwd import Timer, make_inputs, measure_ceilings  # noqa: E402
 
 HEADS = [(16, 32), (8, 16), (4, 8), (2, 4), (16, 16), (8, 8), (4, 4)]
@@ -59,26 +59,9 @@ def write_results(args, prop, meta, rows, final):
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{prop.name.replace(' ', '_')}-{meta['date']}-bwd" + (f"-{args.tag}" if args.tag else "")
     md = [f"# Backward benchmark: {prop.name}, commit {meta['commit']}, {meta['date']}", "", meta["fla_note"] + ".",
-          meta["fla_autotune"] + ".", meta["timing"] + ".", "",
-          "| row | floor ms | FlashGDN bwd ms | FlashGDN fwd+bwd ms | FLA bwd ms | FLA fwd+bwd ms | "
-          "FlashQLA H200 bwd ms | bwd speedup | fwd+bwd speedup | FlashGDN bwd queued ms | FLA bwd queued ms | "
-          "queued bwd speedup |",
-          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        g = lambda k: f"{r[k]:.3f}" if isinstance(r.get(k), float) else "n/a"  # noqa: E731
-        md.append(f"| {r['name']} | {g('floor_ms')} | {g('flashgdn_bwd_ms')} | {g('flashgdn_fwdbwd_ms')} | "
-                  f"{g('fla_bwd_ms')} | {g('fla_fwdbwd_ms')} | {g('flashqla_h200_bwd_ms')} | {g('speedup_bwd_vs_fla')} | "
-                  f"{g('speedup_fwdbwd_vs_fla')} | {g('flashgdn_bwd_gpu_ms')} | {g('fla_bwd_gpu_ms')} | "
-                  f"{g('speedup_bwd_gpu_vs_fla')} |")
-    sp = [r["speedup_bwd_vs_fla"] for r in rows if r.get("speedup_bwd_vs_fla")]
-    sp2 = [r["speedup_fwdbwd_vs_fla"] for r in rows if r.get("speedup_fwdbwd_vs_fla")]
-    sp3 = [r["speedup_bwd_gpu_vs_fla"] for r in rows if r.get("speedup_bwd_gpu_vs_fla")]
-    if sp:
-        gm = lambda xs: math.exp(sum(math.log(x) for x in xs) / len(xs))  # noqa: E731
-        summary = (f"Backward alone: geomean {gm(sp):.2f}x FLA, min {min(sp):.2f}x, {sum(x < 1 for x in sp)} of "
-                   f"{len(sp)} rows slower; forward + backward: geomean {gm(sp2):.2f}x, min {min(sp2):.2f}x; "
-                   f"backward alone, launches queued: geomean {gm(sp3):.2f}x, min {min(sp3):.2f}x, "
-                   f"{sum(x < 1 for x in sp3)} rows slower.")
+          meta["fla_autotune"] + ".", meta["timing"] + ".", ""] + bwd_table.table(rows)
+    summary = bwd_table.summary(rows)
+    if summary:
         meta["summary"] = summary
         md += ["", summary]
         if final:

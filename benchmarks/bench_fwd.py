@@ -104,59 +104,46 @@ class Timer:
         self.reps = reps
         self.flush_buf = torch.empty(512 << 20, dtype=torch.uint8, device="cuda")
 
-    def _time(self, launch):
-        ts = []
-        for _ in range(self.reps):
-            self.flush_buf.zero_()
-            e0, e1 = torch.cuda.Event(True), torch.cuda.Event(True)
-            e0.record()
-            launch()
-            e1.record()
-            torch.cuda.synchronize()
-            ts.append(e0.elapsed_time(e1))
-        return statistics.median(ts)
+    def _one(self, launch, spin_cycles=0):
+        """One timed call: an optional GPU spin, the L2 flush, CUDA events around `launch`."""
+        if spin_cycles:
+            torch.cuda._sleep(spin_cycles)
+        self.flush_buf.zero_()
+        e0, e1 = torch.cuda.Event(True), torch.cuda.Event(True)
+        e0.record()
+        launch()
+        e1.record()
+        torch.cuda.synchronize()
+        return e0.elapsed_time(e1)
 
-    def eager(self, fn):
+    def _time(self, launch, spin_cycles=0):
+        return statistics.median(self._one(launch, spin_cycles) for _ in range(self.reps))
+
+    @staticmethod
+    def _warm(fn):
         for _ in range(3):
             fn()
         torch.cuda.synchronize()
+
+    def eager(self, fn):
+        self._warm(fn)
         return self._time(fn)
 
     def once(self, fn):
         """One call, nothing before it (e.g. the process's first): CUDA events around it, L2 flushed."""
-        self.flush_buf.zero_()
         torch.cuda.synchronize()
-        e0, e1 = torch.cuda.Event(True), torch.cuda.Event(True)
-        e0.record()
-        fn()
-        e1.record()
-        torch.cuda.synchronize()
-        return e0.elapsed_time(e1)
+        return self._one(fn)
 
     def queued(self, fn, spin_ms=1.0):
         """GPU time of an eager call whose launches are queued behind a GPU spin (``spin_ms``, then the L2
         flush), so the CPU's work before its first kernel is hidden, as in a training step whose CPU runs
         ahead of the GPU. Launch gaps the CPU cannot fill after the spin still count."""
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
-        cycles = int(spin_ms * 2e6)  # ~spin_ms at Hopper's ~2 GHz SM clock (only needs to outlast the CPU)
-        ts = []
-        for _ in range(self.reps):
-            torch.cuda._sleep(cycles)
-            self.flush_buf.zero_()
-            e0, e1 = torch.cuda.Event(True), torch.cuda.Event(True)
-            e0.record()
-            fn()
-            e1.record()
-            torch.cuda.synchronize()
-            ts.append(e0.elapsed_time(e1))
-        return statistics.median(ts)
+        self._warm(fn)
+        # ~spin_ms at Hopper's ~2 GHz SM clock (it only needs to outlast the CPU)
+        return self._time(fn, spin_cycles=int(spin_ms * 2e6))
 
     def graph(self, fn):
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
+        self._warm(fn)
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
         g = torch.cuda.CUDAGraph()

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bwd_table  # noqa: E402
 
 ORDER = [f"{h}/{v} 32k x{n}" for h, v in [(16, 32), (8, 16), (4, 8), (2, 4), (16, 16), (8, 8), (4, 4)]
          for n in (1, 2, 4, 8)]
@@ -37,32 +40,15 @@ def main():
     meta["parts"] = [{"file": name, **{k: d["meta"].get(k) for k in ("commit", "date", "fla_autotune", "timing")}}
                      for name, d in parts]
     meta["fla_note"] = first.get("fla_note")
-    gm = lambda xs: math.exp(sum(math.log(x) for x in xs) / len(xs))  # noqa: E731
-    summary = []
-    for key, what in (("speedup_bwd_vs_fla", "backward alone"), ("speedup_fwdbwd_vs_fla", "forward + backward"),
-                      ("speedup_bwd_gpu_vs_fla", "backward alone, launches queued")):
-        xs = [r[key] for r in ordered if r.get(key)]
-        if xs:
-            summary.append(f"{what}: geomean {gm(xs):.2f}x FLA, min {min(xs):.2f}x, {sum(x < 1 for x in xs)} of "
-                           f"{len(xs)} rows slower")
-    meta["summary"] = "; ".join(summary) + "."
+    meta["summary"] = bwd_table.summary(ordered)
     out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": ordered}, indent=1))
     md = [f"# Backward benchmark, all parts: {meta['gpu']}, {len(ordered)} rows", "",
           f"torch {meta['torch']}, Triton {meta['triton']}, FLA {meta['fla']}, FlashGDN {meta['flashgdn']}. "
           f"{meta['fla_note']}.", "", "Parts (each timed in one process, FLA in the same run):", ""]
     md += [f"- `{p['file']}`: commit {p['commit']}, {p['date']}; {p['fla_autotune']}" for p in meta["parts"]]
-    md += ["", f"Timing: {parts[0][1]['meta']['timing']}.", "",
-           "| row | floor ms | FlashGDN bwd ms | FLA bwd ms | bwd speedup | FlashGDN fwd+bwd ms | FLA fwd+bwd ms | "
-           "fwd+bwd speedup | FlashGDN bwd queued ms | FLA bwd queued ms | queued speedup | FlashQLA H200 bwd ms |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in ordered:
-        g = lambda k: f"{r[k]:.3f}" if isinstance(r.get(k), float) else "n/a"  # noqa: E731
-        md.append(f"| {r['name']} | {g('floor_ms')} | {g('flashgdn_bwd_ms')} | {g('fla_bwd_ms')} | "
-                  f"{g('speedup_bwd_vs_fla')} | {g('flashgdn_fwdbwd_ms')} | {g('fla_fwdbwd_ms')} | "
-                  f"{g('speedup_fwdbwd_vs_fla')} | {g('flashgdn_bwd_gpu_ms')} | {g('fla_bwd_gpu_ms')} | "
-                  f"{g('speedup_bwd_gpu_vs_fla')} | {g('flashqla_h200_bwd_ms')} |")
-    md += ["", meta["summary"][0].upper() + meta["summary"][1:]]
+    md += ["", f"Timing: {parts[0][1]['meta']['timing']}.", ""] + bwd_table.table(ordered)
+    md += ["", meta["summary"]]
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
     print(meta["summary"])
 

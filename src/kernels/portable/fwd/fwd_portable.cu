@@ -569,9 +569,12 @@ flashgdn_status_t launch_impl(const Problem& pr_in, const flashgdn_chunk_fwd_par
   a.At = bw != nullptr && bw->dqh != nullptr ? const_cast<void*>(bw->at) : nullptr;
   // The sm_90a forward (bf16, K = V = 128, cc 9.x; fwd_sm90.hpp) where the portable plan has BV = 64 and no
   // context parallelism: its grid of N * Hv * 2 CTAs then fills the GPU as the portable one would.
+  const int bv_env = bv_override();
+  const int plan_bv = bv_env > 0 && bv_env <= pr.V ? bv_env : choose_bv(pr, num_sms);  // the portable plan's slice
+  const int sm90_var = sm90fwd::variant();
   const bool sm90_path = !l.cp.on && h_states == nullptr && sm90fwd::applies(pr, p, info.cc_major, max_smem) &&
-                         (sm90fwd::forced() || (bv_override() == 0 && choose_bv(pr, num_sms) == 64));
-  if (info.cc_major == 9 && h_states == nullptr && sm90fwd::variant() != 0 &&
+                         (sm90fwd::forced() || (bv_env == 0 && plan_bv == 64));
+  if (info.cc_major == 9 && h_states == nullptr && sm90_var != 0 &&
       (pr.K != 128 || pr.V != 128 || pr.io_dtype != FLASHGDN_DTYPE_BFLOAT16)) {
     // Issue 5: a call the sm_90a kernels do not cover says so, once per process (the portable path runs it).
     static std::atomic<bool> told{false};
@@ -582,13 +585,11 @@ flashgdn_status_t launch_impl(const Problem& pr_in, const flashgdn_chunk_fwd_par
                    static_cast<long long>(pr.K), static_cast<long long>(pr.V),
                    pr.io_dtype == FLASHGDN_DTYPE_BFLOAT16 ? "bf16" : "fp16");
   }
-  const int bv = l.cp.on || sm90_path
-                     ? kCpBv
-                     : (bv_override() > 0 && bv_override() <= pr.V ? bv_override() : choose_bv(pr, num_sms));
+  const int bv = l.cp.on || sm90_path ? kCpBv : plan_bv;
   // Programmatic dependent launch of the recurrence on sm_90+ (FLASHGDN_PORTABLE_PDL=0 turns it off: A/B).
   const bool pdl = info.cc_major >= 9 && !env_is_zero("FLASHGDN_PORTABLE_PDL");
   if (sm90_path) {  // bf16, K = V = 128 (sm90fwd::applies)
-    a.a_only = sm90fwd::variant() == 2;  // the fused form: prepare writes A diag(beta) and aux only
+    a.a_only = sm90_var == 2;  // the fused form: prepare writes A diag(beta) and aux only
     return launch_all<__nv_bfloat16, 128, 128>(a, bv, max_smem, dev, false, stream, &pr, &p);
   }
   const bool bf16 = pr.io_dtype == FLASHGDN_DTYPE_BFLOAT16;
