@@ -171,31 +171,11 @@ __global__ void __launch_bounds__(kThreads, 1) fused_sm90_kernel(const __grid_co
     // ================= state warpgroup =================
     sm90::setmaxnreg_inc<232>();
     const portable::StateIO io = portable::state_io(a, n);
-    float S[2][32];  // rows 64 mt + row (+8), cols 8 j + col (+1)
-    auto for_each_state = [&](auto f) {
-#pragma unroll
-      for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-        for (int jn = 0; jn < 8; ++jn)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) f(S[mt][4 * jn + e], 64 * mt + row + 8 * (e / 2), v0 + 8 * jn + col + (e % 2));
-    };
-    for_each_state([&](float& x, int i, int j) {
-      x = io.src != nullptr ? portable::load_state(a, io.src, io.src_row, h, i, j) : 0.f;
+    float S[2][32];  // rows 64 mt + row (+8), cols 8 j + col (+1) of the slice
+    for_each_state(S, row, col, [&](float& x, int i, int j) {
+      x = io.src != nullptr ? portable::load_state(a, io.src, io.src_row, h, i, v0 + j) : 0.f;
     });
-    auto store_s = [&](int buf) {  // bf16 copy of S into sS[buf] (MN-major B: (128 k-rows, 64))
-      unsigned char* d = smem + kS0 + 16384 * buf;
-#pragma unroll
-      for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-#pragma unroll
-          for (int hf = 0; hf < 2; ++hf)
-            *reinterpret_cast<__nv_bfloat162*>(d + sw128(64 * mt + row + 8 * hf, 8 * j + col)) =
-                __floats2bfloat162_rn(S[mt][4 * j + 2 * hf], S[mt][4 * j + 2 * hf + 1]);
-      sm90::fence_proxy_async_smem();
-    };
-    store_s(0);
+    store_state_copy(S, smem + kS0, row, col);
     named_bar_sync(kBarState, 128);
     for (int64_t c = 0; c < nchunks; ++c) {
       const int st = static_cast<int>(c & 1), b = st;
@@ -245,30 +225,17 @@ __global__ void __launch_bounds__(kThreads, 1) fused_sm90_kernel(const __grid_co
       sm90::fence_proxy_async_smem();
       named_bar_sync(kBarState, 128);  // sVd complete; every thread's vn wgmma (reading sW, sAg) done
       const float egl = __expf(fminf(gl, 0.f));
-#pragma unroll
-      for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-        for (int i = 0; i < 32; ++i) S[mt][i] *= egl;
-      sm90::wgmma_fence();
-#pragma unroll
-      for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-        for (int ks = 0; ks < 4; ++ks)
-          sm90::wgmma_m64n64k16<1, 1>(S[mt], make_smem_desc(X + kK + 8192 * mt + 2048 * ks, 8192, 1024, Swizzle::k128B),
-                                      make_smem_desc(base + kVd + 2048 * ks, 8192, 1024, Swizzle::k128B), 1);
-      sm90::wgmma_commit();
-      sm90::wgmma_wait<0>();
-      sm90::fence_regs(S[0]);
-      sm90::fence_regs(S[1]);
+      update_state(S, egl, X + kK, base + kVd);
       if (c >= 1) named_bar_sync(kBarRelease + (b ^ 1), 256);  // output done with chunk c - 1
-      store_s(b ^ 1);
+      store_state_copy(S, smem + kS0 + 16384 * (b ^ 1), row, col);
       named_bar_sync(kBarState, 128);         // S_{c+1} complete; sVd, sW free
       named_bar_arrive(kBarHandoff + b, 256);  // vn_c, S_c to the output warpgroup
       sm90::mbar_arrive(&empty[st]);          // done with stage st (K, V, aux) and sAg[st]
     }
     if (nchunks > 0) named_bar_sync(kBarRelease + static_cast<int>((nchunks - 1) & 1), 256);
     if (io.dst != nullptr)
-      for_each_state([&](float& x, int i, int j) { portable::store_state(a, io.dst, io.dst_row, h, i, j, x); });
+      for_each_state(S, row, col,
+                     [&](float& x, int i, int j) { portable::store_state(a, io.dst, io.dst_row, h, i, v0 + j, x); });
     return;
   }
 
@@ -304,15 +271,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_sm90_kernel(const __grid_co
     sm90::fence_regs(o);
     named_bar_arrive(kBarRelease + b, 256);  // sS[b], sVn[b] free
     sm90::mbar_arrive(&empty[st]);           // Q, aux and sPg of stage st read
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        const int r = row + 8 * hf;
-        if (r < L)
-          *reinterpret_cast<__nv_bfloat162*>(og + (t0 + r) * a.o_s[1] + 8 * j + col) =
-              __floats2bfloat162_rn(o[4 * j + 2 * hf], o[4 * j + 2 * hf + 1]);
-      }
+    store_output_rows(o, og, a.o_s[1], t0, L, row, col);
   }
 }
 
