@@ -188,13 +188,17 @@ __global__ void __launch_bounds__(kThreads, 1) fused_sm90_kernel(const __grid_co
       const float gl = gam[kChunk - 1];
       float acc[32];
       tile_times_s(acc, X + kK, base + kS0 + 16384 * b);  // (64, 64) K S
+      // NOTE: the row factors once per row (this thread holds rows `row` and `row + 8`), not per element; formed
+      // after the wgmma (before it, ptxas injects a warpgroup.arrive to keep their registers apart, C7519).
+      const float fw[2] = {__expf(fminf(gam[row], 0.f)) * rk[row], __expf(fminf(gam[row + 8], 0.f)) * rk[row + 8]};
+      const float fd[2] = {__expf(fminf(gl - gam[row], 0.f)) * rk[row], __expf(fminf(gl - gam[row + 8], 0.f)) * rk[row + 8]};
 #pragma unroll
       for (int j = 0; j < 8; ++j)
 #pragma unroll
         for (int hf = 0; hf < 2; ++hf) {
           const int r = row + 8 * hf, cc = 8 * j + col;
           const __nv_bfloat162 vv = *reinterpret_cast<const __nv_bfloat162*>(Xp + kV + sw128(r, cc));
-          const float f = __expf(fminf(gam[r], 0.f)) * rk[r];
+          const float f = fw[hf];
           *reinterpret_cast<__nv_bfloat162*>(smem + kW + sw128(r, cc)) = __floats2bfloat162_rn(
               __low2float(vv) - f * acc[4 * j + 2 * hf], __high2float(vv) - f * acc[4 * j + 2 * hf + 1]);
         }
@@ -218,7 +222,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_sm90_kernel(const __grid_co
         for (int hf = 0; hf < 2; ++hf) {
           const int r = row + 8 * hf, cc = 8 * j + col;
           const float n0 = acc[4 * j + 2 * hf], n1 = acc[4 * j + 2 * hf + 1];
-          const float f = __expf(fminf(gl - gam[r], 0.f)) * rk[r];
+          const float f = fd[hf];
           *reinterpret_cast<__nv_bfloat162*>(vn + sw128(r, cc)) = __floats2bfloat162_rn(n0, n1);
           *reinterpret_cast<__nv_bfloat162*>(smem + kVd + sw128(r, cc)) = __floats2bfloat162_rn(f * n0, f * n1);
         }
@@ -254,13 +258,12 @@ __global__ void __launch_bounds__(kThreads, 1) fused_sm90_kernel(const __grid_co
     const int L = static_cast<int>(s.eos - t0 < kChunk ? s.eos - t0 : kChunk);
     float o[32];
     tile_times_s(o, X + kQ, base + kS0 + 16384 * b);
+    const float fo[2] = {a.scale * __expf(fminf(gam[row], 0.f)) * rq[row],
+                         a.scale * __expf(fminf(gam[row + 8], 0.f)) * rq[row + 8]};  // once per row
 #pragma unroll
     for (int j = 0; j < 8; ++j)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = row + 8 * (e / 2);
-        o[4 * j + e] *= a.scale * __expf(fminf(gam[r], 0.f)) * rq[r];
-      }
+      for (int e = 0; e < 4; ++e) o[4 * j + e] *= fo[e / 2];
     sm90::wgmma_fence();
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks)
