@@ -107,13 +107,14 @@ __global__ void __launch_bounds__(128, LATE_V ? 4 : 3) prepare_kernel(FwdArgs a)
   };
   {
     const T* qg = static_cast<const T*>(a.q) + brow * a.q_s[0] + hk * a.q_s[2];
+    const bool need_q = !a.a_only || a.l2norm;  // a_only reads Q only for its l2norm factors
     const T* kg = static_cast<const T*>(a.k) + brow * a.k_s[0] + hk * a.k_s[2];
     constexpr int kVK = KD * sizeof(T) / 16;
     for (int i = tid; i < kChunk * kVK; i += 128) {
       const int r = i / kVK, cv = (i % kVK) * kE;
       const bool ok = r < L;
       const int64_t t = ok ? t0 + r : t0;
-      cp_async_16(&sm.a.q[r * S::kLd + cv], qg + t * a.q_s[1] + cv, ok);
+      if (need_q) cp_async_16(&sm.a.q[r * S::kLd + cv], qg + t * a.q_s[1] + cv, ok);
       cp_async_16(&sm.k[r * S::kLd + cv], kg + t * a.k_s[1] + cv, ok);
     }
     if constexpr (!LATE_V)
