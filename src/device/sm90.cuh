@@ -104,6 +104,48 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a
 #endif
 }
 
+// ---- D (64 x 64, fp32) (+)= A (64 x 16, registers) * B (16 x 64, smem desc), bf16 operands ----
+// PTX ISA, "Asynchronous Warpgroup Level Matrix Instructions: wgmma.mma_async" with A in registers (the
+// register-fragment form: no imm-trans-a; A is K-major). Register fragment of A ("Register Fragments and
+// Shared Memory Matrix Layouts: Matrix fragments for wgmma .m64nNk16"): thread t holds a[0] = (row, 2c..2c+1),
+// a[1] = (row + 8, 2c..), a[2] = (row, 2c+8..), a[3] = (row + 8, 2c+8..), row = 16 (t / 32) + (t % 32) / 4,
+// c = t % 4 -- the accumulator layout of two adjacent n8 blocks, so an fp32 accumulator becomes the next
+// product's A operand by packing pairs (pack_a_frag). The a registers must stay unchanged until wgmma.wait_group.
+template <int TransB>
+__device__ __forceinline__ void wgmma_m64n64k16_rs(float (&d)[32], const uint32_t (&a)[4], uint64_t desc_b, int scale_d) {
+#ifdef FLASHGDN_SM90A
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "{%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
+      :
+        "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(scale_d), "n"(TransB));
+#endif
+}
+
+// The A fragment (bf16 pairs) of k-slice s, columns 16 s .. 16 s + 15, of a 64 x N fp32 accumulator.
+__device__ __forceinline__ void pack_a_frag(uint32_t (&a)[4], const float* acc, int s) {
+  const float* x = acc + 8 * s;  // n8 blocks 2 s, 2 s + 1: x[0..3], x[4..7]
+  a[0] = pack2<__nv_bfloat16>(x[0], x[1]);
+  a[1] = pack2<__nv_bfloat16>(x[2], x[3]);
+  a[2] = pack2<__nv_bfloat16>(x[4], x[5]);
+  a[3] = pack2<__nv_bfloat16>(x[6], x[7]);
+}
+
+// Keeps the compiler from reusing A-fragment registers while a register-A wgmma may still read them.
+template <int N>
+__device__ __forceinline__ void fence_regs(uint32_t (&r)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int k = 0; k < 4; ++k) asm volatile("" : "+r"(r[i][k])::"memory");
+}
+
 // The m64n64 form under its earlier name (the primitive tests use it).
 template <int TransA, int TransB>
 __device__ __forceinline__ void wgmma_m64n64k16_bf16(float (&d)[32], uint64_t desc_a, uint64_t desc_b, int scale_d) {
@@ -240,6 +282,16 @@ __device__ __forceinline__ void mbar_wait_cluster(uint64_t* bar, uint32_t phase)
 __device__ __forceinline__ void stmatrix_x4(void* smem_row, const uint32_t (&r)[4]) {
 #ifdef FLASHGDN_SM90A
   asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(smem_u32(smem_row)),
+               "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3])
+               : "memory");
+#endif
+}
+
+// Same, each 8x8 matrix transposed on the way out (.trans): register r[j] of lane l lands at column l / 4, rows
+// 2 (l % 4) .. +1 of matrix j, so an accumulator tile (rows m, columns n) is stored as its transpose.
+__device__ __forceinline__ void stmatrix_x4_trans(void* smem_row, const uint32_t (&r)[4]) {
+#ifdef FLASHGDN_SM90A
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(smem_u32(smem_row)),
                "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3])
                : "memory");
 #endif

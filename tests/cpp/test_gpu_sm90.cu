@@ -97,6 +97,31 @@ __global__ void wgmma_kernel(const __nv_bfloat16* A, const __nv_bfloat16* B, flo
   store_acc<64>(d, D, t);
 }
 
+// The same product with A from registers (register-A wgmma): the fragment built from the row-major A directly.
+__global__ void wgmma_rs_kernel(const __nv_bfloat16* A, const __nv_bfloat16* B, float* D) {
+  __shared__ alignas(128) __nv_bfloat16 sB[64 * 16];
+  const int t = threadIdx.x;
+  for (int e = t; e < 64 * 16; e += 128) sB[core_offset(e / 16, e % 16)] = B[e];
+  sm90::fence_proxy_async_smem();
+  __syncthreads();
+  const int row = 16 * (t / 32) + (t % 32) / 4, c = 2 * (t % 4);
+  auto pk = [&](int r, int k) {
+    const __nv_bfloat162 v = __halves2bfloat162(A[r * 16 + k], A[r * 16 + k + 1]);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  };
+  const uint32_t a[4] = {pk(row, c), pk(row + 8, c), pk(row, c + 8), pk(row + 8, c + 8)};
+  const uint64_t db = make_smem_desc(smem_u32(sB), 128, 256, Swizzle::kNone);
+  float d[32];
+  for (int i = 0; i < 32; ++i) d[i] = 0.f;
+  sm90::fence_regs(d);
+  sm90::wgmma_fence();
+  sm90::wgmma_m64n64k16_rs<0>(d, a, db, 0);
+  sm90::wgmma_commit();
+  sm90::wgmma_wait<0>();
+  sm90::fence_regs(d);
+  store_acc<64>(d, D, t);
+}
+
 // Thread 0 initialises an mbarrier (one arrival) and makes the init visible to the async proxy and the
 // cluster; the caller's barrier (__syncthreads / cluster_sync) then publishes it to the other threads.
 __device__ void init_bar(uint64_t* bar, uint32_t count = 1) {
@@ -261,6 +286,29 @@ TEST(GpuSm90, WgmmaM64N64K16NoSwizzleMatchesCpu) {
   cudaFree(dD);
 }
 
+TEST(GpuSm90, WgmmaRegisterAMatchesCpu) {
+  REQUIRE_SM90();
+  std::mt19937 rng(2);
+  std::normal_distribution<float> nd;
+  std::vector<__nv_bfloat16> a(64 * 16), b(64 * 16);
+  for (auto& x : a) x = __float2bfloat16(nd(rng));
+  for (auto& x : b) x = __float2bfloat16(nd(rng));
+  __nv_bfloat16 *dA, *dB;
+  float* dD;
+  ASSERT_EQ(cudaMalloc(&dA, a.size() * 2), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dB, b.size() * 2), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dD, 64 * 64 * 4), cudaSuccess);
+  cudaMemcpy(dA, a.data(), a.size() * 2, cudaMemcpyHostToDevice);
+  cudaMemcpy(dB, b.data(), b.size() * 2, cudaMemcpyHostToDevice);
+  cudaMemset(dD, 0xff, 64 * 64 * 4);
+  wgmma_rs_kernel<<<1, 128>>>(dA, dB, dD);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_LT(rel_err_vs_cpu(a, b, 16, dD), 1e-5);  // a permuted result: the A fragment layout is wrong
+  cudaFree(dA);
+  cudaFree(dB);
+  cudaFree(dD);
+}
+
 TEST(GpuSm90, TmaTileLoadCompletesOnMbarrier) {
   REQUIRE_SM90();
   const int rows = 128, cols = 256;
@@ -383,6 +431,21 @@ __global__ void stmatrix_kernel(__nv_bfloat16* out) {
   for (int i = l; i < 256; i += 32) out[i] = tile[i];
 }
 
+
+__global__ void stmatrix_trans_kernel(__nv_bfloat16* out) {
+  __shared__ alignas(128) __nv_bfloat16 tile[16 * 16];
+  const int l = threadIdx.x;
+  uint32_t r[4];
+  for (int j = 0; j < 4; ++j) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(64.f * j + 2 * l, 64.f * j + 2 * l + 1);
+    r[j] = *reinterpret_cast<const uint32_t*>(&v);
+  }
+  const int m = l / 8, row = l % 8;
+  sm90::stmatrix_x4_trans(&tile[(8 * (m % 2) + row) * 16 + 8 * (m / 2)], r);
+  __syncwarp();
+  for (int i = l; i < 256; i += 32) out[i] = tile[i];
+}
+
 }  // namespace
 
 // Launches `kernel` as one cluster of 2 CTAs.
@@ -455,6 +518,26 @@ TEST(GpuSm90, StmatrixX4MatchesFragmentLayout) {
       for (int c = 0; c < 8; ++c) {
         const int lane = 4 * i + c / 2;
         const float want = 64.f * j + 2 * lane + (c % 2);
+        const float got = __bfloat162float(out[(8 * (j % 2) + i) * 16 + 8 * (j / 2) + c]);
+        ASSERT_EQ(got, __bfloat162float(__float2bfloat16(want))) << "matrix " << j << " row " << i << " col " << c;
+      }
+  cudaFree(dout);
+}
+
+TEST(GpuSm90, StmatrixX4TransStoresTheTranspose) {
+  REQUIRE_SM90();
+  __nv_bfloat16* dout;
+  ASSERT_EQ(cudaMalloc(&dout, 256 * 2), cudaSuccess);
+  stmatrix_trans_kernel<<<1, 32>>>(dout);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  std::vector<__nv_bfloat16> out(256);
+  cudaMemcpy(out.data(), dout, 256 * 2, cudaMemcpyDeviceToHost);
+  // Matrix j, memory row i, column c holds register-side element (row c, column i): lane 4 c + i / 2, half i % 2.
+  for (int j = 0; j < 4; ++j)
+    for (int i = 0; i < 8; ++i)
+      for (int c = 0; c < 8; ++c) {
+        const int lane = 4 * c + i / 2;
+        const float want = 64.f * j + 2 * lane + (i % 2);
         const float got = __bfloat162float(out[(8 * (j % 2) + i) * 16 + 8 * (j / 2) + c]);
         ASSERT_EQ(got, __bfloat162float(__float2bfloat16(want))) << "matrix " << j << " row " << i << " col " << c;
       }

@@ -589,7 +589,7 @@ flashgdn_status_t launch_impl(const Problem& pr_in, const flashgdn_chunk_fwd_par
   // Programmatic dependent launch of the recurrence on sm_90+ (FLASHGDN_PORTABLE_PDL=0 turns it off: A/B).
   const bool pdl = info.cc_major >= 9 && !env_is_zero("FLASHGDN_PORTABLE_PDL");
   if (sm90_path) {  // bf16, K = V = 128 (sm90fwd::applies)
-    a.a_only = sm90_var == 2;  // the fused form: prepare writes A diag(beta) and aux only
+    a.a_only = sm90_var >= 2;  // the fused / head forms: prepare writes A diag(beta) and aux only
     return launch_all<__nv_bfloat16, 128, 128>(a, bv, max_smem, dev, false, stream, &pr, &p);
   }
   const bool bf16 = pr.io_dtype == FLASHGDN_DTYPE_BFLOAT16;

@@ -8,6 +8,7 @@
 #include "api/error.hpp"
 #include "api/tensor_map.hpp"
 #include "kernels/launch_util.hpp"
+#include "kernels/sm90/fwd/fused_head_sm90.cuh"
 #include "kernels/sm90/fwd/fused_sm90.cuh"
 #include "kernels/sm90/fwd/recurrence_sm90.cuh"
 
@@ -17,12 +18,14 @@ namespace flashgdn::sm90fwd {
 int variant() {
   if (env_is_one("FLASHGDN_EXPERIMENTAL_SM90")) return 1;
   if (env_is_value("FLASHGDN_EXPERIMENTAL_SM90", "2")) return 2;
+  if (env_is_value("FLASHGDN_EXPERIMENTAL_SM90", "3")) return 3;
   if (env_is_zero("FLASHGDN_EXPERIMENTAL_SM90")) return 0;
   return 2;  // unset: the fused form where planned
 }
 
 bool forced() {
-  return env_is_one("FLASHGDN_EXPERIMENTAL_SM90") || env_is_value("FLASHGDN_EXPERIMENTAL_SM90", "2");
+  return env_is_one("FLASHGDN_EXPERIMENTAL_SM90") || env_is_value("FLASHGDN_EXPERIMENTAL_SM90", "2") ||
+         env_is_value("FLASHGDN_EXPERIMENTAL_SM90", "3");
 }
 
 bool applies(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, int cc_major, int max_smem) {
@@ -30,7 +33,8 @@ bool applies(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, int cc_maj
   if (var == 0) return false;
   if (cc_major != 9 || pr.K != 128 || pr.V != 128 || pr.io_dtype != FLASHGDN_DTYPE_BFLOAT16) return false;
   if (pr.cp_mode == FLASHGDN_CP_ON) return false;
-  if (max_smem < static_cast<int>(var == 2 ? fused::kSmemBytes : kSmemBytes)) return false;
+  const uint32_t smem = var == 3 ? head::kSmemBytes : var == 2 ? fused::kSmemBytes : kSmemBytes;
+  if (max_smem < static_cast<int>(smem)) return false;
   // The 3-D maps index tokens as b * T + t: batch rows must follow each other at the token stride.
   if (pr.B > 1 && (p.q.stride[0] != pr.T * p.q.stride[1] || p.k.stride[0] != pr.T * p.k.stride[1])) return false;
   // TMA: 16-byte aligned bases and strides (8 bf16 elements).
@@ -38,7 +42,7 @@ bool applies(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, int cc_maj
     if (reinterpret_cast<uintptr_t>(x->data) % 16 != 0 || x->stride[1] % 8 != 0 || x->stride[2] % 8 != 0 ||
         x->stride[2] < pr.K)
       return false;
-  if (var == 2) {  // V through a 3-D map as well
+  if (var >= 2) {  // V through a 3-D map as well
     if (pr.B > 1 && p.v.stride[0] != pr.T * p.v.stride[1]) return false;
     if (reinterpret_cast<uintptr_t>(p.v.data) % 16 != 0 || p.v.stride[1] % 8 != 0 || p.v.stride[2] % 8 != 0 ||
         p.v.stride[2] < pr.V)
@@ -111,12 +115,36 @@ flashgdn_status_t launch_fused(const portable::FwdArgs& a, const Problem& pr, co
   return FLASHGDN_SUCCESS;
 }
 
+flashgdn_status_t launch_head(const portable::FwdArgs& a, const Problem& pr, const flashgdn_chunk_fwd_params_t& p,
+                              cudaStream_t stream) {
+  using portable::kChunk;
+  head::Maps maps;
+  const int64_t ch = a.max_chunks * a.Hv;  // (chunk, head) images
+  FLASHGDN_TRY(map_tokens(&maps.q, p.q, pr, "q"));
+  FLASHGDN_TRY(map_tokens(&maps.k, p.k, pr, "k"));
+  FLASHGDN_TRY(map_tokens(&maps.v, p.v, pr, "v", true));
+  FLASHGDN_TRY(map_image(&maps.a, a.Pm, kChunk + 8, ch * kChunk, 1, 0, "workspace A"));
+  static std::atomic<uint64_t> raised{0};
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e == cudaSuccess)
+    e = raise_smem_limit_once(head::fused_head_sm90_kernel, static_cast<int>(head::kSmemBytes), dev, raised);
+  if (e != cudaSuccess)
+    return fail(FLASHGDN_ERROR_CUDA, "flashgdn_chunk_fwd: sm90 head kernel setup: %s", cudaGetErrorString(e));
+  head::fused_head_sm90_kernel<<<static_cast<unsigned>(int64_t(a.N) * a.Hv), head::kThreads, head::kSmemBytes,
+                                 stream>>>(maps, a);
+  e = cudaGetLastError();
+  if (e != cudaSuccess)
+    return fail(FLASHGDN_ERROR_CUDA, "flashgdn_chunk_fwd: sm90 head kernel launch: %s", cudaGetErrorString(e));
+  return FLASHGDN_SUCCESS;
+}
+
 }  // namespace
 
 flashgdn_status_t launch(const portable::FwdArgs& a, const Problem& pr, const flashgdn_chunk_fwd_params_t& p,
                          cudaStream_t stream) {
   using portable::kChunk;
-  if (a.a_only) return launch_fused(a, pr, p, stream);
+  if (a.a_only) return variant() == 3 ? launch_head(a, pr, p, stream) : launch_fused(a, pr, p, stream);
   Maps maps;
   const int64_t ch = a.max_chunks * a.Hv;  // (chunk, head) images
   FLASHGDN_TRY(map_tokens(&maps.q, p.q, pr, "q"));

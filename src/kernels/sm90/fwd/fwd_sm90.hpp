@@ -2,7 +2,8 @@
 // the portable prepare kernel (BV = 64). FLASHGDN_EXPERIMENTAL_SM90=1: the recurrence over prepare's W, U, Pm
 // images (recurrence_sm90.cuh); =2 or unset: the fused form over the gate-free A alone (fused_sm90.cuh; prepare
 // then runs with a_only), unset only where the planner would give the portable recurrence 64-column slices and
-// no context parallelism (the fused kernel has neither narrower slices nor CP yet); =0: never.
+// no context parallelism (the fused kernel has neither narrower slices nor CP yet); =3: the head form (one CTA per
+// (sequence, head), fused_head_sm90.cuh; prepare with a_only as for =2); =0: never.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -18,9 +19,9 @@ namespace flashgdn::sm90fwd {
 bool applies(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, int cc_major, int max_smem);
 
 // The variant (read on every call): FLASHGDN_EXPERIMENTAL_SM90=0 off, =1 the W/U recurrence, =2 the
-// fused form; unset: the fused form where the planner takes it (forced() false).
+// fused form, =3 the head form; unset: the fused form where the planner takes it (forced() false).
 int variant();
-// FLASHGDN_EXPERIMENTAL_SM90 is 1 or 2: the variant wherever it applies (A/B), not only where planned.
+// FLASHGDN_EXPERIMENTAL_SM90 is 1, 2 or 3: the variant wherever it applies (A/B), not only where planned.
 bool forced();
 
 // Launches the recurrence (after the portable prepare stage, with a.bv = 64).

@@ -1,0 +1,347 @@
+// sm_90a forward, stage 2, head form (EXPERIMENTAL, FLASHGDN_EXPERIMENTAL_SM90=3): the gated delta rule of one
+// (sequence, value head) per CTA, the whole V = 128 on chip, with the state transposed (Sᵀ, V rows x K columns) so
+// that it is the register A operand of its products. Stage 1 is the portable prepare in its "A only" mode (aux and
+// the gate-free A diag(β) as a bf16 (64, 72) image per (chunk, head)), as for the fused form (fused_sm90.cuh).
+// Per chunk, with the gate factors of docs/design.md §6.1 (every exponent <= 0) and f = e^γ rk, fo = scale e^γ rq,
+// fd = e^{γL - γ} rk per token (zero past the chunk's length L):
+//   X  = Sᵀ Kᵀ,  O = Sᵀ Qᵀ                                  (V x tokens; Sᵀ in bf16 from the registers)
+//   W§ᵀ = Vᵀ - X diag(f)                                     (Vᵀ through ldmatrix.trans)
+//   vnᵀ = W§ᵀ Agᵀ,  Ag = Γ o (A diag(β))
+//   Oᵀ = O diag(fo) + vnᵀ Pgᵀ,  Pg = Γ o tril(Q Kᵀ)
+//   Sᵀ = e^{γL} Sᵀ + (vnᵀ diag(fd)) K
+// K = V = 128, bf16.
+//
+// Grid N * Hv (sequence rank slowest, head fastest); 512 threads = 4 warpgroups:
+//   WG0, WG1 (warps 0-7), state [setmaxnreg 208]: WG w owns value rows 64 w .. 64 w + 63 of Sᵀ (64 x 128 fp32, two
+//       m64n64 accumulators, 64 registers) and does every product above for them on register-A wgmma (m64n64k16;
+//       32 per chunk), then O: stmatrix.trans into its own columns of the stage's V tile (which it has finished
+//       reading), and 16-byte stores of the rows < L by each warp.
+//   WG2 (warps 8-11), gates [setmaxnreg 72]: per stage, P = Q Kᵀ (8 wgmma, both K-major), Pg -> sPg, Ag in place
+//       over the stage's A tile (one exp per element, shared by both), and the token factors f, fo, fd -> sF.
+//   WG3 (warps 12-15), producer [setmaxnreg 24]: lane 0 of warp 12 issues per stage Q, K, V (3-D maps over the user
+//       tensors (width, heads, tokens), two 64-column atoms each), A (map over the workspace images, row pads
+//       skipped by the box) and aux (bulk copy), on mbarrier full[s]; refills stage s after empty[s]. Warps 13-15
+//       exit.
+// Pipelines: 3 stages. mbarriers: full[3] (1 + tx), prepped[3] (128: WG2 -> WG0, WG1), empty[3] (256: WG0, WG1,
+// which arrive after prepped, so after WG2 is done with the stage). No named barriers: the two state warpgroups
+// share only read-only stage data, and each warp stages and stores its own output columns (__syncwarp).
+// Rows past L: TMA brings the next sequence's (finite) rows or zeros past the tensor; Ag, Pg rows and columns >= L and
+// f, fo, fd past L are zero, so vn and the state update see no row >= L and O rows >= L are not stored.
+//
+// Shared memory (1024-aligned), per stage: Q, K, V 16 KB each (two 128-byte-swizzled 64-column atoms), A / Ag 8 KB,
+// Pg 8 KB, aux 768 B, F 768 B = 66 KB; 3 stages + mbarriers: ~199 KB.
+#pragma once
+
+#include <cuda.h>
+
+#include "device/sm90.cuh"
+#include "kernels/portable/fwd/params.hpp"
+#include "kernels/portable/fwd/scheduler.cuh"
+#include "kernels/sm90/fwd/recurrence_sm90.cuh"
+
+namespace flashgdn::sm90fwd {
+
+namespace head {
+
+inline constexpr int kThreads = 512;
+inline constexpr int kStages = 3;
+inline constexpr uint32_t kQ = 0, kK = 16384, kV = 32768, kA = 49152, kPg = 57344, kAux = 65536, kF = kAux + 768;
+inline constexpr uint32_t kStageBytes = 67584;  // 66 KB (a multiple of 1024: the tiles stay 1024-aligned)
+inline constexpr uint32_t kTxBytes = 3 * 16384 + 8192 + 768;
+inline constexpr uint32_t kBars = kStages * kStageBytes;
+inline constexpr uint32_t kSmemBytes = kBars + 3 * kStages * 8 + 1024;  // + mbarriers + alignment slack
+
+struct Maps {
+  CUtensorMap q, k, v, a;
+};
+
+__device__ __forceinline__ uint64_t kmajor(uint32_t addr) {  // K-major operand, 128-byte swizzle
+  return device::make_smem_desc(addr, 16, 1024, device::Swizzle::k128B);
+}
+__device__ __forceinline__ uint64_t mnmajor(uint32_t addr) {  // MN-major operand, 64-wide atoms
+  return device::make_smem_desc(addr, 8192, 1024, device::Swizzle::k128B);
+}
+
+__global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __grid_constant__ Maps maps, FwdArgs a) {
+  using namespace device;
+  using portable::Seq;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+  const uint32_t base = smem_u32(smem);
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + kBars);
+  uint64_t* prepped = full + kStages;
+  uint64_t* empty = full + 2 * kStages;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int h = static_cast<int>(blockIdx.x % a.Hv);
+  const int64_t n = a.seq_order[blockIdx.x / a.Hv];
+  const int hk = h / a.group;
+  const Seq s = portable::seq_range(a, n);
+  const int64_t nchunks = (s.eos - s.bos + kChunk - 1) / kChunk;
+  const int64_t c_base = a.chunk_offsets[n];
+  if (tid == 0) {
+    for (int i = 0; i < kStages; ++i) {
+      sm90::mbar_init(&full[i], 1);
+      sm90::mbar_init(&prepped[i], 128);
+      sm90::mbar_init(&empty[i], 256);
+    }
+    cuda::ptx::fence_mbarrier_init(cuda::ptx::sem_release, cuda::ptx::scope_cluster);
+  }
+  __syncthreads();
+
+  if (warp >= 12) {
+    // ================= producer =================
+    sm90::setmaxnreg_dec<24>();
+    if (warp == 12 && lane == 0) {
+      const int64_t tok0 = s.b * a.T + s.bos;  // token row of the sequence's first token in the 3-D maps
+      int st = 0;
+      uint32_t ph = 0;
+      for (int64_t c = 0; c < nchunks; ++c) {
+        if (c >= kStages) sm90::mbar_wait(&empty[st], ph ^ 1);
+        unsigned char* X = smem + st * kStageBytes;
+        const int64_t ch = (c_base + c) * a.Hv + h;
+        const int32_t tok = static_cast<int32_t>(tok0 + c * kChunk);
+        sm90::mbar_expect_tx(&full[st], kTxBytes);
+        for (int atom = 0; atom < 2; ++atom) {
+          sm90::tma_load_3d(X + kQ + 8192 * atom, &maps.q, 64 * atom, hk, tok, &full[st]);
+          sm90::tma_load_3d(X + kK + 8192 * atom, &maps.k, 64 * atom, hk, tok, &full[st]);
+          sm90::tma_load_3d(X + kV + 8192 * atom, &maps.v, 64 * atom, h, tok, &full[st]);
+        }
+        sm90::tma_load_2d(X + kA, &maps.a, 0, static_cast<int32_t>(ch * kChunk), &full[st]);
+        sm90::bulk_load(X + kAux, a.aux + ch * 3 * kChunk, 3 * kChunk * sizeof(float), &full[st]);
+        if (++st == kStages) st = 0, ph ^= 1;
+      }
+    }
+    return;
+  }
+
+  const int t = tid & 127;  // thread in the warpgroup
+  const int row = 16 * (t / 32) + (t % 32) / 4, col = 2 * (t % 4);  // accumulator coordinates
+
+  if (warp >= 8) {
+    // ================= gates: Pg, Ag (in place), F per stage =================
+    sm90::setmaxnreg_dec<72>();
+    int st = 0;
+    uint32_t ph = 0;
+    for (int64_t c = 0; c < nchunks; ++c) {
+      sm90::mbar_wait(&full[st], ph);
+      const uint32_t X = base + st * kStageBytes;
+      unsigned char* Xp = smem + st * kStageBytes;
+      const float* gam = reinterpret_cast<const float*>(Xp + kAux);
+      const float* rq = gam + kChunk;
+      const float* rk = gam + 2 * kChunk;
+      const int64_t t0 = s.bos + c * kChunk;
+      const int L = static_cast<int>(s.eos - t0 < kChunk ? s.eos - t0 : kChunk);
+      float p[32];  // (64, 64) Q Kᵀ
+#pragma unroll
+      for (int i = 0; i < 32; ++i) p[i] = 0.f;
+      sm90::fence_regs(p);
+      sm90::wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < 8; ++ks)
+        sm90::wgmma_m64n64k16<0, 0>(p, kmajor(X + kQ + 8192 * (ks / 4) + 32 * (ks % 4)),
+                                    kmajor(X + kK + 8192 * (ks / 4) + 32 * (ks % 4)), 1);
+      sm90::wgmma_commit();
+      if (t < kChunk) {  // the token factors, while the product runs
+        float* F = reinterpret_cast<float*>(Xp + kF);
+        const bool in = t < L;
+        const float e = __expf(fminf(gam[t], 0.f));
+        F[t] = in ? e * rk[t] : 0.f;
+        F[kChunk + t] = in ? a.scale * e * rq[t] : 0.f;
+        F[2 * kChunk + t] = in ? __expf(fminf(gam[kChunk - 1] - gam[t], 0.f)) * rk[t] : 0.f;
+      }
+      float gr[2], fq[2];  // row factors (rows row, row + 8)
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        gr[hf] = gam[row + 8 * hf];
+        fq[hf] = a.scale * rq[row + 8 * hf];
+      }
+      sm90::wgmma_wait<0>();
+      sm90::fence_regs(p);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int cc = 8 * j + col;
+        const float gc[2] = {gam[cc], gam[cc + 1]}, kc[2] = {rk[cc], rk[cc + 1]};
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+          const int r = row + 8 * hf;
+          __nv_bfloat162* av = reinterpret_cast<__nv_bfloat162*>(Xp + kA + sw128(r, cc));
+          const __nv_bfloat162 a2 = *av;
+          float gv[2], pv[2];
+#pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const bool in = cc + u <= r && r < L;
+            const float G = in ? __expf(fminf(gr[hf] - gc[u], 0.f)) : 0.f;  // exponent <= 0
+            gv[u] = G * (u == 0 ? __low2float(a2) : __high2float(a2));
+            pv[u] = G * fq[hf] * kc[u] * p[4 * j + 2 * hf + u];
+          }
+          *av = __floats2bfloat162_rn(gv[0], gv[1]);
+          *reinterpret_cast<__nv_bfloat162*>(Xp + kPg + sw128(r, cc)) = __floats2bfloat162_rn(pv[0], pv[1]);
+        }
+      }
+      sm90::fence_proxy_async_smem();
+      sm90::mbar_arrive(&prepped[st]);  // Ag, Pg, F of stage st written; Q, K, A, aux read
+      if (++st == kStages) st = 0, ph ^= 1;
+    }
+    return;
+  }
+
+  // ================= state warpgroups (value rows 64 w .. 64 w + 63) =================
+  sm90::setmaxnreg_inc<208>();
+  const int w = warp / 4, wi = warp % 4, v0 = 64 * w;
+  const int mi = lane / 8;  // ldmatrix / stmatrix: the 8x8 matrix this lane addresses a row of
+  const portable::StateIO io = portable::state_io(a, n);
+  // S[kh][4 j + e] = Sᵀ(value row + 8 (e / 2), key column 64 kh + 8 j + col + e % 2)
+  float S[2][32];
+#pragma unroll
+  for (int kh = 0; kh < 2; ++kh)
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        S[kh][4 * j + e] = io.src != nullptr ? portable::load_state(a, io.src, io.src_row, h, 64 * kh + 8 * j + col + e % 2,
+                                                                    v0 + row + 8 * (e / 2))
+                                             : 0.f;
+  __nv_bfloat16* og = static_cast<__nv_bfloat16*>(a.o) + s.b * a.o_s[0] + h * a.o_s[2] + v0 + 16 * wi;
+  int st = 0;
+  uint32_t ph = 0;
+  for (int64_t c = 0; c < nchunks; ++c) {
+    sm90::mbar_wait(&full[st], ph);
+    const uint32_t X = base + st * kStageBytes;
+    unsigned char* Xp = smem + st * kStageBytes;
+    const int64_t t0 = s.bos + c * kChunk;
+    const int L = static_cast<int>(s.eos - t0 < kChunk ? s.eos - t0 : kChunk);
+
+    // 1. X = Sᵀ Kᵀ, O = Sᵀ Qᵀ (64 x 64 each), Sᵀ in bf16 as the A operand
+    float x[32], o[32];
+    {
+      uint32_t sb[8][4];
+#pragma unroll
+      for (int ks = 0; ks < 8; ++ks) sm90::pack_a_frag(sb[ks], S[ks / 4], ks % 4);
+      sm90::fence_regs(sb);
+#pragma unroll
+      for (int i = 0; i < 32; ++i) x[i] = o[i] = 0.f;
+      sm90::fence_regs(x);  // NOTE: the zeros materialised before wgmma.fence (else ptxas serialises, C7519)
+      sm90::fence_regs(o);
+      sm90::wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < 8; ++ks)
+        sm90::wgmma_m64n64k16_rs<0>(x, sb[ks], kmajor(X + kK + 8192 * (ks / 4) + 32 * (ks % 4)), 1);
+#pragma unroll
+      for (int ks = 0; ks < 8; ++ks)
+        sm90::wgmma_m64n64k16_rs<0>(o, sb[ks], kmajor(X + kQ + 8192 * (ks / 4) + 32 * (ks % 4)), 1);
+      sm90::wgmma_commit();
+      sm90::wgmma_wait<0>();
+      sm90::fence_regs(x);
+      sm90::fence_regs(o);
+      sm90::fence_regs(sb);
+    }
+    sm90::mbar_wait(&prepped[st], ph);  // Ag, Pg, F
+    const float* F = reinterpret_cast<const float*>(Xp + kF);
+    const float* gam = reinterpret_cast<const float*>(Xp + kAux);
+
+    // 2. W§ᵀ = Vᵀ - X diag(f) as the A operand (k-slices over tokens), 3. vnᵀ = W§ᵀ Agᵀ
+    float vn[32];
+    {
+      uint32_t wb[4][4];
+#pragma unroll
+      for (int kp = 0; kp < 4; ++kp) {
+        uint32_t v4[4];  // Vᵀ: (j = 2 kp, rows row / row + 8), (j = 2 kp + 1, ...)
+        ldmatrix_x4_trans(v4, Xp + kV + 8192 * w + sw128(8 * (2 * kp + mi / 2) + (lane & 7), 16 * wi + 8 * (mi % 2)));
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          const int j = 2 * kp + q;
+          const float2 f = *reinterpret_cast<const float2*>(F + 8 * j + col);
+          const float2 va = unpack2<__nv_bfloat16>(v4[2 * q]), vb = unpack2<__nv_bfloat16>(v4[2 * q + 1]);
+          wb[kp][2 * q] = pack2<__nv_bfloat16>(va.x - f.x * x[4 * j], va.y - f.y * x[4 * j + 1]);
+          wb[kp][2 * q + 1] = pack2<__nv_bfloat16>(vb.x - f.x * x[4 * j + 2], vb.y - f.y * x[4 * j + 3]);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < 32; ++i) vn[i] = 0.f;
+      sm90::fence_regs(vn);
+      sm90::fence_regs(wb);
+      sm90::wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks) sm90::wgmma_m64n64k16_rs<0>(vn, wb[ks], kmajor(X + kA + 32 * ks), 1);
+      sm90::wgmma_commit();
+      sm90::wgmma_wait<0>();
+      sm90::fence_regs(vn);
+      sm90::fence_regs(wb);
+    }
+
+    // 4. O = O diag(fo) + vnᵀ Pgᵀ; Sᵀ = e^{γL} Sᵀ + (vnᵀ diag(fd)) K
+    {
+      uint32_t nb[4][4], db[4][4];
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks) sm90::pack_a_frag(nb[ks], vn, ks);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const float2 fo = *reinterpret_cast<const float2*>(F + kChunk + 8 * j + col);
+        const float2 fd = *reinterpret_cast<const float2*>(F + 2 * kChunk + 8 * j + col);
+        o[4 * j] *= fo.x, o[4 * j + 1] *= fo.y, o[4 * j + 2] *= fo.x, o[4 * j + 3] *= fo.y;
+        vn[4 * j] *= fd.x, vn[4 * j + 1] *= fd.y, vn[4 * j + 2] *= fd.x, vn[4 * j + 3] *= fd.y;
+      }
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks) sm90::pack_a_frag(db[ks], vn, ks);
+      const float egl = __expf(fminf(gam[kChunk - 1], 0.f));
+#pragma unroll
+      for (int kh = 0; kh < 2; ++kh)
+#pragma unroll
+        for (int i = 0; i < 32; ++i) S[kh][i] *= egl;
+      sm90::fence_regs(o);
+      sm90::fence_regs(S[0]);
+      sm90::fence_regs(S[1]);
+      sm90::fence_regs(nb);
+      sm90::fence_regs(db);
+      sm90::wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks) sm90::wgmma_m64n64k16_rs<0>(o, nb[ks], kmajor(X + kPg + 32 * ks), 1);
+#pragma unroll
+      for (int kh = 0; kh < 2; ++kh)
+#pragma unroll
+        for (int ks = 0; ks < 4; ++ks)
+          sm90::wgmma_m64n64k16_rs<1>(S[kh], db[ks], mnmajor(X + kK + 8192 * kh + 2048 * ks), 1);
+      sm90::wgmma_commit();
+      sm90::wgmma_wait<0>();
+      sm90::fence_regs(o);
+      sm90::fence_regs(S[0]);
+      sm90::fence_regs(S[1]);
+      sm90::fence_regs(nb);
+      sm90::fence_regs(db);
+    }
+
+    // 5. Oᵀ -> the warp's own 16 columns of this warpgroup's V atom (read in step 2), then its rows < L to o
+    unsigned char* stg = Xp + kV + 8192 * w;
+#pragma unroll
+    for (int kp = 0; kp < 4; ++kp) {
+      const uint32_t r4[4] = {pack2<__nv_bfloat16>(o[8 * kp], o[8 * kp + 1]), pack2<__nv_bfloat16>(o[8 * kp + 2], o[8 * kp + 3]),
+                              pack2<__nv_bfloat16>(o[8 * kp + 4], o[8 * kp + 5]),
+                              pack2<__nv_bfloat16>(o[8 * kp + 6], o[8 * kp + 7])};
+      sm90::stmatrix_x4_trans(stg + sw128(8 * (2 * kp + mi / 2) + (lane & 7), 16 * wi + 8 * (mi % 2)), r4);
+    }
+    __syncwarp();
+#pragma unroll
+    for (int it = 0; it < 4; ++it) {
+      const int tok = 16 * it + lane / 2, seg = lane & 1;
+      if (tok < L)
+        *reinterpret_cast<uint4*>(og + (t0 + tok) * a.o_s[1] + 8 * seg) =
+            *reinterpret_cast<const uint4*>(stg + sw128(tok, 16 * wi + 8 * seg));
+    }
+    sm90::fence_proxy_async_smem();  // the staging writes before the stage's next TMA fill
+    sm90::mbar_arrive(&empty[st]);
+    if (++st == kStages) st = 0, ph ^= 1;
+  }
+  if (io.dst != nullptr)
+#pragma unroll
+    for (int kh = 0; kh < 2; ++kh)
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          portable::store_state(a, io.dst, io.dst_row, h, 64 * kh + 8 * j + col + e % 2, v0 + row + 8 * (e / 2),
+                                S[kh][4 * j + e]);
+}
+
+}  // namespace head
+
+}  // namespace flashgdn::sm90fwd
