@@ -173,6 +173,8 @@ def rel(a, b):
 
 VARIANT_ENV = {"cp_on": ("on", {}), "cp_off": ("off", {}),
                "sm90": ("off", {"FLASHGDN_EXPERIMENTAL_SM90": "1"}),
+               "fused": ("off", {"FLASHGDN_EXPERIMENTAL_SM90": "2"}),
+               "head": ("off", {"FLASHGDN_EXPERIMENTAL_SM90": "3"}),
                "portable": ("auto", {"FLASHGDN_EXPERIMENTAL_SM90": "0"})}
 
 
@@ -198,7 +200,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--reps", type=int, default=15)
-    ap.add_argument("--rows", default="", help="only rows whose name contains this")
+    ap.add_argument("--rows", default="",
+                    help="only rows whose name contains one of these comma-separated substrings (e.g. '2/8 ,4/16 ')")
     ap.add_argument("--cp", default="auto", choices=["auto", "on", "off"],
                     help="FlashGDN's cp argument")
     ap.add_argument("--sm90", action="store_true",
@@ -254,7 +257,7 @@ def main():
     for hqk, hv in HEADS:
         for sl in SEQLENS:
             name = f"{hqk}/{hv} {sl}"
-            if args.rows and args.rows not in name:
+            if args.rows and not any(x in name for x in args.rows.split(",") if x):
                 continue
             lens = parse_seqlens(sl)
             q, k, v, g, beta, h0, cu = make_inputs(hqk, hv, lens)

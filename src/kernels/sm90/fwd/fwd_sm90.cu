@@ -20,7 +20,7 @@ int variant() {
   if (env_is_value("FLASHGDN_EXPERIMENTAL_SM90", "2")) return 2;
   if (env_is_value("FLASHGDN_EXPERIMENTAL_SM90", "3")) return 3;
   if (env_is_zero("FLASHGDN_EXPERIMENTAL_SM90")) return 0;
-  return 2;  // unset: the fused form where planned
+  return 3;  // unset: the head form where planned
 }
 
 bool forced() {
