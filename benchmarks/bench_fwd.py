@@ -27,7 +27,9 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 import flashgdn  # noqa: E402
+import fwd_table  # noqa: E402
 
 HEADS = [(2, 8), (4, 16), (8, 32), (16, 64), (16, 32), (8, 24), (16, 48), (16, 16)]
 SEQLENS = ["1x32768", "1x8192", "28672+4096", "8192x4", "1024x8"]
@@ -326,41 +328,14 @@ def main():
                   flush=True)
             del q, k, v, g, beta, h0, cu
             torch.cuda.empty_cache()
-    sp = [r["speedup_vs_fla"] for r in rows if "speedup_vs_fla" in r]
-    if sp:
-        meta["geomean_speedup_vs_fla"] = math.exp(sum(math.log(x) for x in sp) / len(sp))
-        meta["min_speedup_vs_fla"] = min(sp)
-        meta["rows_slower_than_fla"] = [r["name"] for r in rows if r.get("speedup_vs_fla", 2) < 1]
-        print(f"geomean speedup vs FLA {meta['geomean_speedup_vs_fla']:.2f}x, min {min(sp):.2f}x, "
+    fwd_table.summarize(meta, rows)
+    if "geomean_speedup_vs_fla" in meta:
+        print(f"geomean speedup vs FLA {meta['geomean_speedup_vs_fla']:.2f}x, min {meta['min_speedup_vs_fla']:.2f}x, "
               f"rows slower than FLA: {meta['rows_slower_than_fla']}")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     stem = f"{gpu.replace(' ', '_')}-{meta['date']}-fwd" + (f"-{args.tag}" if args.tag else "")
     meta["variant"] = args.tag or "default"
-    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    md = [f"# Forward benchmark: {gpu}, commit {commit}, {meta['date']}", "",
-          f"torch {meta['torch']}, triton {meta['triton']}, FLA {fla_ver}, CUDA {meta['cuda']}. "
-          f"Measured ceilings: copy {bw / 1e9:.0f} GB/s, bf16 matmul {rate / 1e12:.0f} TFLOP/s. {meta['timing']}.",
-          f"Inputs: {meta['inputs']}. FlashQLA/FlashInfer columns are their published H200 numbers; "
-          "'xFLA' columns are speedups over FLA within the same table/run.", "",
-          "| row | floor ms | FlashGDN ms (graph) | FlashGDN ms (eager) | FLA ms | FLA timing | x FLA | FlashQLA H200 ms | "
-          "FlashQLA x FLA | FlashInfer H200 ms | FlashInfer x FLA | rel L2 o vs FLA |",
-          "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
-    vars_ = [x for x in args.variants.split(",") if x]
-    if vars_:  # the variants' graph-replay medians as extra columns
-        md[-2] += "".join(f" {x} ms |" for x in vars_)
-        md[-1] += "---:|" * len(vars_)
-    for r in rows:
-        g = lambda k, p=3: (f"{r[k]:.{p}f}" if isinstance(r.get(k), float) else str(r.get(k, "n/a")))  # noqa: E731
-        md.append(f"| {r['name']} | {g('floor_ms')} | {g('flashgdn_graph_ms')} | {g('flashgdn_eager_ms')} | "
-                  f"{g('fla_ms')} | {r.get('fla_timing', 'n/a')} | {g('speedup_vs_fla', 2)} | {g('flashqla_h200_ms')} | "
-                  f"{g('flashqla_speedup_vs_fla_published', 2)} | {g('flashinfer_h200_ms')} | "
-                  f"{g('flashinfer_speedup_vs_fla_published', 2)} | {r.get('rel_l2_o_vs_fla', float('nan')):.1e} |"
-                  + "".join(f" {g(f'flashgdn_{x}_graph_ms')} |" for x in vars_))
-    if sp:
-        md += ["", f"Geometric-mean speedup over FLA: {meta['geomean_speedup_vs_fla']:.2f}x (min "
-                   f"{meta['min_speedup_vs_fla']:.2f}x); rows slower than FLA: {meta['rows_slower_than_fla'] or 'none'}."]
-    (out / f"{stem}.md").write_text("\n".join(md) + "\n")
+    fwd_table.write(out, stem, meta, rows, [x for x in args.variants.split(",") if x])
     (out / "partial-fwd.json").unlink(missing_ok=True)
     print(f"wrote {out / stem}.json and .md")
 
