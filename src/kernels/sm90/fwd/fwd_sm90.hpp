@@ -1,9 +1,9 @@
-// sm_90a forward, stage 2 (EXPERIMENTAL). Host side: when it applies, the tensor maps, the launch. Stage 1 stays
-// the portable prepare kernel (BV = 64). FLASHGDN_EXPERIMENTAL_SM90=1: the recurrence over prepare's W, U, Pm
-// images (recurrence_sm90.cuh); =2 or unset: the fused form over the gate-free A alone (fused_sm90.cuh; prepare
-// then runs with a_only), unset only where the planner would give the portable recurrence 64-column slices and
-// no context parallelism (the fused kernel has neither narrower slices nor CP yet); =3: the head form (one CTA per
-// (sequence, head), fused_head_sm90.cuh; prepare with a_only as for =2); =0: never.
+// sm_90a forward, stage 2. Host side: when it applies, the tensor maps, the launch. Stage 1 stays the portable
+// prepare kernel. Unset FLASHGDN_EXPERIMENTAL_SM90 or =3: the head form (fused_head_sm90.cuh: one CTA per (sequence,
+// head) over the gate-free A alone; prepare runs with a_only), unset only where the planner would give the portable
+// recurrence 64-column slices and no context parallelism (the head form has neither narrower slices nor CP yet);
+// =2: the fused form (fused_sm90.cuh, two V-slice CTAs per head; a_only as well); =1: the recurrence over
+// prepare's W, U, Pm images (recurrence_sm90.cuh); =0: never. 2 and 1 are A/B variants.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -19,7 +19,7 @@ namespace flashgdn::sm90fwd {
 bool applies(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, int cc_major, int max_smem);
 
 // The variant (read on every call): FLASHGDN_EXPERIMENTAL_SM90=0 off, =1 the W/U recurrence, =2 the
-// fused form, =3 the head form; unset: the fused form where the planner takes it (forced() false).
+// fused form, =3 the head form; unset: the head form where the planner takes it (forced() false).
 int variant();
 // FLASHGDN_EXPERIMENTAL_SM90 is 1, 2 or 3: the variant wherever it applies (A/B), not only where planned.
 bool forced();
