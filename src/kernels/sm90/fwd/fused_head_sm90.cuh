@@ -23,8 +23,9 @@
 //       skipped by the box) and aux (bulk copy), on mbarrier full[s]; refills stage s after empty[s]. Warps 13-15
 //       exit.
 // Pipelines: 3 stages. mbarriers: full[3] (1 + tx), prepped[3] (128: WG2 -> WG0, WG1), empty[3] (256: WG0, WG1,
-// which arrive after prepped, so after WG2 is done with the stage). No named barriers: the two state warpgroups
-// share only read-only stage data, and each warp stages and stores its own output columns (__syncwarp).
+// which arrive after prepped, so after WG2 is done with the stage). Named barriers only in the PINGPONG variant
+// (kTurn 1-2, below): the two state warpgroups share only read-only stage data, and each warp stages and stores its
+// own output columns (__syncwarp).
 // Rows past L: TMA brings the next sequence's (finite) rows or zeros past the tensor; Ag, Pg rows and columns >= L and
 // f, fo, fd past L are zero, so vn and the state update see no row >= L and O rows >= L are not stored.
 //
@@ -62,6 +63,10 @@ __device__ __forceinline__ uint64_t mnmajor(uint32_t addr) {  // MN-major operan
   return device::make_smem_desc(addr, 8192, 1024, device::Swizzle::k128B);
 }
 
+// PINGPONG (FLASHGDN_SM90_PINGPONG=1, A/B): the two state warpgroups issue their wgmma batches in strict alternation
+// (named barriers kTurn + w, 256 threads: WG w syncs on its own before a batch, arrives on the other's after issuing
+// it), so that one's FMA / conversion work overlaps the other's products instead of both contending at once.
+template <bool PINGPONG>
 __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __grid_constant__ Maps maps, FwdArgs a) {
   using namespace device;
   using portable::Seq;
@@ -188,6 +193,20 @@ __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __gr
   // ================= state warpgroups (value rows 64 w .. 64 w + 63) =================
   sm90::setmaxnreg_inc<208>();
   const int w = warp / 4, wi = warp % 4, v0 = 64 * w;
+  enum : int { kTurn = 1 };  // named barriers kTurn + w (PINGPONG only)
+  // Three batches per chunk; WG1's last arrival is skipped so that every barrier phase completes.
+  int64_t turns_left = 3 * nchunks;
+  auto my_turn = [&] {
+    if constexpr (PINGPONG) named_bar_sync(kTurn + w, 256);
+  };
+  auto pass_turn = [&] {
+    if constexpr (PINGPONG) {
+      --turns_left;
+      if (w == 0 || turns_left > 0) named_bar_arrive(kTurn + (w ^ 1), 256);
+    }
+  };
+  if constexpr (PINGPONG)
+    if (w == 1 && nchunks > 0) named_bar_arrive(kTurn, 256);  // WG0 goes first
   const int mi = lane / 8;  // ldmatrix / stmatrix: the 8x8 matrix this lane addresses a row of
   const portable::StateIO io = portable::state_io(a, n);
   // S[kh][4 j + e] = Sᵀ(value row + 8 (e / 2), key column 64 kh + 8 j + col + e % 2)
@@ -222,6 +241,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __gr
       for (int i = 0; i < 32; ++i) x[i] = o[i] = 0.f;
       sm90::fence_regs(x);  // NOTE: the zeros materialised before wgmma.fence (else ptxas serialises, C7519)
       sm90::fence_regs(o);
+      my_turn();
       sm90::wgmma_fence();
 #pragma unroll
       for (int ks = 0; ks < 8; ++ks)
@@ -230,6 +250,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __gr
       for (int ks = 0; ks < 8; ++ks)
         sm90::wgmma_m64n64k16_rs<0>(o, sb[ks], kmajor(X + kQ + 8192 * (ks / 4) + 32 * (ks % 4)), 1);
       sm90::wgmma_commit();
+      pass_turn();
       sm90::wgmma_wait<0>();
       sm90::fence_regs(x);
       sm90::fence_regs(o);
@@ -260,10 +281,12 @@ __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __gr
       for (int i = 0; i < 32; ++i) vn[i] = 0.f;
       sm90::fence_regs(vn);
       sm90::fence_regs(wb);
+      my_turn();
       sm90::wgmma_fence();
 #pragma unroll
       for (int ks = 0; ks < 4; ++ks) sm90::wgmma_m64n64k16_rs<0>(vn, wb[ks], kmajor(X + kA + 32 * ks), 1);
       sm90::wgmma_commit();
+      pass_turn();
       sm90::wgmma_wait<0>();
       sm90::fence_regs(vn);
       sm90::fence_regs(wb);
@@ -293,6 +316,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __gr
       sm90::fence_regs(S[1]);
       sm90::fence_regs(nb);
       sm90::fence_regs(db);
+      my_turn();
       sm90::wgmma_fence();
 #pragma unroll
       for (int ks = 0; ks < 4; ++ks) sm90::wgmma_m64n64k16_rs<0>(o, nb[ks], kmajor(X + kPg + 32 * ks), 1);
@@ -302,6 +326,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __gr
         for (int ks = 0; ks < 4; ++ks)
           sm90::wgmma_m64n64k16_rs<1>(S[kh], db[ks], mnmajor(X + kK + 8192 * kh + 2048 * ks), 1);
       sm90::wgmma_commit();
+      pass_turn();
       sm90::wgmma_wait<0>();
       sm90::fence_regs(o);
       sm90::fence_regs(S[0]);

@@ -124,15 +124,16 @@ flashgdn_status_t launch_head(const portable::FwdArgs& a, const Problem& pr, con
   FLASHGDN_TRY(map_tokens(&maps.k, p.k, pr, "k"));
   FLASHGDN_TRY(map_tokens(&maps.v, p.v, pr, "v", true));
   FLASHGDN_TRY(map_image(&maps.a, a.Pm, kChunk + 8, ch * kChunk, 1, 0, "workspace A"));
-  static std::atomic<uint64_t> raised{0};
+  // NOTE: read on every call (A/B within one process); the ping-pong schedule is not the default until measured.
+  const bool pingpong = env_is_one("FLASHGDN_SM90_PINGPONG");
+  auto kernel = pingpong ? head::fused_head_sm90_kernel<true> : head::fused_head_sm90_kernel<false>;
+  static std::atomic<uint64_t> raised[2];  // the shared-memory limit, raised once per device and instantiation
   int dev = 0;
   cudaError_t e = cudaGetDevice(&dev);
-  if (e == cudaSuccess)
-    e = raise_smem_limit_once(head::fused_head_sm90_kernel, static_cast<int>(head::kSmemBytes), dev, raised);
+  if (e == cudaSuccess) e = raise_smem_limit_once(kernel, static_cast<int>(head::kSmemBytes), dev, raised[pingpong]);
   if (e != cudaSuccess)
     return fail(FLASHGDN_ERROR_CUDA, "flashgdn_chunk_fwd: sm90 head kernel setup: %s", cudaGetErrorString(e));
-  head::fused_head_sm90_kernel<<<static_cast<unsigned>(int64_t(a.N) * a.Hv), head::kThreads, head::kSmemBytes,
-                                 stream>>>(maps, a);
+  kernel<<<static_cast<unsigned>(int64_t(a.N) * a.Hv), head::kThreads, head::kSmemBytes, stream>>>(maps, a);
   e = cudaGetLastError();
   if (e != cudaSuccess)
     return fail(FLASHGDN_ERROR_CUDA, "flashgdn_chunk_fwd: sm90 head kernel launch: %s", cudaGetErrorString(e));
