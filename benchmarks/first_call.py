@@ -1,0 +1,74 @@
+"""Where the first FlashGDN call of a process spends its time (issue 5: first call <= 1.1x a warm call).
+
+  python3 benchmarks/first_call.py [--hqk 2 --hv 8 --seqlens 1x32768]
+Runs itself in fresh subprocesses, with the driver's default lazy module loading and with CUDA_MODULE_LOADING=EAGER,
+and prints per mode: the CPU time of the first call (from its start to its return, launches only) and its CUDA-event
+time (L2 flushed), then the same for a warm call. Each child touches torch's CUDA context and its own kernels first,
+so only FlashGDN's first-use work remains in the first call.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def child(args):
+    import torch
+    sys.path.insert(0, str(ROOT / "python"))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import flashgdn  # noqa: E402
+    from bench_fwd import make_inputs, parse_seqlens  # noqa: E402
+
+    q, k, v, g, beta, h0, cu = make_inputs(args.hqk, args.hv, parse_seqlens(args.seqlens))
+    cu_cpu = cu.long().cpu()
+    flush = torch.empty(512 << 20, dtype=torch.uint8, device="cuda")
+    res = {}
+    for name in ("first", "warm", "warm2"):
+        flush.zero_()
+        torch.cuda.synchronize()
+        e0, e1 = torch.cuda.Event(True), torch.cuda.Event(True)
+        e0.record()
+        t0 = time.perf_counter()
+        flashgdn.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True, cu_seqlens=cu,
+                                        cu_seqlens_cpu=cu_cpu)
+        cpu = time.perf_counter() - t0
+        e1.record()
+        torch.cuda.synchronize()
+        res[name] = {"cpu_ms": cpu * 1e3, "event_ms": e0.elapsed_time(e1)}
+    print(json.dumps(res))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--hqk", type=int, default=2)
+    ap.add_argument("--hv", type=int, default=8)
+    ap.add_argument("--seqlens", default="1x32768")
+    ap.add_argument("--child", action="store_true")
+    args = ap.parse_args()
+    if args.child:
+        child(args)
+        return
+    for mode in ("default", "EAGER"):
+        env = dict(os.environ)
+        if mode == "EAGER":
+            env["CUDA_MODULE_LOADING"] = "EAGER"
+        out = subprocess.run([sys.executable, __file__, "--child", "--hqk", str(args.hqk), "--hv", str(args.hv),
+                              "--seqlens", args.seqlens], env=env, capture_output=True, text=True, timeout=300)
+        if out.returncode != 0:
+            print(f"{mode}: failed: {out.stderr[-500:]}")
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{args.hqk}/{args.hv} {args.seqlens}, module loading {mode}: " + ", ".join(
+            f"{k} call {v['event_ms']:.3f} ms (CPU {v['cpu_ms']:.3f} ms)" for k, v in r.items())
+            + f"; first / warm {r['first']['event_ms'] / r['warm']['event_ms']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
