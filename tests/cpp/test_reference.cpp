@@ -308,28 +308,31 @@ TEST(Stages, BlockedSolvePhasesAsTheGpuRunsThem) {
       beta[i] = std::abs(nd(rng)) * 8;
     }
     flashgdn::reference::stage_kkt_solve(k.data(), Kd, beta.data(), L, Kd, A.data());
-    std::vector<float> T(64 * bs::kLd, 0.f), X(64 * bs::kLd, NAN), Y(bs::kScratch, NAN);
-    for (int i = 0; i < 64; ++i) {
-      T[i * bs::kLd + i] = 1.f;
-      for (int j = 0; j < i; ++j) {
-        float d = 0.f;
-        for (int e = 0; e < Kd; ++e) d += k[i * Kd + e] * k[j * Kd + e];
-        T[i * bs::kLd + j] = beta[i] * d;
+    // X with the prepare kernel's stride (kLd) and with the sm_90a head kernel's (64: over its A and Pg tiles).
+    for (int ldx : {bs::kLd, 64}) {
+      std::vector<float> T(64 * bs::kLd, 0.f), X(64 * ldx, NAN), Y(bs::kScratch, NAN);
+      for (int i = 0; i < 64; ++i) {
+        T[i * bs::kLd + i] = 1.f;
+        for (int j = 0; j < i; ++j) {
+          float d = 0.f;
+          for (int e = 0; e < Kd; ++e) d += k[i * Kd + e] * k[j * Kd + e];
+          T[i * bs::kLd + j] = beta[i] * d;
+        }
       }
-    }
-    for (int tid = 0; tid < 64; ++tid) bs::diag(tid, T.data(), X.data());
-    for (int d = 1; d < bs::kNB; ++d) {
-      for (int tid = 0; tid < 128; ++tid) bs::level_y(tid, 128, d, T.data(), X.data(), Y.data());
-      for (int tid = 0; tid < 128; ++tid) bs::level_x(tid, 128, d, X.data(), Y.data());
-    }
-    double num = 0, den = 0;
-    for (int i = 0; i < L; ++i)
-      for (int j = 0; j <= i; ++j) {
-        const double a = A[i * 64 + j], x = X[i * bs::kLd + j];
-        num += (a - x) * (a - x);
-        den += a * a;
+      for (int tid = 0; tid < 64; ++tid) bs::diag(tid, T.data(), X.data(), ldx);
+      for (int d = 1; d < bs::kNB; ++d) {
+        for (int tid = 0; tid < 128; ++tid) bs::level_y(tid, 128, d, T.data(), X.data(), Y.data(), ldx);
+        for (int tid = 0; tid < 128; ++tid) bs::level_x(tid, 128, d, X.data(), Y.data(), ldx);
       }
-    EXPECT_LT(std::sqrt(num / den), 1e-5) << "L = " << L;
+      double num = 0, den = 0;
+      for (int i = 0; i < L; ++i)
+        for (int j = 0; j <= i; ++j) {
+          const double a = A[i * 64 + j], x = X[i * ldx + j];
+          num += (a - x) * (a - x);
+          den += a * a;
+        }
+      EXPECT_LT(std::sqrt(num / den), 1e-5) << "L = " << L << ", ldx = " << ldx;
+    }
   }
 }
 

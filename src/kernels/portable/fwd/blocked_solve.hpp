@@ -44,8 +44,8 @@ FLASHGDN_HD_SOLVE void load4(const float* p, float (&v)[4]) {
 #endif
 }
 
-// Diagonal blocks; valid for tid in [0, 64).
-FLASHGDN_HD_SOLVE void diag(int tid, const float* T, float* X) {
+// Diagonal blocks; valid for tid in [0, 64). T has row stride kLd, X row stride ldx (every phase takes it).
+FLASHGDN_HD_SOLVE void diag(int tid, const float* T, float* X, int ldx = kLd) {
   const int b = tid / kB, c = tid % kB, o = b * kB;
   float x[kB];
 FLASHGDN_SOLVE_UNROLL
@@ -63,7 +63,7 @@ FLASHGDN_SOLVE_UNROLL
     x[r] = acc;
   }
 FLASHGDN_SOLVE_UNROLL
-  for (int r = 0; r < kB; ++r) X[(o + r) * kLd + o + c] = x[r];
+  for (int r = 0; r < kB; ++r) X[(o + r) * ldx + o + c] = x[r];
 }
 
 // Two consecutive floats (8-byte aligned on the device).
@@ -79,14 +79,14 @@ FLASHGDN_HD_SOLVE void load2(const float* p, float (&v)[2]) {
 }
 
 // C[r + 8 a][c + b] (a, b in {0, 1}) of a 16 x 16 product A B: rows r and r + 8 of A read 4 at a time,
-// columns c, c + 1 of B read as a pair. A has row stride kLd, B row stride ldb.
+// columns c, c + 1 of B read as a pair. A has row stride lda, B row stride ldb.
 // NOTE: a 2 x 2 micro-tile: 6 shared loads per 16 multiply-adds (a 1 x 1 tile needs 32).
-FLASHGDN_HD_SOLVE void tile2x2(const float* A, const float* B, int ldb, int r, int c, float (&acc)[2][2]) {
+FLASHGDN_HD_SOLVE void tile2x2(const float* A, int lda, const float* B, int ldb, int r, int c, float (&acc)[2][2]) {
 FLASHGDN_SOLVE_UNROLL
   for (int t4 = 0; t4 < kB; t4 += 4) {
     float a0[4], a1[4];
-    load4(&A[r * kLd + t4], a0);
-    load4(&A[(r + 8) * kLd + t4], a1);
+    load4(&A[r * lda + t4], a0);
+    load4(&A[(r + 8) * lda + t4], a1);
 FLASHGDN_SOLVE_UNROLL
     for (int u = 0; u < 4; ++u) {
       float b[2];
@@ -104,12 +104,12 @@ FLASHGDN_SOLVE_UNROLL
 constexpr int kItems = kB * kB / 4;
 
 // Level d, first half: Y_ij = sum_{m=j}^{i-1} T_im X_mj for the 4 - d blocks (j + d, j).
-FLASHGDN_HD_SOLVE void level_y(int tid, int nthreads, int d, const float* T, const float* X, float* Y) {
+FLASHGDN_HD_SOLVE void level_y(int tid, int nthreads, int d, const float* T, const float* X, float* Y, int ldx = kLd) {
   const int nb = kNB - d;
   for (int e = tid; e < nb * kItems; e += nthreads) {
     const int j = e / kItems, r = (e / 8) % 8, c = 2 * (e % 8), i = j + d;
     float acc[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
-    for (int m = j; m < i; ++m) tile2x2(&T[(i * kB) * kLd + m * kB], &X[(m * kB) * kLd + j * kB], kLd, r, c, acc);
+    for (int m = j; m < i; ++m) tile2x2(&T[(i * kB) * kLd + m * kB], kLd, &X[(m * kB) * ldx + j * kB], ldx, r, c, acc);
     float* y = &Y[j * kB * kB];
     y[r * kB + c] = acc[0][0];
     y[r * kB + c + 1] = acc[0][1];
@@ -119,17 +119,17 @@ FLASHGDN_HD_SOLVE void level_y(int tid, int nthreads, int d, const float* T, con
 }
 
 // Level d, second half: X_ij = -D_i Y_ij (D_i = X_ii).
-FLASHGDN_HD_SOLVE void level_x(int tid, int nthreads, int d, float* X, const float* Y) {
+FLASHGDN_HD_SOLVE void level_x(int tid, int nthreads, int d, float* X, const float* Y, int ldx = kLd) {
   const int nb = kNB - d;
   for (int e = tid; e < nb * kItems; e += nthreads) {
     const int j = e / kItems, r = (e / 8) % 8, c = 2 * (e % 8), i = j + d;
     float acc[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
-    tile2x2(&X[(i * kB) * kLd + i * kB], &Y[j * kB * kB], kB, r, c, acc);
-    float* x = &X[(i * kB) * kLd + j * kB];
-    x[r * kLd + c] = -acc[0][0];
-    x[r * kLd + c + 1] = -acc[0][1];
-    x[(r + 8) * kLd + c] = -acc[1][0];
-    x[(r + 8) * kLd + c + 1] = -acc[1][1];
+    tile2x2(&X[(i * kB) * ldx + i * kB], ldx, &Y[j * kB * kB], kB, r, c, acc);
+    float* x = &X[(i * kB) * ldx + j * kB];
+    x[r * ldx + c] = -acc[0][0];
+    x[r * ldx + c + 1] = -acc[0][1];
+    x[(r + 8) * ldx + c] = -acc[1][0];
+    x[(r + 8) * ldx + c + 1] = -acc[1][1];
   }
 }
 

@@ -288,6 +288,8 @@ flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, bool pdl,
     e = cudaGetLastError();
     return e == cudaSuccess ? FLASHGDN_SUCCESS : cuda_error("prepare kernel launch", e);
   };
+  // The sm_90a head form's SOLVE variant (FLASHGDN_EXPERIMENTAL_SM90=4) has no prepare stage.
+  if (sm90_pr != nullptr && sm90fwd::variant() == 4) return sm90fwd::launch(a, *sm90_pr, *sm90_p, stream);
   // NOTE: a_only (no V) always takes the 56 KB, 4-CTAs-per-SM layout (H100, 55da7a9: 16/64 8192x4 prepare 0.77 ->
   // 0.68 ms, the call 1.508 -> 1.400 ms).
   FLASHGDN_TRY(prepare_variant() == 4 || a.a_only ? prepare(std::true_type{}) : prepare(std::false_type{}));

@@ -16,6 +16,8 @@
 //       m64n64 accumulators, 64 registers) and does every product above for them on register-A wgmma (m64n64k16;
 //       32 per chunk), then O: stmatrix.trans into its own columns of the stage's V tile (which it has finished
 //       reading), and 16-byte stores of the rows < L by each warp.
+//   (Register budgets 208 / 72 / 24; the SOLVE variant's gates warpgroup needs more: 200 / 88 / 24, ptxas then
+//   spills 8-16 bytes.)
 //   WG2 (warps 8-11), gates [setmaxnreg 72]: per stage, P = Q Kᵀ (8 wgmma, both K-major), Pg -> sPg, Ag in place
 //       over the stage's A tile (one exp per element, shared by both), and the token factors f, fo, fd -> sF.
 //   WG3 (warps 12-15), producer [setmaxnreg 24]: lane 0 of warp 12 issues per stage Q, K, V (3-D maps over the user
@@ -36,6 +38,7 @@
 #include <cuda.h>
 
 #include "device/sm90.cuh"
+#include "kernels/portable/fwd/blocked_solve.hpp"
 #include "kernels/portable/fwd/params.hpp"
 #include "kernels/portable/fwd/scheduler.cuh"
 #include "kernels/sm90/fwd/recurrence_sm90.cuh"
@@ -49,8 +52,13 @@ inline constexpr int kStages = 3;
 inline constexpr uint32_t kQ = 0, kK = 16384, kV = 32768, kA = 49152, kPg = 57344, kAux = 65536, kF = kAux + 768;
 inline constexpr uint32_t kStageBytes = 67584;  // 66 KB (a multiple of 1024: the tiles stay 1024-aligned)
 inline constexpr uint32_t kTxBytes = 3 * 16384 + 8192 + 768;
-inline constexpr uint32_t kBars = kStages * kStageBytes;
-inline constexpr uint32_t kSmemBytes = kBars + 3 * kStages * 8 + 1024;  // + mbarriers + alignment slack
+// SOLVE: the gates warpgroup's scratch after the stages: T (64 x kLd fp32), the solve's Y, beta (64 fp32).
+inline constexpr uint32_t kT = kStages * kStageBytes;
+inline constexpr uint32_t kY = kT + 64 * portable::blocked_solve::kLd * 4;
+inline constexpr uint32_t kBeta = kY + portable::blocked_solve::kScratch * 4;
+inline constexpr uint32_t bars(bool solve) { return solve ? kBeta + 256 : kStages * kStageBytes; }
+inline constexpr uint32_t smem_bytes(bool solve) { return bars(solve) + 3 * kStages * 8 + 1024; }  // + mbarriers, slack
+inline constexpr uint32_t kSmemBytes = smem_bytes(false);
 
 struct Maps {
   CUtensorMap q, k, v, a;
@@ -63,17 +71,206 @@ __device__ __forceinline__ uint64_t mnmajor(uint32_t addr) {  // MN-major operan
   return device::make_smem_desc(addr, 8192, 1024, device::Swizzle::k128B);
 }
 
+// The SOLVE variant's gates warpgroup (see the kernel): t its thread, (row, col) its accumulator coordinates.
+__device__ __forceinline__ void gates_solve(unsigned char* smem, uint32_t base, const FwdArgs& a, const portable::Seq& s,
+                                            int h, int64_t nchunks, uint64_t* full, uint64_t* prepped, int t, int row,
+                                            int col) {
+  using namespace device;
+  namespace bs = portable::blocked_solve;
+  enum : int { kGates = 3 };  // named barrier of this warpgroup (128 threads)
+  float* sT = reinterpret_cast<float*>(smem + kT);
+  float* sY = reinterpret_cast<float*>(smem + kY);
+  float* sBeta = reinterpret_cast<float*>(smem + kBeta);
+  const int lane = t & 31;
+  int st = 0;
+  uint32_t ph = 0;
+  for (int64_t c = 0; c < nchunks; ++c) {
+    sm90::mbar_wait(&full[st], ph);
+    const uint32_t X = base + st * kStageBytes;
+    unsigned char* Xp = smem + st * kStageBytes;
+    float* gam = reinterpret_cast<float*>(Xp + kAux);
+    float* rq = gam + kChunk;
+    float* rk = gam + 2 * kChunk;
+    const int64_t t0 = s.bos + c * kChunk;
+    const int L = static_cast<int>(s.eos - t0 < kChunk ? s.eos - t0 : kChunk);
+
+    // (a) γ = inclusive cumsum of g (rows past L: γ[L - 1]), β, rq, rk (0 past L)
+    if (t < 32) {
+      const float* gg = a.g + s.b * a.g_s[0] + h * a.g_s[2];
+      const float x0 = 2 * lane < L ? gg[(t0 + 2 * lane) * a.g_s[1]] : 0.f;
+      const float x1 = 2 * lane + 1 < L ? gg[(t0 + 2 * lane + 1) * a.g_s[1]] : 0.f;
+      float incl = x0 + x1;
+#pragma unroll
+      for (int d = 1; d < 32; d <<= 1) {
+        const float y = __shfl_up_sync(0xffffffffu, incl, d);
+        if (lane >= d) incl += y;
+      }
+      gam[2 * lane] = incl - x1;
+      gam[2 * lane + 1] = incl;
+    } else if (t < 64) {
+      const int64_t boff = s.b * a.beta_s[0] + h * a.beta_s[2];
+      for (int i = lane; i < kChunk; i += 32) {
+        const int64_t off = boff + (t0 + i) * a.beta_s[1];
+        sBeta[i] = i >= L ? 0.f
+                   : a.beta_f32 ? static_cast<const float*>(a.beta)[off]
+                                : __bfloat162float(static_cast<const __nv_bfloat16*>(a.beta)[off]);
+      }
+    } else {
+      const int r = t - 64;  // one row of Q and of K per thread
+      float fq = 1.f, fk = 1.f;
+      if (a.l2norm) {
+        float sq = 0.f, sk = 0.f;
+#pragma unroll 2
+        for (int q16 = 0; q16 < 16; ++q16) {  // 16-byte pieces of the row, two 64-column atoms
+          const uint32_t off = 8192 * (q16 / 8) + r * 128 + (((q16 % 8) ^ (r & 7)) << 4);
+          const uint4 vq = *reinterpret_cast<const uint4*>(Xp + kQ + off);
+          const uint4 vk = *reinterpret_cast<const uint4*>(Xp + kK + off);
+          const uint32_t wq[4] = {vq.x, vq.y, vq.z, vq.w}, wk[4] = {vk.x, vk.y, vk.z, vk.w};
+#pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const float2 a2 = unpack2<__nv_bfloat16>(wq[u]), b2 = unpack2<__nv_bfloat16>(wk[u]);
+            sq += a2.x * a2.x + a2.y * a2.y;
+            sk += b2.x * b2.x + b2.y * b2.y;
+          }
+        }
+        fq = rsqrtf(sq + 1e-6f);
+        fk = rsqrtf(sk + 1e-6f);
+      }
+      rq[r] = r < L ? fq : 0.f;
+      rk[r] = r < L ? fk : 0.f;
+    }
+    named_bar_sync(kGates, 128);
+
+    // (b) T = StrictLower(diag(β rk) K Kᵀ diag(rk)) -> sT (the solve reads only its strictly lower part)
+    {
+      float kk[32];
+#pragma unroll
+      for (int i = 0; i < 32; ++i) kk[i] = 0.f;
+      sm90::fence_regs(kk);
+      sm90::wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < 8; ++ks)
+        sm90::wgmma_m64n64k16<0, 0>(kk, kmajor(X + kK + 8192 * (ks / 4) + 32 * (ks % 4)),
+                                    kmajor(X + kK + 8192 * (ks / 4) + 32 * (ks % 4)), 1);
+      sm90::wgmma_commit();
+      sm90::wgmma_wait<0>();
+      sm90::fence_regs(kk);
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int i = row + 8 * hf;
+        const float fi = sBeta[i] * rk[i];
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+          for (int u = 0; u < 2; ++u) {
+            const int jj = 8 * j + col + u;
+            sT[i * bs::kLd + jj] = jj < i ? fi * rk[jj] * kk[4 * j + 2 * hf + u] : 0.f;
+          }
+      }
+    }
+    named_bar_sync(kGates, 128);
+
+    // (c) X = T⁻¹ (unit lower triangular, fp32) over the stage's A and Pg tiles (16 KB, row stride 64)
+    float* sX = reinterpret_cast<float*>(Xp + kA);
+    static_assert(kPg == kA + 8192, "X spans the adjacent A and Pg tiles");
+    if (t < 64) bs::diag(t, sT, sX, 64);
+    named_bar_sync(kGates, 128);
+#pragma unroll 1
+    for (int d = 1; d < bs::kNB; ++d) {
+      bs::level_y(t, 128, d, sT, sX, sY, 64);
+      named_bar_sync(kGates, 128);
+      bs::level_x(t, 128, d, sX, sY, 64);
+      named_bar_sync(kGates, 128);
+    }
+
+    // (d) Ag = Γ o X diag(β) into registers; P = Q Kᵀ and F meanwhile; once every X read is done, Ag -> the A tile
+    // and Pg = scale diag(rq) (Γ o P) diag(rk) -> the Pg tile. NOTE: in this order (Ag held, then P) the warpgroup
+    // fits its 72 registers.
+    uint32_t agp[16];
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int i = row + 8 * hf;
+      const float gi = gam[i];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        float gv[2];
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int jj = 8 * j + col + u;
+          const bool in = jj <= i && i < L;
+          // exponent <= 0; X past the diagonal is stale, hence the select
+          gv[u] = in ? __expf(fminf(gi - gam[jj], 0.f)) * sX[i * 64 + jj] * sBeta[jj] : 0.f;
+        }
+        agp[2 * j + hf] = pack2<__nv_bfloat16>(gv[0], gv[1]);
+      }
+    }
+    float p[32];
+#pragma unroll
+    for (int i = 0; i < 32; ++i) p[i] = 0.f;
+    sm90::fence_regs(p);
+    sm90::wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < 8; ++ks)
+      sm90::wgmma_m64n64k16<0, 0>(p, kmajor(X + kQ + 8192 * (ks / 4) + 32 * (ks % 4)),
+                                  kmajor(X + kK + 8192 * (ks / 4) + 32 * (ks % 4)), 1);
+    sm90::wgmma_commit();
+    float* F = reinterpret_cast<float*>(Xp + kF);
+    if (t < kChunk) {  // the token factors, while the product runs
+      const bool in = t < L;
+      const float e = __expf(fminf(gam[t], 0.f));
+      F[t] = in ? e * rk[t] : 0.f;
+      F[kChunk + t] = in ? a.scale * e * rq[t] : 0.f;
+      F[2 * kChunk + t] = in ? __expf(fminf(gam[kChunk - 1] - gam[t], 0.f)) * rk[t] : 0.f;
+    }
+    named_bar_sync(kGates, 128);  // every X read is done: the A and Pg tiles take Ag and Pg
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf)
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        *reinterpret_cast<uint32_t*>(Xp + kA + sw128(row + 8 * hf, 8 * j + col)) = agp[2 * j + hf];
+    sm90::wgmma_wait<0>();
+    sm90::fence_regs(p);
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int i = row + 8 * hf;
+      const float gi = gam[i], fq = a.scale * rq[i];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        float pv[2];
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int jj = 8 * j + col + u;
+          const bool in = jj <= i && i < L;
+          pv[u] = in ? __expf(fminf(gi - gam[jj], 0.f)) * fq * rk[jj] * p[4 * j + 2 * hf + u] : 0.f;
+        }
+        *reinterpret_cast<uint32_t*>(Xp + kPg + sw128(i, 8 * j + col)) = pack2<__nv_bfloat16>(pv[0], pv[1]);
+      }
+    }
+    sm90::fence_proxy_async_smem();
+    sm90::mbar_arrive(&prepped[st]);  // Ag, Pg, F, aux of stage st written
+    if (++st == kStages) st = 0, ph ^= 1;
+  }
+}
+
 // PINGPONG (FLASHGDN_SM90_PINGPONG=1, A/B): the two state warpgroups issue their wgmma batches in strict alternation
 // (named barriers kTurn + w, 256 threads: WG w syncs on its own before a batch, arrives on the other's after issuing
 // it), so that one's FMA / conversion work overlaps the other's products instead of both contending at once.
-template <bool PINGPONG>
+// SOLVE (FLASHGDN_EXPERIMENTAL_SM90=4, A/B): no prepare launch; the gates warpgroup also computes, per chunk, γ (scan
+// of g), β, rq / rk (row norms of the Q / K tiles when l2norm, else 1), T = I + StrictLower(diag(β rk) K Kᵀ diag(rk))
+// (K Kᵀ on wgmma) into sT, X = T⁻¹ by the blocked solve of the prepare kernel (blocked_solve.hpp, fp32, 16 x 16
+// blocks, named barrier kGates) into the stage's A and Pg tiles (64 x 64 fp32, the two tiles are adjacent), then
+// Ag = Γ o X diag(β) and Pg from registers once every X read is done. The stage then carries only Q, K, V by TMA;
+// aux (γ, rq, rk) is written by the gates warpgroup.
+template <bool PINGPONG, bool SOLVE>
 __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __grid_constant__ Maps maps, FwdArgs a) {
+  // Register budgets: 2 x state + gates + producer (24) = 512 (64 K registers over 4 warpgroups of 128).
+  constexpr int kStateRegs = SOLVE ? 200 : 208, kGatesRegs = 512 - 24 - 2 * kStateRegs;
   using namespace device;
   using portable::Seq;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
   const uint32_t base = smem_u32(smem);
-  uint64_t* full = reinterpret_cast<uint64_t*>(smem + kBars);
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + bars(SOLVE));
   uint64_t* prepped = full + kStages;
   uint64_t* empty = full + 2 * kStages;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -105,14 +302,16 @@ __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __gr
         unsigned char* X = smem + st * kStageBytes;
         const int64_t ch = (c_base + c) * a.Hv + h;
         const int32_t tok = static_cast<int32_t>(tok0 + c * kChunk);
-        sm90::mbar_expect_tx(&full[st], kTxBytes);
+        sm90::mbar_expect_tx(&full[st], SOLVE ? 3 * 16384 : kTxBytes);
         for (int atom = 0; atom < 2; ++atom) {
           sm90::tma_load_3d(X + kQ + 8192 * atom, &maps.q, 64 * atom, hk, tok, &full[st]);
           sm90::tma_load_3d(X + kK + 8192 * atom, &maps.k, 64 * atom, hk, tok, &full[st]);
           sm90::tma_load_3d(X + kV + 8192 * atom, &maps.v, 64 * atom, h, tok, &full[st]);
         }
-        sm90::tma_load_2d(X + kA, &maps.a, 0, static_cast<int32_t>(ch * kChunk), &full[st]);
-        sm90::bulk_load(X + kAux, a.aux + ch * 3 * kChunk, 3 * kChunk * sizeof(float), &full[st]);
+        if constexpr (!SOLVE) {
+          sm90::tma_load_2d(X + kA, &maps.a, 0, static_cast<int32_t>(ch * kChunk), &full[st]);
+          sm90::bulk_load(X + kAux, a.aux + ch * 3 * kChunk, 3 * kChunk * sizeof(float), &full[st]);
+        }
         if (++st == kStages) st = 0, ph ^= 1;
       }
     }
@@ -124,7 +323,12 @@ __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __gr
 
   if (warp >= 8) {
     // ================= gates: Pg, Ag (in place), F per stage =================
-    sm90::setmaxnreg_dec<72>();
+    if constexpr (SOLVE) {
+      sm90::setmaxnreg_dec<kGatesRegs>();
+      gates_solve(smem, base, a, s, h, nchunks, full, prepped, t, row, col);
+      return;
+    }
+    sm90::setmaxnreg_dec<kGatesRegs>();
     int st = 0;
     uint32_t ph = 0;
     for (int64_t c = 0; c < nchunks; ++c) {
@@ -191,7 +395,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __gr
   }
 
   // ================= state warpgroups (value rows 64 w .. 64 w + 63) =================
-  sm90::setmaxnreg_inc<208>();
+  sm90::setmaxnreg_inc<kStateRegs>();
   const int w = warp / 4, wi = warp % 4, v0 = 64 * w;
   enum : int { kTurn = 1 };  // named barriers kTurn + w (PINGPONG only)
   // Three batches per chunk; WG1's last arrival is skipped so that every barrier phase completes.

@@ -19,13 +19,14 @@ int variant() {
   if (env_is_one("FLASHGDN_EXPERIMENTAL_SM90")) return 1;
   if (env_is_value("FLASHGDN_EXPERIMENTAL_SM90", "2")) return 2;
   if (env_is_value("FLASHGDN_EXPERIMENTAL_SM90", "3")) return 3;
+  if (env_is_value("FLASHGDN_EXPERIMENTAL_SM90", "4")) return 4;
   if (env_is_zero("FLASHGDN_EXPERIMENTAL_SM90")) return 0;
   return 3;  // unset: the head form where planned
 }
 
 bool forced() {
   return env_is_one("FLASHGDN_EXPERIMENTAL_SM90") || env_is_value("FLASHGDN_EXPERIMENTAL_SM90", "2") ||
-         env_is_value("FLASHGDN_EXPERIMENTAL_SM90", "3");
+         env_is_value("FLASHGDN_EXPERIMENTAL_SM90", "3") || env_is_value("FLASHGDN_EXPERIMENTAL_SM90", "4");
 }
 
 bool applies(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, int cc_major, int max_smem) {
@@ -33,7 +34,10 @@ bool applies(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, int cc_maj
   if (var == 0) return false;
   if (cc_major != 9 || pr.K != 128 || pr.V != 128 || pr.io_dtype != FLASHGDN_DTYPE_BFLOAT16) return false;
   if (pr.cp_mode == FLASHGDN_CP_ON) return false;
-  const uint32_t smem = var == 3 ? head::kSmemBytes : var == 2 ? fused::kSmemBytes : kSmemBytes;
+  const uint32_t smem = var == 4   ? head::smem_bytes(true)
+                        : var == 3 ? head::kSmemBytes
+                        : var == 2 ? fused::kSmemBytes
+                                   : kSmemBytes;
   if (max_smem < static_cast<int>(smem)) return false;
   // The 3-D maps index tokens as b * T + t: batch rows must follow each other at the token stride.
   if (pr.B > 1 && (p.q.stride[0] != pr.T * p.q.stride[1] || p.k.stride[0] != pr.T * p.k.stride[1])) return false;
@@ -115,29 +119,37 @@ flashgdn_status_t launch_fused(const portable::FwdArgs& a, const Problem& pr, co
   return FLASHGDN_SUCCESS;
 }
 
-flashgdn_status_t launch_head(const portable::FwdArgs& a, const Problem& pr, const flashgdn_chunk_fwd_params_t& p,
-                              cudaStream_t stream) {
-  using portable::kChunk;
-  head::Maps maps;
-  const int64_t ch = a.max_chunks * a.Hv;  // (chunk, head) images
-  FLASHGDN_TRY(map_tokens(&maps.q, p.q, pr, "q"));
-  FLASHGDN_TRY(map_tokens(&maps.k, p.k, pr, "k"));
-  FLASHGDN_TRY(map_tokens(&maps.v, p.v, pr, "v", true));
-  FLASHGDN_TRY(map_image(&maps.a, a.Pm, kChunk + 8, ch * kChunk, 1, 0, "workspace A"));
-  // NOTE: read on every call (A/B within one process); the ping-pong schedule is not the default until measured.
-  const bool pingpong = env_is_one("FLASHGDN_SM90_PINGPONG");
-  auto kernel = pingpong ? head::fused_head_sm90_kernel<true> : head::fused_head_sm90_kernel<false>;
-  static std::atomic<uint64_t> raised[2];  // the shared-memory limit, raised once per device and instantiation
+template <bool PINGPONG, bool SOLVE>
+flashgdn_status_t launch_head_kernel(const head::Maps& maps, const portable::FwdArgs& a, cudaStream_t stream) {
+  auto kernel = head::fused_head_sm90_kernel<PINGPONG, SOLVE>;
+  constexpr uint32_t smem = head::smem_bytes(SOLVE);
+  static std::atomic<uint64_t> raised{0};  // the shared-memory limit, raised once per device (bit `dev`)
   int dev = 0;
   cudaError_t e = cudaGetDevice(&dev);
-  if (e == cudaSuccess) e = raise_smem_limit_once(kernel, static_cast<int>(head::kSmemBytes), dev, raised[pingpong]);
+  if (e == cudaSuccess) e = raise_smem_limit_once(kernel, static_cast<int>(smem), dev, raised);
   if (e != cudaSuccess)
     return fail(FLASHGDN_ERROR_CUDA, "flashgdn_chunk_fwd: sm90 head kernel setup: %s", cudaGetErrorString(e));
-  kernel<<<static_cast<unsigned>(int64_t(a.N) * a.Hv), head::kThreads, head::kSmemBytes, stream>>>(maps, a);
+  kernel<<<static_cast<unsigned>(int64_t(a.N) * a.Hv), head::kThreads, smem, stream>>>(maps, a);
   e = cudaGetLastError();
   if (e != cudaSuccess)
     return fail(FLASHGDN_ERROR_CUDA, "flashgdn_chunk_fwd: sm90 head kernel launch: %s", cudaGetErrorString(e));
   return FLASHGDN_SUCCESS;
+}
+
+// The head form; solve: the variant without a prepare stage (its gates warpgroup computes A itself).
+flashgdn_status_t launch_head(const portable::FwdArgs& a, const Problem& pr, const flashgdn_chunk_fwd_params_t& p,
+                              bool solve, cudaStream_t stream) {
+  using portable::kChunk;
+  head::Maps maps{};
+  FLASHGDN_TRY(map_tokens(&maps.q, p.q, pr, "q"));
+  FLASHGDN_TRY(map_tokens(&maps.k, p.k, pr, "k"));
+  FLASHGDN_TRY(map_tokens(&maps.v, p.v, pr, "v", true));
+  if (!solve)
+    FLASHGDN_TRY(map_image(&maps.a, a.Pm, kChunk + 8, a.max_chunks * a.Hv * kChunk, 1, 0, "workspace A"));
+  // NOTE: read on every call (A/B within one process); the ping-pong schedule is not the default until measured.
+  const bool pingpong = env_is_one("FLASHGDN_SM90_PINGPONG");
+  if (solve) return pingpong ? launch_head_kernel<true, true>(maps, a, stream) : launch_head_kernel<false, true>(maps, a, stream);
+  return pingpong ? launch_head_kernel<true, false>(maps, a, stream) : launch_head_kernel<false, false>(maps, a, stream);
 }
 
 }  // namespace
@@ -145,7 +157,9 @@ flashgdn_status_t launch_head(const portable::FwdArgs& a, const Problem& pr, con
 flashgdn_status_t launch(const portable::FwdArgs& a, const Problem& pr, const flashgdn_chunk_fwd_params_t& p,
                          cudaStream_t stream) {
   using portable::kChunk;
-  if (a.a_only) return variant() == 3 ? launch_head(a, pr, p, stream) : launch_fused(a, pr, p, stream);
+  const int var = variant();
+  if (var >= 3) return launch_head(a, pr, p, var == 4, stream);
+  if (a.a_only) return launch_fused(a, pr, p, stream);
   Maps maps;
   const int64_t ch = a.max_chunks * a.Hv;  // (chunk, head) images
   FLASHGDN_TRY(map_tokens(&maps.q, p.q, pr, "q"));

@@ -3,7 +3,8 @@
 // head) over the gate-free A alone; prepare runs with a_only), unset only where the planner would give the portable
 // recurrence 64-column slices and no context parallelism (the head form has neither narrower slices nor CP yet);
 // =2: the fused form (fused_sm90.cuh, two V-slice CTAs per head; a_only as well); =1: the recurrence over
-// prepare's W, U, Pm images (recurrence_sm90.cuh); =0: never. 2 and 1 are A/B variants.
+// prepare's W, U, Pm images (recurrence_sm90.cuh); =4: the head form without a prepare stage (its gates warpgroup
+// computes A); =0: never. 4, 2 and 1 are A/B variants.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -19,9 +20,10 @@ namespace flashgdn::sm90fwd {
 bool applies(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, int cc_major, int max_smem);
 
 // The variant (read on every call): FLASHGDN_EXPERIMENTAL_SM90=0 off, =1 the W/U recurrence, =2 the
-// fused form, =3 the head form; unset: the head form where the planner takes it (forced() false).
+// fused form, =3 the head form, =4 the head form without prepare; unset: the head form where the planner takes it
+// (forced() false).
 int variant();
-// FLASHGDN_EXPERIMENTAL_SM90 is 1, 2 or 3: the variant wherever it applies (A/B), not only where planned.
+// FLASHGDN_EXPERIMENTAL_SM90 is 1, 2, 3 or 4: the variant wherever it applies (A/B), not only where planned.
 bool forced();
 
 // Launches the recurrence (after the portable prepare stage, with a.bv = 64).
