@@ -179,6 +179,7 @@ VARIANT_ENV = {"cp_on": ("on", {}), "cp_off": ("off", {}),
                "head": ("off", {"FLASHGDN_EXPERIMENTAL_SM90": "3"}),
                "head_pp": ("off", {"FLASHGDN_EXPERIMENTAL_SM90": "3", "FLASHGDN_SM90_PINGPONG": "1"}),
                "solve": ("off", {"FLASHGDN_EXPERIMENTAL_SM90": "4"}),
+               "head_cp": ("auto", {"FLASHGDN_SM90_CP": "1"}),
                "portable": ("auto", {"FLASHGDN_EXPERIMENTAL_SM90": "0"})}
 
 

@@ -288,6 +288,32 @@ flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, bool pdl,
     e = cudaGetLastError();
     return e == cudaSuccess ? FLASHGDN_SUCCESS : cuda_error("prepare kernel launch", e);
   };
+  // The CP scan (between the transition and the final pass).
+  auto scan = [&](auto bufs_tag) -> flashgdn_status_t {
+    constexpr int kBufs = decltype(bufs_tag)::value;
+    auto kernel = cp_scan_kernel<KD, kBufs>;
+    const int smem = static_cast<int>(sizeof(ScanSmem<KD, kBufs>));
+    static std::atomic<uint64_t> done{0};
+    cudaError_t e = raise_smem_limit_once(kernel, smem, dev, done);
+    if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(cp scan)", e);
+    kernel<<<static_cast<unsigned>(int64_t(a.N) * a.Hv * (a.V / kScanBV)), 256, smem, stream>>>(a);
+    e = cudaGetLastError();
+    return e == cudaSuccess ? FLASHGDN_SUCCESS : cuda_error("cp scan kernel launch", e);
+  };
+  // Two M buffers (M_{g+1} fetched during step g) where they fit (140 KB at K = 128), else one.
+  auto run_scan = [&]() -> flashgdn_status_t {
+    return static_cast<int>(sizeof(ScanSmem<KD, 2>)) <= max_smem ? scan(std::integral_constant<int, 2>{})
+                                                                  : scan(std::integral_constant<int, 1>{});
+  };
+  if (sm90_pr != nullptr && a.cp_pass == 1) {  // CP on the head form's passes (sm90fwd::applies_cp): no prepare
+    FwdArgs a1 = a;
+    a1.cp_pass = 1;
+    FLASHGDN_TRY(sm90fwd::launch_cp(a1, *sm90_pr, *sm90_p, stream));
+    FLASHGDN_TRY(run_scan());
+    FwdArgs a3 = a;
+    a3.cp_pass = 3;
+    return sm90fwd::launch_cp(a3, *sm90_pr, *sm90_p, stream);
+  }
   // The sm_90a head form's SOLVE variant (FLASHGDN_EXPERIMENTAL_SM90=4) has no prepare stage.
   if (sm90_pr != nullptr && sm90fwd::variant() == 4) return sm90fwd::launch(a, *sm90_pr, *sm90_p, stream);
   // NOTE: a_only (no V) always takes the 56 KB, 4-CTAs-per-SM layout (H100, 55da7a9: 16/64 8192x4 prepare 0.77 ->
@@ -328,20 +354,7 @@ flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, bool pdl,
   FwdArgs a1 = a;
   a1.cp_pass = 1;
   FLASHGDN_TRY(recurrence(a1, a.g_max, a.V + a.K));
-  auto scan = [&](auto bufs_tag) -> flashgdn_status_t {
-    constexpr int kBufs = decltype(bufs_tag)::value;
-    auto kernel = cp_scan_kernel<KD, kBufs>;
-    const int smem = static_cast<int>(sizeof(ScanSmem<KD, kBufs>));
-    static std::atomic<uint64_t> done{0};
-    cudaError_t e = raise_smem_limit_once(kernel, smem, dev, done);
-    if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(cp scan)", e);
-    kernel<<<static_cast<unsigned>(int64_t(a.N) * a.Hv * (a.V / kScanBV)), 256, smem, stream>>>(a);
-    e = cudaGetLastError();
-    return e == cudaSuccess ? FLASHGDN_SUCCESS : cuda_error("cp scan kernel launch", e);
-  };
-  // Two M buffers (M_{g+1} fetched during step g) where they fit (140 KB at K = 128), else one.
-  FLASHGDN_TRY(static_cast<int>(sizeof(ScanSmem<KD, 2>)) <= max_smem ? scan(std::integral_constant<int, 2>{})
-                                                                      : scan(std::integral_constant<int, 1>{}));
+  FLASHGDN_TRY(run_scan());
   FwdArgs a3 = a;
   a3.cp_pass = 3;
   return recurrence(a3, a.g_max, a.V);
@@ -592,7 +605,9 @@ flashgdn_status_t launch_impl(const Problem& pr_in, const flashgdn_chunk_fwd_par
   const int bv = l.cp.on || sm90_path ? kCpBv : plan_bv;
   // Programmatic dependent launch of the recurrence on sm_90+ (FLASHGDN_PORTABLE_PDL=0 turns it off: A/B).
   const bool pdl = info.cc_major >= 9 && !env_is_zero("FLASHGDN_PORTABLE_PDL");
-  if (sm90_path) {  // bf16, K = V = 128 (sm90fwd::applies)
+  // CP on the head form's passes (FLASHGDN_SM90_CP=1, A/B): launch_all takes them when CP is planned.
+  const bool sm90_cp = l.cp.on && h_states == nullptr && sm90fwd::applies_cp(pr, p, info.cc_major, max_smem);
+  if (sm90_path || sm90_cp) {  // bf16, K = V = 128 (sm90fwd::applies / applies_cp)
     a.a_only = sm90_var >= 2;  // the fused / head forms: prepare writes A diag(beta) and aux only
     return launch_all<__nv_bfloat16, 128, 128>(a, bv, max_smem, dev, false, stream, &pr, &p);
   }

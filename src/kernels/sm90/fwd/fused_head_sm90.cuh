@@ -73,8 +73,8 @@ __device__ __forceinline__ uint64_t mnmajor(uint32_t addr) {  // MN-major operan
 
 // The SOLVE variant's gates warpgroup (see the kernel): t its thread, (row, col) its accumulator coordinates.
 __device__ __forceinline__ void gates_solve(unsigned char* smem, uint32_t base, const FwdArgs& a, const portable::Seq& s,
-                                            int h, int64_t nchunks, uint64_t* full, uint64_t* prepped, int t, int row,
-                                            int col) {
+                                            int64_t t_first, int h, int64_t nchunks, uint64_t* full,
+                                            uint64_t* prepped, int t, int row, int col) {
   using namespace device;
   namespace bs = portable::blocked_solve;
   enum : int { kGates = 3 };  // named barrier of this warpgroup (128 threads)
@@ -91,7 +91,7 @@ __device__ __forceinline__ void gates_solve(unsigned char* smem, uint32_t base, 
     float* gam = reinterpret_cast<float*>(Xp + kAux);
     float* rq = gam + kChunk;
     float* rk = gam + 2 * kChunk;
-    const int64_t t0 = s.bos + c * kChunk;
+    const int64_t t0 = t_first + c * kChunk;
     const int L = static_cast<int>(s.eos - t0 < kChunk ? s.eos - t0 : kChunk);
 
     // (a) γ = inclusive cumsum of g (rows past L: γ[L - 1]), β, rq, rk (0 past L)
@@ -261,8 +261,15 @@ __device__ __forceinline__ void gates_solve(unsigned char* smem, uint32_t base, 
 // blocks, named barrier kGates) into the stage's A and Pg tiles (64 x 64 fp32, the two tiles are adjacent), then
 // Ag = Γ o X diag(β) and Pg from registers once every X read is done. The stage then carries only Q, K, V by TMA;
 // aux (γ, rq, rk) is written by the gates warpgroup.
-template <bool PINGPONG, bool SOLVE>
+// CP (with SOLVE; FLASHGDN_SM90_CP=1, A/B): the passes of context parallelism (docs/design.md §5.1) over segments
+// (a.seg[rank]) instead of sequences. CP = 1, the transition pass: grid g_max * 2 * Hv, part 0 runs the segment from
+// S = 0 (S_loc), part 1 the K identity columns from S = I with V = 0 (M); no output; the end state goes to
+// cp_end[rank, h] (K x (V + K) fp32) for the portable scan. CP = 3, the final pass: each segment starts from the
+// scan's cp_h0[rank, h]; the sequence's last segment writes the final state.
+template <bool PINGPONG, bool SOLVE, int CP = 0>
 __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __grid_constant__ Maps maps, FwdArgs a) {
+  static_assert(CP == 0 || (SOLVE && !PINGPONG), "the CP passes are SOLVE variants");
+  constexpr bool kPass1 = CP == 1;
   // Register budgets: 2 x state + gates + producer (24) = 512 (64 K registers over 4 warpgroups of 128).
   constexpr int kStateRegs = SOLVE ? 200 : 208, kGatesRegs = 512 - 24 - 2 * kStateRegs;
   using namespace device;
@@ -275,11 +282,27 @@ __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __gr
   uint64_t* empty = full + 2 * kStages;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int h = static_cast<int>(blockIdx.x % a.Hv);
-  const int64_t n = a.seq_order[blockIdx.x / a.Hv];
+  int64_t rank = blockIdx.x / a.Hv, n, c_first = 0, nchunks;
+  const int part = kPass1 ? static_cast<int>(rank % 2) : 0;  // pass 1: 0 = S_loc, 1 = M
+  if constexpr (kPass1) rank /= 2;
+  bool last_seg = true;
+  if constexpr (CP != 0) {
+    const FwdArgs::SegInfo si = a.seg[rank];
+    // No such segment, or pass 1 of a last segment (its transition is never used): the CTA leaves at once.
+    if (si.nch < 0 || (kPass1 && si.last)) return;
+    n = si.n;
+    c_first = si.c0;
+    nchunks = si.nch;
+    last_seg = si.last != 0;
+  } else {
+    n = a.seq_order[rank];
+  }
   const int hk = h / a.group;
   const Seq s = portable::seq_range(a, n);
-  const int64_t nchunks = (s.eos - s.bos + kChunk - 1) / kChunk;
-  const int64_t c_base = a.chunk_offsets[n];
+  if constexpr (CP == 0) nchunks = (s.eos - s.bos + kChunk - 1) / kChunk;
+  const int64_t c_base = a.chunk_offsets[n] + c_first;  // the A images' chunk (not SOLVE)
+  const int64_t t_first = s.bos + c_first * kChunk;     // the first token of this CTA's first chunk
+  const bool zero_v = kPass1 && part == 1;               // M: V = 0
   if (tid == 0) {
     for (int i = 0; i < kStages; ++i) {
       sm90::mbar_init(&full[i], 1);
@@ -294,7 +317,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __gr
     // ================= producer =================
     sm90::setmaxnreg_dec<24>();
     if (warp == 12 && lane == 0) {
-      const int64_t tok0 = s.b * a.T + s.bos;  // token row of the sequence's first token in the 3-D maps
+      const int64_t tok0 = s.b * a.T + t_first;  // token row of the first chunk's first token in the 3-D maps
       int st = 0;
       uint32_t ph = 0;
       for (int64_t c = 0; c < nchunks; ++c) {
@@ -302,11 +325,11 @@ __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __gr
         unsigned char* X = smem + st * kStageBytes;
         const int64_t ch = (c_base + c) * a.Hv + h;
         const int32_t tok = static_cast<int32_t>(tok0 + c * kChunk);
-        sm90::mbar_expect_tx(&full[st], SOLVE ? 3 * 16384 : kTxBytes);
+        sm90::mbar_expect_tx(&full[st], (SOLVE ? 2 * 16384 : kTxBytes - 16384) + (zero_v ? 0 : 16384));
         for (int atom = 0; atom < 2; ++atom) {
           sm90::tma_load_3d(X + kQ + 8192 * atom, &maps.q, 64 * atom, hk, tok, &full[st]);
           sm90::tma_load_3d(X + kK + 8192 * atom, &maps.k, 64 * atom, hk, tok, &full[st]);
-          sm90::tma_load_3d(X + kV + 8192 * atom, &maps.v, 64 * atom, h, tok, &full[st]);
+          if (!zero_v) sm90::tma_load_3d(X + kV + 8192 * atom, &maps.v, 64 * atom, h, tok, &full[st]);
         }
         if constexpr (!SOLVE) {
           sm90::tma_load_2d(X + kA, &maps.a, 0, static_cast<int32_t>(ch * kChunk), &full[st]);
@@ -325,7 +348,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __gr
     // ================= gates: Pg, Ag (in place), F per stage =================
     if constexpr (SOLVE) {
       sm90::setmaxnreg_dec<kGatesRegs>();
-      gates_solve(smem, base, a, s, h, nchunks, full, prepped, t, row, col);
+      gates_solve(smem, base, a, s, t_first, h, nchunks, full, prepped, t, row, col);
       return;
     }
     sm90::setmaxnreg_dec<kGatesRegs>();
@@ -412,18 +435,30 @@ __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __gr
   if constexpr (PINGPONG)
     if (w == 1 && nchunks > 0) named_bar_arrive(kTurn, 256);  // WG0 goes first
   const int mi = lane / 8;  // ldmatrix / stmatrix: the 8x8 matrix this lane addresses a row of
-  const portable::StateIO io = portable::state_io(a, n);
-  // S[kh][4 j + e] = Sᵀ(value row + 8 (e / 2), key column 64 kh + 8 j + col + e % 2)
+  // S[kh][4 j + e] = Sᵀ(value row + 8 (e / 2), key column 64 kh + 8 j + col + e % 2). The start: the initial state
+  // (CP = 0), 0 or I (pass 1: S_loc, M), the scan's cp_h0 (pass 3).
   float S[2][32];
+  {
+    const portable::StateIO io = portable::state_io(a, n);
+    const float* cp_src = CP == 3 ? a.cp_h0 + (rank * a.Hv + h) * int64_t(a.K) * a.V : nullptr;
 #pragma unroll
-  for (int kh = 0; kh < 2; ++kh)
+    for (int kh = 0; kh < 2; ++kh)
 #pragma unroll
-    for (int j = 0; j < 8; ++j)
+      for (int j = 0; j < 8; ++j)
 #pragma unroll
-      for (int e = 0; e < 4; ++e)
-        S[kh][4 * j + e] = io.src != nullptr ? portable::load_state(a, io.src, io.src_row, h, 64 * kh + 8 * j + col + e % 2,
-                                                                    v0 + row + 8 * (e / 2))
-                                             : 0.f;
+        for (int e = 0; e < 4; ++e) {
+          const int i = 64 * kh + 8 * j + col + e % 2, jv = v0 + row + 8 * (e / 2);  // key, value index
+          float x = 0.f;
+          if constexpr (CP == 0) {
+            if (io.src != nullptr) x = portable::load_state(a, io.src, io.src_row, h, i, jv);
+          } else if constexpr (CP == 3) {
+            x = cp_src[static_cast<int64_t>(i) * a.V + jv];
+          } else {
+            x = zero_v && i == jv ? 1.f : 0.f;
+          }
+          S[kh][4 * j + e] = x;
+        }
+  }
   __nv_bfloat16* og = static_cast<__nv_bfloat16*>(a.o) + s.b * a.o_s[0] + h * a.o_s[2] + v0 + 16 * wi;
   int st = 0;
   uint32_t ph = 0;
@@ -431,10 +466,10 @@ __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __gr
     sm90::mbar_wait(&full[st], ph);
     const uint32_t X = base + st * kStageBytes;
     unsigned char* Xp = smem + st * kStageBytes;
-    const int64_t t0 = s.bos + c * kChunk;
+    const int64_t t0 = t_first + c * kChunk;
     const int L = static_cast<int>(s.eos - t0 < kChunk ? s.eos - t0 : kChunk);
 
-    // 1. X = Sᵀ Kᵀ, O = Sᵀ Qᵀ (64 x 64 each), Sᵀ in bf16 as the A operand
+    // 1. X = Sᵀ Kᵀ, O = Sᵀ Qᵀ (64 x 64 each; no O in pass 1), Sᵀ in bf16 as the A operand
     float x[32], o[32];
     {
       uint32_t sb[8][4];
@@ -450,9 +485,10 @@ __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __gr
 #pragma unroll
       for (int ks = 0; ks < 8; ++ks)
         sm90::wgmma_m64n64k16_rs<0>(x, sb[ks], kmajor(X + kK + 8192 * (ks / 4) + 32 * (ks % 4)), 1);
+      if constexpr (!kPass1)
 #pragma unroll
-      for (int ks = 0; ks < 8; ++ks)
-        sm90::wgmma_m64n64k16_rs<0>(o, sb[ks], kmajor(X + kQ + 8192 * (ks / 4) + 32 * (ks % 4)), 1);
+        for (int ks = 0; ks < 8; ++ks)
+          sm90::wgmma_m64n64k16_rs<0>(o, sb[ks], kmajor(X + kQ + 8192 * (ks / 4) + 32 * (ks % 4)), 1);
       sm90::wgmma_commit();
       pass_turn();
       sm90::wgmma_wait<0>();
@@ -470,8 +506,9 @@ __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __gr
       uint32_t wb[4][4];
 #pragma unroll
       for (int kp = 0; kp < 4; ++kp) {
-        uint32_t v4[4];  // Vᵀ: (j = 2 kp, rows row / row + 8), (j = 2 kp + 1, ...)
-        ldmatrix_x4_trans(v4, Xp + kV + 8192 * w + sw128(8 * (2 * kp + mi / 2) + (lane & 7), 16 * wi + 8 * (mi % 2)));
+        uint32_t v4[4] = {0u, 0u, 0u, 0u};  // Vᵀ: (j = 2 kp, rows row / row + 8), (j = 2 kp + 1, ...); M: V = 0
+        if (!zero_v)
+          ldmatrix_x4_trans(v4, Xp + kV + 8192 * w + sw128(8 * (2 * kp + mi / 2) + (lane & 7), 16 * wi + 8 * (mi % 2)));
 #pragma unroll
         for (int q = 0; q < 2; ++q) {
           const int j = 2 * kp + q;
@@ -496,16 +533,18 @@ __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __gr
       sm90::fence_regs(wb);
     }
 
-    // 4. O = O diag(fo) + vnᵀ Pgᵀ; Sᵀ = e^{γL} Sᵀ + (vnᵀ diag(fd)) K
+    // 4. O = O diag(fo) + vnᵀ Pgᵀ (not in pass 1); Sᵀ = e^{γL} Sᵀ + (vnᵀ diag(fd)) K
     {
       uint32_t nb[4][4], db[4][4];
 #pragma unroll
       for (int ks = 0; ks < 4; ++ks) sm90::pack_a_frag(nb[ks], vn, ks);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
-        const float2 fo = *reinterpret_cast<const float2*>(F + kChunk + 8 * j + col);
+        if constexpr (!kPass1) {
+          const float2 fo = *reinterpret_cast<const float2*>(F + kChunk + 8 * j + col);
+          o[4 * j] *= fo.x, o[4 * j + 1] *= fo.y, o[4 * j + 2] *= fo.x, o[4 * j + 3] *= fo.y;
+        }
         const float2 fd = *reinterpret_cast<const float2*>(F + 2 * kChunk + 8 * j + col);
-        o[4 * j] *= fo.x, o[4 * j + 1] *= fo.y, o[4 * j + 2] *= fo.x, o[4 * j + 3] *= fo.y;
         vn[4 * j] *= fd.x, vn[4 * j + 1] *= fd.y, vn[4 * j + 2] *= fd.x, vn[4 * j + 3] *= fd.y;
       }
 #pragma unroll
@@ -522,8 +561,9 @@ __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __gr
       sm90::fence_regs(db);
       my_turn();
       sm90::wgmma_fence();
+      if constexpr (!kPass1)
 #pragma unroll
-      for (int ks = 0; ks < 4; ++ks) sm90::wgmma_m64n64k16_rs<0>(o, nb[ks], kmajor(X + kPg + 32 * ks), 1);
+        for (int ks = 0; ks < 4; ++ks) sm90::wgmma_m64n64k16_rs<0>(o, nb[ks], kmajor(X + kPg + 32 * ks), 1);
 #pragma unroll
       for (int kh = 0; kh < 2; ++kh)
 #pragma unroll
@@ -541,26 +581,40 @@ __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __gr
 
     // 5. Oᵀ -> the warp's own 16 columns of this warpgroup's V atom (read in step 2), then its rows < L to o
     unsigned char* stg = Xp + kV + 8192 * w;
+    if constexpr (!kPass1) {
 #pragma unroll
-    for (int kp = 0; kp < 4; ++kp) {
-      const uint32_t r4[4] = {pack2<__nv_bfloat16>(o[8 * kp], o[8 * kp + 1]), pack2<__nv_bfloat16>(o[8 * kp + 2], o[8 * kp + 3]),
-                              pack2<__nv_bfloat16>(o[8 * kp + 4], o[8 * kp + 5]),
-                              pack2<__nv_bfloat16>(o[8 * kp + 6], o[8 * kp + 7])};
-      sm90::stmatrix_x4_trans(stg + sw128(8 * (2 * kp + mi / 2) + (lane & 7), 16 * wi + 8 * (mi % 2)), r4);
-    }
-    __syncwarp();
+      for (int kp = 0; kp < 4; ++kp) {
+        const uint32_t r4[4] = {pack2<__nv_bfloat16>(o[8 * kp], o[8 * kp + 1]), pack2<__nv_bfloat16>(o[8 * kp + 2], o[8 * kp + 3]),
+                                pack2<__nv_bfloat16>(o[8 * kp + 4], o[8 * kp + 5]),
+                                pack2<__nv_bfloat16>(o[8 * kp + 6], o[8 * kp + 7])};
+        sm90::stmatrix_x4_trans(stg + sw128(8 * (2 * kp + mi / 2) + (lane & 7), 16 * wi + 8 * (mi % 2)), r4);
+      }
+      __syncwarp();
 #pragma unroll
-    for (int it = 0; it < 4; ++it) {
-      const int tok = 16 * it + lane / 2, seg = lane & 1;
-      if (tok < L)
-        *reinterpret_cast<uint4*>(og + (t0 + tok) * a.o_s[1] + 8 * seg) =
-            *reinterpret_cast<const uint4*>(stg + sw128(tok, 16 * wi + 8 * seg));
+      for (int it = 0; it < 4; ++it) {
+        const int tok = 16 * it + lane / 2, seg = lane & 1;
+        if (tok < L)
+          *reinterpret_cast<uint4*>(og + (t0 + tok) * a.o_s[1] + 8 * seg) =
+              *reinterpret_cast<const uint4*>(stg + sw128(tok, 16 * wi + 8 * seg));
+      }
     }
     sm90::fence_proxy_async_smem();  // the staging writes before the stage's next TMA fill
     sm90::mbar_arrive(&empty[st]);
     if (++st == kStages) st = 0, ph ^= 1;
   }
-  if (io.dst != nullptr)
+  if constexpr (kPass1) {  // the end state [S_loc | M] of this part's columns, fp32, for the scan
+    float* e = a.cp_end + (rank * a.Hv + h) * int64_t(a.K) * (a.V + a.K) + part * a.V;
+#pragma unroll
+    for (int kh = 0; kh < 2; ++kh)
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int e4 = 0; e4 < 4; ++e4)
+          e[static_cast<int64_t>(64 * kh + 8 * j + col + e4 % 2) * (a.V + a.K) + v0 + row + 8 * (e4 / 2)] = S[kh][4 * j + e4];
+    return;
+  }
+  const portable::StateIO io = portable::state_io(a, n);
+  if (io.dst != nullptr && last_seg)
 #pragma unroll
     for (int kh = 0; kh < 2; ++kh)
 #pragma unroll

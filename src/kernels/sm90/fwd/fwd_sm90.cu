@@ -29,6 +29,23 @@ bool forced() {
          env_is_value("FLASHGDN_EXPERIMENTAL_SM90", "3") || env_is_value("FLASHGDN_EXPERIMENTAL_SM90", "4");
 }
 
+namespace {
+
+// TMA over the user's q, k, v: one token stride for every batch row (the 3-D maps index tokens as b * T + t), 16-byte
+// aligned bases and strides.
+bool tma_ok(const Problem& pr, const flashgdn_chunk_fwd_params_t& p) {
+  for (const flashgdn_tensor_t* x : {&p.q, &p.k, &p.v}) {
+    const int64_t width = x == &p.v ? pr.V : pr.K;
+    if (pr.B > 1 && x->stride[0] != pr.T * x->stride[1]) return false;
+    if (reinterpret_cast<uintptr_t>(x->data) % 16 != 0 || x->stride[1] % 8 != 0 || x->stride[2] % 8 != 0 ||
+        x->stride[2] < width)
+      return false;
+  }
+  return true;
+}
+
+}  // namespace
+
 bool applies(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, int cc_major, int max_smem) {
   const int var = variant();
   if (var == 0) return false;
@@ -39,20 +56,7 @@ bool applies(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, int cc_maj
                         : var == 2 ? fused::kSmemBytes
                                    : kSmemBytes;
   if (max_smem < static_cast<int>(smem)) return false;
-  // The 3-D maps index tokens as b * T + t: batch rows must follow each other at the token stride.
-  if (pr.B > 1 && (p.q.stride[0] != pr.T * p.q.stride[1] || p.k.stride[0] != pr.T * p.k.stride[1])) return false;
-  // TMA: 16-byte aligned bases and strides (8 bf16 elements).
-  for (const flashgdn_tensor_t* x : {&p.q, &p.k})
-    if (reinterpret_cast<uintptr_t>(x->data) % 16 != 0 || x->stride[1] % 8 != 0 || x->stride[2] % 8 != 0 ||
-        x->stride[2] < pr.K)
-      return false;
-  if (var >= 2) {  // V through a 3-D map as well
-    if (pr.B > 1 && p.v.stride[0] != pr.T * p.v.stride[1]) return false;
-    if (reinterpret_cast<uintptr_t>(p.v.data) % 16 != 0 || p.v.stride[1] % 8 != 0 || p.v.stride[2] % 8 != 0 ||
-        p.v.stride[2] < pr.V)
-      return false;
-  }
-  return true;
+  return tma_ok(pr, p);
 }
 
 namespace {
@@ -119,9 +123,9 @@ flashgdn_status_t launch_fused(const portable::FwdArgs& a, const Problem& pr, co
   return FLASHGDN_SUCCESS;
 }
 
-template <bool PINGPONG, bool SOLVE>
+template <bool PINGPONG, bool SOLVE, int CP = 0>
 flashgdn_status_t launch_head_kernel(const head::Maps& maps, const portable::FwdArgs& a, cudaStream_t stream) {
-  auto kernel = head::fused_head_sm90_kernel<PINGPONG, SOLVE>;
+  auto kernel = head::fused_head_sm90_kernel<PINGPONG, SOLVE, CP>;
   constexpr uint32_t smem = head::smem_bytes(SOLVE);
   static std::atomic<uint64_t> raised{0};  // the shared-memory limit, raised once per device (bit `dev`)
   int dev = 0;
@@ -129,7 +133,11 @@ flashgdn_status_t launch_head_kernel(const head::Maps& maps, const portable::Fwd
   if (e == cudaSuccess) e = raise_smem_limit_once(kernel, static_cast<int>(smem), dev, raised);
   if (e != cudaSuccess)
     return fail(FLASHGDN_ERROR_CUDA, "flashgdn_chunk_fwd: sm90 head kernel setup: %s", cudaGetErrorString(e));
-  kernel<<<static_cast<unsigned>(int64_t(a.N) * a.Hv), head::kThreads, smem, stream>>>(maps, a);
+  // CTAs: sequences (CP 0), segments (pass 3) or segments x {S_loc, M} (pass 1), times heads.
+  const int64_t ranks = CP == 0 ? int64_t(a.N) : CP == 1 ? 2 * a.g_max : a.g_max;
+  if (ranks * a.Hv > 0x7fffffff) return fail(FLASHGDN_ERROR_UNSUPPORTED, "flashgdn_chunk_fwd: too many CTAs");
+  if (ranks * a.Hv == 0) return FLASHGDN_SUCCESS;
+  kernel<<<static_cast<unsigned>(ranks * a.Hv), head::kThreads, smem, stream>>>(maps, a);
   e = cudaGetLastError();
   if (e != cudaSuccess)
     return fail(FLASHGDN_ERROR_CUDA, "flashgdn_chunk_fwd: sm90 head kernel launch: %s", cudaGetErrorString(e));
@@ -153,6 +161,24 @@ flashgdn_status_t launch_head(const portable::FwdArgs& a, const Problem& pr, con
 }
 
 }  // namespace
+
+bool applies_cp(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, int cc_major, int max_smem) {
+  if (!env_is_one("FLASHGDN_SM90_CP") || variant() == 0) return false;
+  if (cc_major != 9 || pr.K != 128 || pr.V != 128 || pr.io_dtype != FLASHGDN_DTYPE_BFLOAT16) return false;
+  if (max_smem < static_cast<int>(head::smem_bytes(true))) return false;
+  return tma_ok(pr, p);
+}
+
+flashgdn_status_t launch_cp(const portable::FwdArgs& a, const Problem& pr, const flashgdn_chunk_fwd_params_t& p,
+                            cudaStream_t stream) {
+  head::Maps maps{};
+  FLASHGDN_TRY(map_tokens(&maps.q, p.q, pr, "q"));
+  FLASHGDN_TRY(map_tokens(&maps.k, p.k, pr, "k"));
+  FLASHGDN_TRY(map_tokens(&maps.v, p.v, pr, "v", true));
+  if (a.cp_pass == 1) return launch_head_kernel<false, true, 1>(maps, a, stream);
+  if (a.cp_pass == 3) return launch_head_kernel<false, true, 3>(maps, a, stream);
+  return fail(FLASHGDN_ERROR_INTERNAL, "flashgdn_chunk_fwd: sm90 CP pass %d", a.cp_pass);
+}
 
 flashgdn_status_t launch(const portable::FwdArgs& a, const Problem& pr, const flashgdn_chunk_fwd_params_t& p,
                          cudaStream_t stream) {

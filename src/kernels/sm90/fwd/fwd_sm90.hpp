@@ -26,6 +26,14 @@ int variant();
 // FLASHGDN_EXPERIMENTAL_SM90 is 1, 2, 3 or 4: the variant wherever it applies (A/B), not only where planned.
 bool forced();
 
+// Context parallelism with the head form's passes (FLASHGDN_SM90_CP=1, A/B; not the default): bf16, K = V = 128,
+// cc 9.x, TMA-aligned q/k/v, the SOLVE variant's shared memory. The transition and final passes are then head-form
+// kernels (no prepare stage); the scan between them stays the portable one.
+bool applies_cp(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, int cc_major, int max_smem);
+// One CP pass (a.cp_pass 1: transition, 3: final) on the head form.
+flashgdn_status_t launch_cp(const portable::FwdArgs& a, const Problem& pr, const flashgdn_chunk_fwd_params_t& p,
+                            cudaStream_t stream);
+
 // Launches the recurrence (after the portable prepare stage, with a.bv = 64).
 flashgdn_status_t launch(const portable::FwdArgs& a, const Problem& pr, const flashgdn_chunk_fwd_params_t& p,
                          cudaStream_t stream);
