@@ -82,6 +82,30 @@ __device__ __forceinline__ void gates_solve(unsigned char* smem, uint32_t base, 
   float* sY = reinterpret_cast<float*>(smem + kY);
   float* sBeta = reinterpret_cast<float*>(smem + kBeta);
   const int lane = t & 31;
+  // g (threads 0-31) and β (32-63) of chunk c: two values per thread, zero past L, loaded one chunk ahead.
+  // NOTE: prefetched so that their global-memory latency overlaps the previous chunk's solve.
+  const float* gg = a.g + s.b * a.g_s[0] + h * a.g_s[2];
+  const int64_t boff = s.b * a.beta_s[0] + h * a.beta_s[2];
+  auto load_gb = [&](int64_t c, float (&v)[2]) {
+    const int64_t t0 = t_first + c * kChunk;
+    const int L = static_cast<int>(s.eos - t0 < kChunk ? s.eos - t0 : kChunk);
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      const int i = t < 32 ? 2 * lane + u : lane + 32 * u;  // g: adjacent pairs (the scan's layout); β: strided
+      v[u] = 0.f;
+      if (c < nchunks && i < L) {
+        if (t < 32) {
+          v[u] = gg[(t0 + i) * a.g_s[1]];
+        } else if (t < 64) {
+          const int64_t off = boff + (t0 + i) * a.beta_s[1];
+          v[u] = a.beta_f32 ? static_cast<const float*>(a.beta)[off]
+                            : __bfloat162float(static_cast<const __nv_bfloat16*>(a.beta)[off]);
+        }
+      }
+    }
+  };
+  float gb[2];
+  load_gb(0, gb);
   int st = 0;
   uint32_t ph = 0;
   for (int64_t c = 0; c < nchunks; ++c) {
@@ -96,9 +120,7 @@ __device__ __forceinline__ void gates_solve(unsigned char* smem, uint32_t base, 
 
     // (a) γ = inclusive cumsum of g (rows past L: γ[L - 1]), β, rq, rk (0 past L)
     if (t < 32) {
-      const float* gg = a.g + s.b * a.g_s[0] + h * a.g_s[2];
-      const float x0 = 2 * lane < L ? gg[(t0 + 2 * lane) * a.g_s[1]] : 0.f;
-      const float x1 = 2 * lane + 1 < L ? gg[(t0 + 2 * lane + 1) * a.g_s[1]] : 0.f;
+      const float x0 = gb[0], x1 = gb[1];
       float incl = x0 + x1;
 #pragma unroll
       for (int d = 1; d < 32; d <<= 1) {
@@ -108,13 +130,8 @@ __device__ __forceinline__ void gates_solve(unsigned char* smem, uint32_t base, 
       gam[2 * lane] = incl - x1;
       gam[2 * lane + 1] = incl;
     } else if (t < 64) {
-      const int64_t boff = s.b * a.beta_s[0] + h * a.beta_s[2];
-      for (int i = lane; i < kChunk; i += 32) {
-        const int64_t off = boff + (t0 + i) * a.beta_s[1];
-        sBeta[i] = i >= L ? 0.f
-                   : a.beta_f32 ? static_cast<const float*>(a.beta)[off]
-                                : __bfloat162float(static_cast<const __nv_bfloat16*>(a.beta)[off]);
-      }
+      sBeta[lane] = gb[0];
+      sBeta[lane + 32] = gb[1];
     } else {
       const int r = t - 64;  // one row of Q and of K per thread
       float fq = 1.f, fk = 1.f;
@@ -140,6 +157,7 @@ __device__ __forceinline__ void gates_solve(unsigned char* smem, uint32_t base, 
       rk[r] = r < L ? fk : 0.f;
     }
     named_bar_sync(kGates, 128);
+    load_gb(c + 1, gb);  // the next chunk's g, β (none past the last chunk)
 
     // (b) T = StrictLower(diag(β rk) K Kᵀ diag(rk)) -> sT (the solve reads only its strictly lower part)
     {
