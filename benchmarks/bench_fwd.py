@@ -174,8 +174,6 @@ def rel(a, b):
 
 
 VARIANT_ENV = {"cp_on": ("on", {}), "cp_off": ("off", {}),
-               "sm90": ("off", {"FLASHGDN_EXPERIMENTAL_SM90": "1"}),
-               "fused": ("off", {"FLASHGDN_EXPERIMENTAL_SM90": "2"}),
                "head": ("off", {"FLASHGDN_EXPERIMENTAL_SM90": "3"}),
                "head_pp": ("off", {"FLASHGDN_EXPERIMENTAL_SM90": "3", "FLASHGDN_SM90_PINGPONG": "1"}),
                "solve": ("off", {"FLASHGDN_EXPERIMENTAL_SM90": "4"}),
@@ -209,12 +207,11 @@ def main():
                     help="only rows whose name contains one of these comma-separated substrings (e.g. '2/8 ,4/16 ')")
     ap.add_argument("--cp", default="auto", choices=["auto", "on", "off"],
                     help="FlashGDN's cp argument")
-    ap.add_argument("--sm90", action="store_true",
-                    help="the experimental sm_90a recurrence (sets FLASHGDN_EXPERIMENTAL_SM90=1)")
     ap.add_argument("--variants", default="",
                     help="extra FlashGDN variants timed per row (graph replay) in the same run, comma-separated: "
-                         "cp_on, cp_off, sm90, portable (the portable path where the sm_90a fused forward would be taken; "
-                         "switches set only around each variant's calls)")
+                         "cp_on, cp_off, head (the sm_90a head form forced), head_pp (its ping-pong schedule), solve (its "
+                         "variant without prepare), head_cp (CP on head-form passes where planned), portable (the portable "
+                         "path where the head form would be taken); switches set only around each variant's calls")
     ap.add_argument("--tag", default=os.environ.get("FLASHGDN_BENCH_TAG", ""),
                     help="suffix of the output file names (e.g. the build variant)")
     args = ap.parse_args()
@@ -248,9 +245,6 @@ def main():
                      "their speedups are relative to the FLA time in that same table",
     }
     meta["flashgdn_cp"] = args.cp
-    if args.sm90:
-        os.environ["FLASHGDN_EXPERIMENTAL_SM90"] = "1"
-    meta["flashgdn_sm90"] = bool(args.sm90)
     meta["variants"] = args.variants
     timer = Timer(args.reps)
     rows = []

@@ -584,8 +584,8 @@ flashgdn_status_t launch_impl(const Problem& pr_in, const flashgdn_chunk_fwd_par
   a.h_states = h_states;
   a.Ab = ab;
   a.At = bw != nullptr && bw->dqh != nullptr ? const_cast<void*>(bw->at) : nullptr;
-  // The sm_90a forward (bf16, K = V = 128, cc 9.x; fwd_sm90.hpp) where the portable plan has BV = 64 and no
-  // context parallelism: its grid of N * Hv * 2 CTAs then fills the GPU as the portable one would.
+  // The sm_90a forward's head form (bf16, K = V = 128, cc 9.x; fwd_sm90.hpp) where the portable plan has BV = 64 and
+  // no context parallelism (its N * Hv CTAs, two state chains each, then fill the GPU as the portable grid would).
   const int bv_env = bv_override();
   const int plan_bv = bv_env > 0 && bv_env <= pr.V ? bv_env : choose_bv(pr, num_sms);  // the portable plan's slice
   const int sm90_var = sm90fwd::variant();
@@ -608,7 +608,7 @@ flashgdn_status_t launch_impl(const Problem& pr_in, const flashgdn_chunk_fwd_par
   // CP on the head form's passes (FLASHGDN_SM90_CP=1, A/B): launch_all takes them when CP is planned.
   const bool sm90_cp = l.cp.on && h_states == nullptr && sm90fwd::applies_cp(pr, p, info.cc_major, max_smem);
   if (sm90_path || sm90_cp) {  // bf16, K = V = 128 (sm90fwd::applies / applies_cp)
-    a.a_only = sm90_var >= 2;  // the fused / head forms: prepare writes A diag(beta) and aux only
+    a.a_only = 1;  // the head form: prepare writes A diag(beta) and aux only (variant 4 and CP: no prepare)
     return launch_all<__nv_bfloat16, 128, 128>(a, bv, max_smem, dev, false, stream, &pr, &p);
   }
   const bool bf16 = pr.io_dtype == FLASHGDN_DTYPE_BFLOAT16;

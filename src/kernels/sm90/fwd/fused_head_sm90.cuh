@@ -1,7 +1,7 @@
-// sm_90a forward, stage 2, head form (EXPERIMENTAL, FLASHGDN_EXPERIMENTAL_SM90=3): the gated delta rule of one
+// sm_90a forward, stage 2, head form (the default on Hopper where planned): the gated delta rule of one
 // (sequence, value head) per CTA, the whole V = 128 on chip, with the state transposed (Sᵀ, V rows x K columns) so
 // that it is the register A operand of its products. Stage 1 is the portable prepare in its "A only" mode (aux and
-// the gate-free A diag(β) as a bf16 (64, 72) image per (chunk, head)), as for the fused form (fused_sm90.cuh).
+// the gate-free A diag(β) as a bf16 (64, 72) image per (chunk, head)); the SOLVE variant (below) has no stage 1.
 // Per chunk, with the gate factors of docs/design.md §6.1 (every exponent <= 0) and f = e^γ rk, fo = scale e^γ rq,
 // fd = e^{γL - γ} rk per token (zero past the chunk's length L):
 //   X  = Sᵀ Kᵀ,  O = Sᵀ Qᵀ                                  (V x tokens; Sᵀ in bf16 from the registers)
@@ -41,7 +41,7 @@
 #include "kernels/portable/fwd/blocked_solve.hpp"
 #include "kernels/portable/fwd/params.hpp"
 #include "kernels/portable/fwd/scheduler.cuh"
-#include "kernels/sm90/fwd/recurrence_sm90.cuh"
+#include "kernels/sm90/fwd/common.cuh"
 
 namespace flashgdn::sm90fwd {
 

@@ -1,32 +1,37 @@
-// Host launcher of the sm_90a recurrence (fwd_sm90.hpp). Compiled for sm_90a only.
+// Host launcher of the sm_90a forward (fwd_sm90.hpp). Compiled for sm_90a only.
 #include "kernels/sm90/fwd/fwd_sm90.hpp"
 
 #include <atomic>
 #include <cstdint>
+#include <cstdio>
 
 #include "api/env.hpp"
 #include "api/error.hpp"
 #include "api/tensor_map.hpp"
 #include "kernels/launch_util.hpp"
 #include "kernels/sm90/fwd/fused_head_sm90.cuh"
-#include "kernels/sm90/fwd/fused_sm90.cuh"
-#include "kernels/sm90/fwd/recurrence_sm90.cuh"
 
 namespace flashgdn::sm90fwd {
 
 // NOTE: read on every call (a getenv each): benchmarks switch variants within one process.
 int variant() {
-  if (env_is_one("FLASHGDN_EXPERIMENTAL_SM90")) return 1;
-  if (env_is_value("FLASHGDN_EXPERIMENTAL_SM90", "2")) return 2;
   if (env_is_value("FLASHGDN_EXPERIMENTAL_SM90", "3")) return 3;
   if (env_is_value("FLASHGDN_EXPERIMENTAL_SM90", "4")) return 4;
   if (env_is_zero("FLASHGDN_EXPERIMENTAL_SM90")) return 0;
+  const char* v = std::getenv("FLASHGDN_EXPERIMENTAL_SM90");
+  if (v != nullptr && *v != '\0') {  // not a variant (1 and 2, the W/U recurrence and the fused form, are gone)
+    static std::atomic<bool> told{false};
+    if (!told.exchange(true))
+      std::fprintf(stderr,
+                   "flashgdn: FLASHGDN_EXPERIMENTAL_SM90=%s is not a variant (0: off, 3: head form, 4: head form "
+                   "without prepare); the default plan runs (said once per process)\n",
+                   v);
+  }
   return 3;  // unset: the head form where planned
 }
 
 bool forced() {
-  return env_is_one("FLASHGDN_EXPERIMENTAL_SM90") || env_is_value("FLASHGDN_EXPERIMENTAL_SM90", "2") ||
-         env_is_value("FLASHGDN_EXPERIMENTAL_SM90", "3") || env_is_value("FLASHGDN_EXPERIMENTAL_SM90", "4");
+  return env_is_value("FLASHGDN_EXPERIMENTAL_SM90", "3") || env_is_value("FLASHGDN_EXPERIMENTAL_SM90", "4");
 }
 
 namespace {
@@ -51,11 +56,7 @@ bool applies(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, int cc_maj
   if (var == 0) return false;
   if (cc_major != 9 || pr.K != 128 || pr.V != 128 || pr.io_dtype != FLASHGDN_DTYPE_BFLOAT16) return false;
   if (pr.cp_mode == FLASHGDN_CP_ON) return false;
-  const uint32_t smem = var == 4   ? head::smem_bytes(true)
-                        : var == 3 ? head::kSmemBytes
-                        : var == 2 ? fused::kSmemBytes
-                                   : kSmemBytes;
-  if (max_smem < static_cast<int>(smem)) return false;
+  if (max_smem < static_cast<int>(head::smem_bytes(var == 4))) return false;
   return tma_ok(pr, p);
 }
 
@@ -79,48 +80,18 @@ flashgdn_status_t map_tokens(CUtensorMap* map, const flashgdn_tensor_t& x, const
   return encode_tma_tile(map, t, "flashgdn_chunk_fwd", name);
 }
 
-// A workspace image array: rows of `inner` elements (16-byte pads included), `rows` of them, grouped in
-// `outer` blocks `outer_stride` elements apart when outer_stride > 0 (rank 3, even for one block).
-flashgdn_status_t map_image(CUtensorMap* map, const void* base, int inner, int64_t rows, int64_t outer,
-                            int64_t outer_stride, const char* name) {
+// A workspace image array: `rows` rows of `inner` elements (16-byte pads included), boxes of (64, 64).
+flashgdn_status_t map_image(CUtensorMap* map, const void* base, int inner, int64_t rows, const char* name) {
   TmaTile t;
   t.base = base;
   t.dtype = FLASHGDN_DTYPE_BFLOAT16;
   t.dim0 = static_cast<uint64_t>(inner);
   t.dim1 = static_cast<uint64_t>(rows);
   t.row_stride_bytes = static_cast<uint64_t>(inner) * 2;
-  if (outer_stride > 0) {
-    t.dim2 = static_cast<uint64_t>(outer);
-    t.stride2_bytes = static_cast<uint64_t>(outer_stride) * 2;
-  }
   t.box0 = 64;
   t.box1 = 64;
   t.swizzle = device::Swizzle::k128B;
   return encode_tma_tile(map, t, "flashgdn_chunk_fwd", name);
-}
-
-flashgdn_status_t launch_fused(const portable::FwdArgs& a, const Problem& pr, const flashgdn_chunk_fwd_params_t& p,
-                               cudaStream_t stream) {
-  using portable::kChunk;
-  fused::FusedMaps maps;
-  const int64_t ch = a.max_chunks * a.Hv;  // (chunk, head) images
-  FLASHGDN_TRY(map_tokens(&maps.q, p.q, pr, "q"));
-  FLASHGDN_TRY(map_tokens(&maps.k, p.k, pr, "k"));
-  FLASHGDN_TRY(map_tokens(&maps.v, p.v, pr, "v", true));
-  FLASHGDN_TRY(map_image(&maps.a, a.Pm, kChunk + 8, ch * kChunk, 1, 0, "workspace A"));
-  static std::atomic<uint64_t> raised{0};  // the shared-memory limit, raised once per device (bit `dev`)
-  int dev = 0;
-  cudaError_t e = cudaGetDevice(&dev);
-  if (e == cudaSuccess)
-    e = raise_smem_limit_once(fused::fused_sm90_kernel, static_cast<int>(fused::kSmemBytes), dev, raised);
-  if (e != cudaSuccess)
-    return fail(FLASHGDN_ERROR_CUDA, "flashgdn_chunk_fwd: sm90 fused kernel setup: %s", cudaGetErrorString(e));
-  fused::fused_sm90_kernel<<<static_cast<unsigned>(int64_t(a.N) * a.Hv * 2), fused::kThreads, fused::kSmemBytes,
-                             stream>>>(maps, a);
-  e = cudaGetLastError();
-  if (e != cudaSuccess)
-    return fail(FLASHGDN_ERROR_CUDA, "flashgdn_chunk_fwd: sm90 fused kernel launch: %s", cudaGetErrorString(e));
-  return FLASHGDN_SUCCESS;
 }
 
 template <bool PINGPONG, bool SOLVE, int CP = 0>
@@ -153,7 +124,7 @@ flashgdn_status_t launch_head(const portable::FwdArgs& a, const Problem& pr, con
   FLASHGDN_TRY(map_tokens(&maps.k, p.k, pr, "k"));
   FLASHGDN_TRY(map_tokens(&maps.v, p.v, pr, "v", true));
   if (!solve)
-    FLASHGDN_TRY(map_image(&maps.a, a.Pm, kChunk + 8, a.max_chunks * a.Hv * kChunk, 1, 0, "workspace A"));
+    FLASHGDN_TRY(map_image(&maps.a, a.Pm, kChunk + 8, a.max_chunks * a.Hv * kChunk, "workspace A"));
   // NOTE: read on every call (A/B within one process); the ping-pong schedule is not the default until measured.
   const bool pingpong = env_is_one("FLASHGDN_SM90_PINGPONG");
   if (solve) return pingpong ? launch_head_kernel<true, true>(maps, a, stream) : launch_head_kernel<false, true>(maps, a, stream);
@@ -182,28 +153,7 @@ flashgdn_status_t launch_cp(const portable::FwdArgs& a, const Problem& pr, const
 
 flashgdn_status_t launch(const portable::FwdArgs& a, const Problem& pr, const flashgdn_chunk_fwd_params_t& p,
                          cudaStream_t stream) {
-  using portable::kChunk;
-  const int var = variant();
-  if (var >= 3) return launch_head(a, pr, p, var == 4, stream);
-  if (a.a_only) return launch_fused(a, pr, p, stream);
-  Maps maps;
-  const int64_t ch = a.max_chunks * a.Hv;  // (chunk, head) images
-  FLASHGDN_TRY(map_tokens(&maps.q, p.q, pr, "q"));
-  FLASHGDN_TRY(map_tokens(&maps.k, p.k, pr, "k"));
-  FLASHGDN_TRY(map_image(&maps.w, a.W, a.K + 8, ch * kChunk, 1, 0, "workspace W"));
-  FLASHGDN_TRY(map_image(&maps.u, a.U, kBv + 8, 2 * kChunk, ch, a.u_stride, "workspace U"));
-  FLASHGDN_TRY(map_image(&maps.pm, a.Pm, kChunk + 8, ch * kChunk, 1, 0, "workspace Pm"));
-  static std::atomic<uint64_t> raised{0};
-  int dev = 0;
-  cudaError_t e = cudaGetDevice(&dev);
-  if (e == cudaSuccess) e = raise_smem_limit_once(recurrence_sm90_kernel, static_cast<int>(kSmemBytes), dev, raised);
-  if (e != cudaSuccess)
-    return fail(FLASHGDN_ERROR_CUDA, "flashgdn_chunk_fwd: sm90 recurrence setup: %s", cudaGetErrorString(e));
-  recurrence_sm90_kernel<<<static_cast<unsigned>(int64_t(a.N) * a.Hv * 2), kThreads, kSmemBytes, stream>>>(maps, a);
-  e = cudaGetLastError();
-  if (e != cudaSuccess)
-    return fail(FLASHGDN_ERROR_CUDA, "flashgdn_chunk_fwd: sm90 recurrence launch: %s", cudaGetErrorString(e));
-  return FLASHGDN_SUCCESS;
+  return launch_head(a, pr, p, variant() == 4, stream);
 }
 
 }  // namespace flashgdn::sm90fwd
