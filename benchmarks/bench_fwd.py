@@ -178,6 +178,8 @@ VARIANT_ENV = {"cp_on": ("on", {}), "cp_off": ("off", {}),
                "head_pp": ("off", {"FLASHGDN_EXPERIMENTAL_SM90": "3", "FLASHGDN_SM90_PINGPONG": "1"}),
                "solve": ("off", {"FLASHGDN_EXPERIMENTAL_SM90": "4"}),
                "head_cp": ("auto", {"FLASHGDN_SM90_CP": "1"}),
+               "solve_mma": ("auto", {"FLASHGDN_SOLVE_MMA": "1"}),
+               "solve4_mma": ("off", {"FLASHGDN_EXPERIMENTAL_SM90": "4", "FLASHGDN_SOLVE_MMA": "1"}),
                "portable": ("auto", {"FLASHGDN_EXPERIMENTAL_SM90": "0"})}
 
 

@@ -114,6 +114,23 @@ __device__ __forceinline__ void mma_16816<__half>(float (&c)[4], const uint32_t 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// ---- mma.sync m16n8k8 with tf32 operands, fp32 accumulate (PTX ISA, "Warp Level Matrix Multiply-Accumulate
+//      Instructions: mma", "Matrix Fragments for mma.m16n8k8" (.tf32), and "cvt" (.rna.tf32.f32)) ----
+// Fragments (g = lane / 4, t = lane % 4): A 16x8 row-major a[0] = (g, t), a[1] = (g+8, t), a[2] = (g, t+4),
+// a[3] = (g+8, t+4); B 8x8 (k x n) b[0] = (k t, n g), b[1] = (k t+4, n g); C as for m16n8k16.
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+  return r;
+}
+__device__ __forceinline__ void mma_1688_tf32(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
 // Two floats -> one packed pair of T (low half = first).
 template <class T>
 __device__ __forceinline__ uint32_t pack2(float lo, float hi);

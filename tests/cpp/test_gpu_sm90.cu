@@ -28,6 +28,7 @@
 
 #include "api/tensor_map.hpp"
 #include "device/sm90.cuh"
+#include "kernels/portable/fwd/blocked_solve_mma.cuh"
 
 namespace {
 
@@ -813,3 +814,79 @@ TEST(GpuSm90, Tma3dBoxLoadsOneHeadsRows) {
   cudaFree(dout);
 }
 
+
+// The solve's off-diagonal levels on tf32 tensor cores (blocked_solve_mma.cuh) against the CUDA-core fp32 levels,
+// both run on the GPU from the same diagonal blocks.
+namespace {
+
+namespace bs = flashgdn::portable::blocked_solve;
+
+__global__ void solve_levels_kernel(const float* Tg, float* Xmma, float* Xfma) {
+  __shared__ alignas(16) float T[64 * bs::kLd], X[64 * bs::kLd], Y[bs::kScratch];
+  const int t = threadIdx.x;
+  for (int e = t; e < 64 * bs::kLd; e += 128) T[e] = Tg[e];
+  __syncthreads();
+  for (int pass = 0; pass < 2; ++pass) {
+    if (t < 64) bs::diag(t, T, X);
+    __syncthreads();
+    if (pass == 0) {
+      bs::levels_mma(t / 32, t % 32, T, X, bs::kLd, Y, [] { __syncthreads(); });
+    } else {
+      for (int d = 1; d < bs::kNB; ++d) {
+        bs::level_y(t, 128, d, T, X, Y);
+        __syncthreads();
+        bs::level_x(t, 128, d, X, Y);
+        __syncthreads();
+      }
+    }
+    float* out = pass == 0 ? Xmma : Xfma;
+    for (int e = t; e < 64 * bs::kLd; e += 128) out[e] = X[e];
+    __syncthreads();
+  }
+}
+
+}  // namespace
+
+TEST(GpuSolve, TensorCoreLevelsMatchFp32Levels) {
+  REQUIRE_SM90();
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  const int Kd = 128;
+  std::vector<float> k(64 * Kd), beta(64), T(64 * bs::kLd, 0.f);
+  for (int i = 0; i < 64; ++i) {
+    float nrm = 0.f;
+    for (int e = 0; e < Kd; ++e) nrm += (k[i * Kd + e] = nd(rng)) * k[i * Kd + e];
+    for (int e = 0; e < Kd; ++e) k[i * Kd + e] /= std::sqrt(nrm);  // l2-normalised rows, as in the model
+    beta[i] = 2.f * std::abs(nd(rng)) / 3.f;
+  }
+  for (int i = 0; i < 64; ++i)
+    for (int j = 0; j < i; ++j) {
+      float d = 0.f;
+      for (int e = 0; e < Kd; ++e) d += k[i * Kd + e] * k[j * Kd + e];
+      T[i * bs::kLd + j] = beta[i] * d;
+    }
+  float *dT, *dM, *dF;
+  ASSERT_EQ(cudaMalloc(&dT, T.size() * 4), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dM, T.size() * 4), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(&dF, T.size() * 4), cudaSuccess);
+  cudaMemcpy(dT, T.data(), T.size() * 4, cudaMemcpyHostToDevice);
+  solve_levels_kernel<<<1, 128>>>(dT, dM, dF);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  std::vector<float> xm(T.size()), xf(T.size());
+  cudaMemcpy(xm.data(), dM, T.size() * 4, cudaMemcpyDeviceToHost);
+  cudaMemcpy(xf.data(), dF, T.size() * 4, cudaMemcpyDeviceToHost);
+  double num = 0, den = 0;
+  for (int i = 0; i < 64; ++i)
+    for (int j = 0; j <= i; ++j) {
+      const double a = xf[i * bs::kLd + j], b = xm[i * bs::kLd + j];
+      ASSERT_TRUE(std::isfinite(b)) << i << ", " << j;
+      num += (a - b) * (a - b);
+      den += a * a;
+    }
+  const double rel = std::sqrt(num / den);
+  std::printf("  [solve levels, tf32 mma vs fp32 FMA] rel L2 %.2e\n", rel);
+  EXPECT_LT(rel, 2e-3);  // tf32 operands (2^-11); the A images these feed are bf16 (2^-9)
+  cudaFree(dT);
+  cudaFree(dM);
+  cudaFree(dF);
+}

@@ -273,9 +273,9 @@ flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, bool pdl,
   if (bv == 32 && static_cast<int>(recurrence_smem_bytes<T, KD, 32, 2, true>()) > max_smem) bv = 16;
   a.bv = bv;
   // Stage 1: prepare (parallel over chunks and value heads).
-  auto prepare = [&](auto late_v_tag) -> flashgdn_status_t {
-    constexpr bool kLateV = decltype(late_v_tag)::value;
-    auto kernel = prepare_kernel<T, KD, VD, kLateV>;
+  auto prepare = [&](auto late_v_tag, auto mma_tag) -> flashgdn_status_t {
+    constexpr bool kLateV = decltype(late_v_tag)::value, kMma = decltype(mma_tag)::value;
+    auto kernel = prepare_kernel<T, KD, VD, kLateV, kMma>;
     const int smem = static_cast<int>(sizeof(PrepareSmem<T, KD, VD, kLateV>));
     static std::atomic<uint64_t> done{0};
     cudaError_t e = raise_smem_limit_once(kernel, smem, dev, done);
@@ -316,9 +316,18 @@ flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, bool pdl,
   }
   // The sm_90a head form's SOLVE variant (FLASHGDN_EXPERIMENTAL_SM90=4) has no prepare stage.
   if (sm90_pr != nullptr && sm90fwd::variant() == 4) return sm90fwd::launch(a, *sm90_pr, *sm90_p, stream);
+  // FLASHGDN_SOLVE_MMA=1 (a.solve_mma): the a_only solve's levels on tf32 tensor cores (bf16, K = V = 128 only).
+  bool mma = false;
+  if constexpr (std::is_same_v<T, __nv_bfloat16> && KD == 128 && VD == 128) mma = a.a_only && a.solve_mma;
   // NOTE: a_only (no V) always takes the 56 KB, 4-CTAs-per-SM layout (H100, 55da7a9: 16/64 8192x4 prepare 0.77 ->
   // 0.68 ms, the call 1.508 -> 1.400 ms).
-  FLASHGDN_TRY(prepare_variant() == 4 || a.a_only ? prepare(std::true_type{}) : prepare(std::false_type{}));
+  if (mma) {
+    if constexpr (std::is_same_v<T, __nv_bfloat16> && KD == 128 && VD == 128)
+      FLASHGDN_TRY(prepare(std::true_type{}, std::true_type{}));
+  } else {
+    FLASHGDN_TRY(prepare_variant() == 4 || a.a_only ? prepare(std::true_type{}, std::false_type{})
+                                                    : prepare(std::false_type{}, std::false_type{}));
+  }
   if (sm90_pr != nullptr) return sm90fwd::launch(a, *sm90_pr, *sm90_p, stream);
   auto recurrence = [&](const FwdArgs& x, int64_t ranks, int columns) -> flashgdn_status_t {
     const int v_tiles = columns / bv;
@@ -561,6 +570,8 @@ flashgdn_status_t launch_impl(const Problem& pr_in, const flashgdn_chunk_fwd_par
   a.prepared = reinterpret_cast<int32_t*>(ws + l.prepared);
   // FLASHGDN_PORTABLE_PREP_ORDER=chunk: prepare's grid chunk-fastest (A/B; default head-fastest).
   a.prep_head_fastest = env_is_value("FLASHGDN_PORTABLE_PREP_ORDER", "chunk") ? 0 : 1;
+  // FLASHGDN_SOLVE_MMA=1: the solve's levels on tf32 tensor cores where A is stored in bf16 (A/B, params.hpp).
+  a.solve_mma = env_is_one("FLASHGDN_SOLVE_MMA") ? 1 : 0;
   // The recurrence's TMA producer where an sm_90a binary runs (FLASHGDN_PORTABLE_TMA=0: cp.async, for
   // A/B) and its cluster size (FLASHGDN_PORTABLE_CLUSTER=1|2|4|8 pins it). Fewer than 64 tokens per batch
   // row (a box would exceed the tensor) take the cp.async producer.

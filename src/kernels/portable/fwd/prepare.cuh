@@ -32,6 +32,7 @@
 
 #include "device/warp_mma.cuh"
 #include "kernels/portable/fwd/blocked_solve.hpp"
+#include "kernels/portable/fwd/blocked_solve_mma.cuh"
 #include "kernels/portable/fwd/params.hpp"
 #include "kernels/portable/fwd/scheduler.cuh"
 
@@ -73,7 +74,9 @@ __device__ __forceinline__ float load_beta(const FwdArgs& a, int64_t off) {
   return a.beta_f32 ? static_cast<const float*>(a.beta)[off] : device::to_float(static_cast<const T*>(a.beta)[off]);
 }
 
-template <class T, int KD, int VD, bool LATE_V = false>
+// MMA: the solve's off-diagonal levels on tf32 tensor cores (a_only only; FLASHGDN_SOLVE_MMA=1, A/B). A template
+// parameter, not a runtime branch, so that the default kernel's registers are untouched.
+template <class T, int KD, int VD, bool LATE_V = false, bool MMA = false>
 __global__ void __launch_bounds__(128, LATE_V ? 4 : 3) prepare_kernel(FwdArgs a) {
   using namespace device;
   using S = PrepareSmem<T, KD, VD, LATE_V>;
@@ -218,12 +221,16 @@ __global__ void __launch_bounds__(128, LATE_V ? 4 : 3) prepare_kernel(FwdArgs a)
   static_assert(S::kLdF == blocked_solve::kLd, "blocked solve stride");
   if (tid < 64) blocked_solve::diag(tid, sm.a.tm, sm.xv.x);
   __syncthreads();
+  if constexpr (MMA) {  // the A image is bf16: the levels on tf32 tensor cores (A/B)
+    blocked_solve::levels_mma(warp, lane, sm.a.tm, sm.xv.x, S::kLdF, sm.yb, [] { __syncthreads(); });
+  } else {
 #pragma unroll 1
-  for (int d = 1; d < blocked_solve::kNB; ++d) {
-    blocked_solve::level_y(tid, 128, d, sm.a.tm, sm.xv.x, sm.yb);
-    __syncthreads();
-    blocked_solve::level_x(tid, 128, d, sm.xv.x, sm.yb);
-    __syncthreads();  // after the last level sTm is dead: sProd may overwrite it
+    for (int d = 1; d < blocked_solve::kNB; ++d) {
+      blocked_solve::level_y(tid, 128, d, sm.a.tm, sm.xv.x, sm.yb);
+      __syncthreads();
+      blocked_solve::level_x(tid, 128, d, sm.xv.x, sm.yb);
+      __syncthreads();  // after the last level sTm is dead: sProd may overwrite it
+    }
   }
 
   if (a.a_only) {  // the fused sm_90a forward: A diag(beta) as a bf16 image in Pm's layout, pads included

@@ -39,6 +39,7 @@
 
 #include "device/sm90.cuh"
 #include "kernels/portable/fwd/blocked_solve.hpp"
+#include "kernels/portable/fwd/blocked_solve_mma.cuh"
 #include "kernels/portable/fwd/params.hpp"
 #include "kernels/portable/fwd/scheduler.cuh"
 #include "kernels/sm90/fwd/common.cuh"
@@ -193,12 +194,16 @@ __device__ __forceinline__ void gates_solve(unsigned char* smem, uint32_t base, 
     static_assert(kPg == kA + 8192, "X spans the adjacent A and Pg tiles");
     if (t < 64) bs::diag(t, sT, sX, 64);
     named_bar_sync(kGates, 128);
+    if (a.solve_mma) {  // the levels on tf32 tensor cores (A/B)
+      bs::levels_mma(t / 32, lane, sT, sX, 64, sY, [] { named_bar_sync(kGates, 128); });
+    } else {
 #pragma unroll 1
-    for (int d = 1; d < bs::kNB; ++d) {
-      bs::level_y(t, 128, d, sT, sX, sY, 64);
-      named_bar_sync(kGates, 128);
-      bs::level_x(t, 128, d, sX, sY, 64);
-      named_bar_sync(kGates, 128);
+      for (int d = 1; d < bs::kNB; ++d) {
+        bs::level_y(t, 128, d, sT, sX, sY, 64);
+        named_bar_sync(kGates, 128);
+        bs::level_x(t, 128, d, sX, sY, 64);
+        named_bar_sync(kGates, 128);
+      }
     }
 
     // (d) Ag = Γ o X diag(β) into registers; P = Q Kᵀ and F meanwhile; once every X read is done, Ag -> the A tile
