@@ -94,6 +94,14 @@ TEST(Plan, CpSegmentsFillOneWave) {
   // Tiny problems still get at least two segments per sequence.
   const fp::CpPlan q = fp::cp_plan(problem(1, 2, {100}, FLASHGDN_CP_ON), kH100Sms);
   EXPECT_EQ(q.seg_chunks, 1);
+  // The head form's passes (one final-pass CTA per segment and head): 16 segments of 32 chunks, 128 CTAs.
+  const fp::CpPlan h = fp::cp_plan(problem(2, 8, {32768}, FLASHGDN_CP_ON), kH100Sms, true);
+  ASSERT_TRUE(h.on);
+  EXPECT_EQ(h.seg_chunks, 32);
+  EXPECT_GE(h.g_max, 16);
+  // The workspace follows the plan: more segments, larger cp_end / cp_h0.
+  EXPECT_GT(fp::layout(problem(2, 8, {32768}, FLASHGDN_CP_ON), kH100Sms, true).total,
+            fp::layout(problem(2, 8, {32768}, FLASHGDN_CP_ON), kH100Sms).total);
 }
 
 // Host copy of the kernels' bookkeeping: offsets as chunk_offsets_kernel computes them.

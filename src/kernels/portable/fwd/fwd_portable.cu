@@ -443,20 +443,32 @@ int cluster_override() {
   return env_choice("FLASHGDN_PORTABLE_CLUSTER", {1, 2, 4, 8}, 1, warned);
 }
 
-// SM count of the current device (0 when it cannot be read: the plan is then still deterministic).
-int current_num_sms() {
+// The current device's attributes (zeros when they cannot be read: the plan is then still deterministic).
+DeviceInfo current_device_info() {
   int dev = 0;
   DeviceInfo info;
   if (cudaGetDevice(&dev) != cudaSuccess || device_info(dev, &info) != FLASHGDN_SUCCESS) {
     cudaGetLastError();  // leave no sticky error behind
-    return 0;
+    return DeviceInfo{};
   }
-  return info.num_sms;
+  return info;
+}
+int current_num_sms() { return current_device_info().num_sms; }
+
+// CP on the head form's passes is what the plan sizes segments for (FLASHGDN_SM90_CP=1 on cc 9.x, bf16,
+// K = V = 128). From the shapes and the device only, so that the workspace query and the launch agree; where the
+// launch then finds the head form inapplicable (e.g. unaligned q/k/v) the portable passes run this plan.
+bool head_cp_planned(const Problem& pr, int cc_major) {
+  return cc_major == 9 && pr.K == 128 && pr.V == 128 && pr.io_dtype == FLASHGDN_DTYPE_BFLOAT16 &&
+         env_is_one("FLASHGDN_SM90_CP") && !env_is_zero("FLASHGDN_EXPERIMENTAL_SM90");
 }
 
 }  // namespace
 
-size_t workspace_bytes(const Problem& pr) { return layout(pr, current_num_sms()).total; }
+size_t workspace_bytes(const Problem& pr) {
+  const DeviceInfo info = current_device_info();
+  return layout(pr, info.num_sms, head_cp_planned(pr, info.cc_major)).total;
+}
 
 namespace {
 flashgdn_status_t launch_impl(const Problem& pr_in, const flashgdn_chunk_fwd_params_t& p, void* workspace,
@@ -498,7 +510,7 @@ flashgdn_status_t launch_impl(const Problem& pr_in, const flashgdn_chunk_fwd_par
   FLASHGDN_TRY(device_info(dev, &info));
   const int num_sms = info.num_sms, max_smem = info.max_smem;
 
-  const Layout l = layout(pr, num_sms);
+  const Layout l = layout(pr, num_sms, h_states == nullptr && head_cp_planned(pr, info.cc_major));
   unsigned char* ws = static_cast<unsigned char*>(workspace);
   FwdArgs a{};
   a.q = p.q.data;

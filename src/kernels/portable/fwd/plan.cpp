@@ -70,12 +70,13 @@ int choose_bv(const Problem& pr, int num_sms) {
   return best;
 }
 
-CpPlan cp_plan(const Problem& pr, int num_sms) {
+CpPlan cp_plan(const Problem& pr, int num_sms, bool head) {
   CpPlan p;
   if (pr.N == 0 || pr.cp_mode == FLASHGDN_CP_OFF) return p;
   num_sms = std::max(0, num_sms);
   const int64_t per_seq = average_chunks(pr);
-  const int64_t units = pr.Hv * std::max<int64_t>(1, pr.V / kCpBv);  // final-pass CTAs per segment
+  const int64_t units = pr.Hv * (head ? 1 : std::max<int64_t>(1, pr.V / kCpBv));  // final-pass CTAs per segment
+  const int64_t units1 = pr.Hv * (head ? 2 : (pr.V + pr.K) / kCpBv);               // transition-pass CTAs
   // Segments per sequence (of the average length): the final pass should fit one wave.
   const int64_t segs = std::max<int64_t>(2, num_sms / (pr.N * units));
   const int seg_chunks = static_cast<int>(std::max<int64_t>(1, (per_seq + segs - 1) / segs));
@@ -101,7 +102,7 @@ CpPlan cp_plan(const Problem& pr, int num_sms) {
       add(pr.N, per_seq);
     }
     const double pass1 =
-        waves(transitions * pr.Hv * ((pr.V + pr.K) / kCpBv)) * (seg_chunks + 1) * 0.75 * chunk_time(kCpBv);
+        waves(transitions * units1) * (seg_chunks + 1) * 0.75 * chunk_time(kCpBv);
     const double pass3 = waves(segments * units) * (seg_chunks + 1) * chunk_time(kCpBv);
     const double scan = 4.0 * longest_chain;
     if (transitions == 0 || pass1 + pass3 + scan > 0.9 * seq) return p;
@@ -113,10 +114,10 @@ CpPlan cp_plan(const Problem& pr, int num_sms) {
   return p;
 }
 
-Layout layout(const Problem& pr, int num_sms) {
+Layout layout(const Problem& pr, int num_sms, bool head_cp) {
   const size_t chunks = static_cast<size_t>(pr.max_chunks()), hv = static_cast<size_t>(pr.Hv);
   Layout l{};
-  l.cp = cp_plan(pr, num_sms);
+  l.cp = cp_plan(pr, num_sms, head_cp);
   size_t at = 0;
   auto region = [&](size_t bytes) {
     const size_t o = at;

@@ -29,15 +29,18 @@ struct CpPlan {
 };
 
 // "on": always (segments sized so the final pass fits one wave); "auto": when the cost model predicts a
-// gain (plan.cpp; docs/design.md §5.1); "off": never.
-CpPlan cp_plan(const Problem& pr, int num_sms);
+// gain (plan.cpp; docs/design.md §5.1); "off": never. head: the passes are the sm_90a head form's (one CTA per
+// segment and head in the final pass, two in the transition pass; FLASHGDN_SM90_CP=1) instead of the portable
+// recurrence's V / 64 and (V + K) / 64; the segments are sized for those CTA counts (the cost model is the portable
+// one).
+CpPlan cp_plan(const Problem& pr, int num_sms, bool head = false);
 
 // Byte offsets of the workspace regions (256-byte aligned).
 struct Layout {
   size_t offsets, order, info, ready, prepared, aux, w, u, pm, seg_offsets, seg, cp_end, cp_h0, total;
   CpPlan cp;
 };
-Layout layout(const Problem& pr, int num_sms);
+Layout layout(const Problem& pr, int num_sms, bool head_cp = false);
 
 // The backward's workspace (docs/design.md §4.2): the forward's (context parallelism off: the recompute is
 // sequential) followed by the recompute's and the stages' buffers, each 256-byte aligned. Per (chunk, value
