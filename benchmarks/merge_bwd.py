@@ -13,6 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bwd_table  # noqa: E402
+import parts as parts_mod  # noqa: E402
 
 ORDER = [f"{h}/{v} 32k x{n}" for h, v in [(16, 32), (8, 16), (4, 8), (2, 4), (16, 16), (8, 8), (4, 4)]
          for n in (1, 2, 4, 8)]
@@ -24,18 +25,8 @@ def main():
     ap.add_argument("parts", nargs="+")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    parts = [(Path(p).name, json.load(open(p))) for p in args.parts]
+    parts, ordered = parts_mod.load_parts(args.parts, SAME, ORDER, lambda m: {"commit": m["commit"]})
     first = parts[0][1]["meta"]
-    rows = {}
-    for name, d in parts:
-        for key in SAME:
-            if d["meta"].get(key) != first.get(key):
-                raise SystemExit(f"{name}: {key} {d['meta'].get(key)!r} differs from {first.get(key)!r}")
-        for r in d["rows"]:
-            if r["name"] in rows:
-                raise SystemExit(f"{name}: row {r['name']} already in another part")
-            rows[r["name"]] = dict(r, part=name, commit=d["meta"]["commit"])
-    ordered = [rows[n] for n in ORDER if n in rows] + [r for n, r in rows.items() if n not in ORDER]
     meta = {k: first.get(k) for k in SAME}
     meta["parts"] = [{"file": name, **{k: d["meta"].get(k) for k in ("commit", "date", "fla_autotune", "timing")}}
                      for name, d in parts]

@@ -8,12 +8,12 @@ part's first-call measurement is kept.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fwd_table  # noqa: E402
+import parts as parts_mod  # noqa: E402
 
 HEADS = [(2, 8), (4, 16), (8, 32), (16, 64), (16, 32), (8, 24), (16, 48), (16, 16)]  # bench_fwd.py's order
 SEQLENS = ["1x32768", "1x8192", "28672+4096", "8192x4", "1024x8"]
@@ -26,18 +26,8 @@ def main():
     ap.add_argument("parts", nargs="+")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    parts = [(Path(p).name, json.load(open(p))) for p in args.parts]
+    parts, ordered = parts_mod.load_parts(args.parts, SAME, ORDER)
     meta = dict(parts[0][1]["meta"])
-    rows = {}
-    for name, d in parts:
-        for key in SAME:
-            if d["meta"].get(key) != meta.get(key):
-                raise SystemExit(f"{name}: {key} {d['meta'].get(key)!r} differs from {meta.get(key)!r}")
-        for r in d["rows"]:
-            if r["name"] in rows:
-                raise SystemExit(f"{name}: row {r['name']} already in another part")
-            rows[r["name"]] = dict(r, part=name)
-    ordered = [rows[n] for n in ORDER if n in rows] + [r for n, r in rows.items() if n not in ORDER]
     meta["parts"] = [{"file": name, "rows": len(d["rows"]), "date": d["meta"].get("date")} for name, d in parts]
     fwd_table.summarize(meta, ordered)
     out = Path(args.out)

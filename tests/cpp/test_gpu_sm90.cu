@@ -261,53 +261,40 @@ TEST(GpuSm90, TmaSwizzle128WgmmaMnMajorAMatchesCpu) {
   run_tma_wgmma_sw128<64, 1, 0>();
 }
 
-TEST(GpuSm90, WgmmaM64N64K16NoSwizzleMatchesCpu) {
-  REQUIRE_SM90();
-  std::mt19937 rng(1);
+// One (64 x 16) x (16 x 64) product by `kernel` (A, B row-major, D fp32) on random bf16 operands: its relative error
+// against the CPU.
+static double one_k16_product_error(void (*kernel)(const __nv_bfloat16*, const __nv_bfloat16*, float*), unsigned seed) {
+  std::mt19937 rng(seed);
   std::normal_distribution<float> nd;
   std::vector<__nv_bfloat16> a(64 * 16), b(64 * 16);
   for (auto& x : a) x = __float2bfloat16(nd(rng));
   for (auto& x : b) x = __float2bfloat16(nd(rng));
   __nv_bfloat16 *dA, *dB;
   float* dD;
-  ASSERT_EQ(cudaMalloc(&dA, a.size() * 2), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&dB, b.size() * 2), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&dD, 64 * 64 * 4), cudaSuccess);
+  if (cudaMalloc(&dA, a.size() * 2) != cudaSuccess || cudaMalloc(&dB, b.size() * 2) != cudaSuccess ||
+      cudaMalloc(&dD, 64 * 64 * 4) != cudaSuccess)
+    return INFINITY;
   cudaMemcpy(dA, a.data(), a.size() * 2, cudaMemcpyHostToDevice);
   cudaMemcpy(dB, b.data(), b.size() * 2, cudaMemcpyHostToDevice);
   cudaMemset(dD, 0xff, 64 * 64 * 4);
-  wgmma_kernel<<<1, 128>>>(dA, dB, dD);
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  const double rel = rel_err_vs_cpu(a, b, 16, dD);
-  // NOTE: if this fails with a permuted result, LBO and SBO of the no-swizzle K-major layout are the
-  // first suspects (the encoder's field positions are checked on the host).
-  EXPECT_LT(rel, 1e-5);
+  kernel<<<1, 128>>>(dA, dB, dD);
+  const double rel = cudaDeviceSynchronize() == cudaSuccess ? rel_err_vs_cpu(a, b, 16, dD) : INFINITY;
   cudaFree(dA);
   cudaFree(dB);
   cudaFree(dD);
+  return rel;
+}
+
+TEST(GpuSm90, WgmmaM64N64K16NoSwizzleMatchesCpu) {
+  REQUIRE_SM90();
+  // NOTE: if this fails with a permuted result, LBO and SBO of the no-swizzle K-major layout are the
+  // first suspects (the encoder's field positions are checked on the host).
+  EXPECT_LT(one_k16_product_error(wgmma_kernel, 1), 1e-5);
 }
 
 TEST(GpuSm90, WgmmaRegisterAMatchesCpu) {
   REQUIRE_SM90();
-  std::mt19937 rng(2);
-  std::normal_distribution<float> nd;
-  std::vector<__nv_bfloat16> a(64 * 16), b(64 * 16);
-  for (auto& x : a) x = __float2bfloat16(nd(rng));
-  for (auto& x : b) x = __float2bfloat16(nd(rng));
-  __nv_bfloat16 *dA, *dB;
-  float* dD;
-  ASSERT_EQ(cudaMalloc(&dA, a.size() * 2), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&dB, b.size() * 2), cudaSuccess);
-  ASSERT_EQ(cudaMalloc(&dD, 64 * 64 * 4), cudaSuccess);
-  cudaMemcpy(dA, a.data(), a.size() * 2, cudaMemcpyHostToDevice);
-  cudaMemcpy(dB, b.data(), b.size() * 2, cudaMemcpyHostToDevice);
-  cudaMemset(dD, 0xff, 64 * 64 * 4);
-  wgmma_rs_kernel<<<1, 128>>>(dA, dB, dD);
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  EXPECT_LT(rel_err_vs_cpu(a, b, 16, dD), 1e-5);  // a permuted result: the A fragment layout is wrong
-  cudaFree(dA);
-  cudaFree(dB);
-  cudaFree(dD);
+  EXPECT_LT(one_k16_product_error(wgmma_rs_kernel, 2), 1e-5);  // a permuted result: the A fragment layout is wrong
 }
 
 TEST(GpuSm90, TmaTileLoadCompletesOnMbarrier) {
@@ -505,14 +492,23 @@ TEST(GpuSm90, ClusterMulticastBulkCopyReachesEveryCta) {
   cudaFree(dout);
 }
 
+// The 16 x 16 tile a 32-thread `kernel` stores with stmatrix (four 8x8 matrices; register j of lane l holds
+// 64 j + 2 l, 64 j + 2 l + 1).
+static std::vector<__nv_bfloat16> stmatrix_tile(void (*kernel)(__nv_bfloat16*)) {
+  std::vector<__nv_bfloat16> out(256);
+  __nv_bfloat16* dout;
+  if (cudaMalloc(&dout, 256 * 2) != cudaSuccess) return {};
+  kernel<<<1, 32>>>(dout);
+  if (cudaDeviceSynchronize() != cudaSuccess) out.clear();
+  else cudaMemcpy(out.data(), dout, 256 * 2, cudaMemcpyDeviceToHost);
+  cudaFree(dout);
+  return out;
+}
+
 TEST(GpuSm90, StmatrixX4MatchesFragmentLayout) {
   REQUIRE_SM90();
-  __nv_bfloat16* dout;
-  ASSERT_EQ(cudaMalloc(&dout, 256 * 2), cudaSuccess);
-  stmatrix_kernel<<<1, 32>>>(dout);
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  std::vector<__nv_bfloat16> out(256);
-  cudaMemcpy(out.data(), dout, 256 * 2, cudaMemcpyDeviceToHost);
+  const std::vector<__nv_bfloat16> out = stmatrix_tile(stmatrix_kernel);
+  ASSERT_EQ(out.size(), 256u);
   // Matrix j, row i, column c holds the value lane 4 i + c / 2 gave for register j, half c % 2.
   for (int j = 0; j < 4; ++j)
     for (int i = 0; i < 8; ++i)
@@ -522,17 +518,12 @@ TEST(GpuSm90, StmatrixX4MatchesFragmentLayout) {
         const float got = __bfloat162float(out[(8 * (j % 2) + i) * 16 + 8 * (j / 2) + c]);
         ASSERT_EQ(got, __bfloat162float(__float2bfloat16(want))) << "matrix " << j << " row " << i << " col " << c;
       }
-  cudaFree(dout);
 }
 
 TEST(GpuSm90, StmatrixX4TransStoresTheTranspose) {
   REQUIRE_SM90();
-  __nv_bfloat16* dout;
-  ASSERT_EQ(cudaMalloc(&dout, 256 * 2), cudaSuccess);
-  stmatrix_trans_kernel<<<1, 32>>>(dout);
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  std::vector<__nv_bfloat16> out(256);
-  cudaMemcpy(out.data(), dout, 256 * 2, cudaMemcpyDeviceToHost);
+  const std::vector<__nv_bfloat16> out = stmatrix_tile(stmatrix_trans_kernel);
+  ASSERT_EQ(out.size(), 256u);
   // Matrix j, memory row i, column c holds register-side element (row c, column i): lane 4 c + i / 2, half i % 2.
   for (int j = 0; j < 4; ++j)
     for (int i = 0; i < 8; ++i)
@@ -542,7 +533,6 @@ TEST(GpuSm90, StmatrixX4TransStoresTheTranspose) {
         const float got = __bfloat162float(out[(8 * (j % 2) + i) * 16 + 8 * (j / 2) + c]);
         ASSERT_EQ(got, __bfloat162float(__float2bfloat16(want))) << "matrix " << j << " row " << i << " col " << c;
       }
-  cudaFree(dout);
 }
 
 TEST(GpuSm90, TmaSwizzle128WgmmaN32AndN128MatchCpu) {

@@ -8,7 +8,7 @@
 //   W[c, h]   = (Gamma o A) diag(beta) diag(e^gamma) K̂  T, 64 x K   (A = T⁻¹, T = I + StrictLower(diag(beta) K̂ K̂ᵀ))
 //   U[c, h]   = (Gamma o A) diag(beta) V          T, 64 x V
 // and, on the backward's recompute, the Ab = (Gamma o A) diag(beta) image and a bf16 image of Gamma o A (FwdArgs).
-// With a.a_only (the fused sm_90a forward) it writes aux and the gate-free A diag(beta) as a bf16 image in Pm's
+// With a.a_only (the sm_90a head form) it writes aux and the gate-free A diag(beta) as a bf16 image in Pm's
 // layout instead, and skips V, Q Kᵀ, W and U.
 // with Gamma_ij = exp(gamma_i - gamma_j) for i >= j (exponent <= 0; the exp(gamma_i) on W is <= 1 too),
 // zero above the diagonal and in rows/columns past the chunk's length L. Q̂ = diag(rq) Q, K̂ = diag(rk) K.
@@ -233,7 +233,7 @@ __global__ void __launch_bounds__(128, LATE_V ? 4 : 3) prepare_kernel(FwdArgs a)
     }
   }
 
-  if (a.a_only) {  // the fused sm_90a forward: A diag(beta) as a bf16 image in Pm's layout, pads included
+  if (a.a_only) {  // the sm_90a head form: A diag(beta) as a bf16 image in Pm's layout, pads included
     T* dst = static_cast<T*>(a.Pm) + ch * pm_image_elems();
     for (int e = tid; e < kChunk * (kChunk + 8) / 2; e += 128) {
       const int i = e / ((kChunk + 8) / 2), j = (e % ((kChunk + 8) / 2)) * 2;

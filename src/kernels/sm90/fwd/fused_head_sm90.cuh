@@ -72,6 +72,21 @@ __device__ __forceinline__ uint64_t mnmajor(uint32_t addr) {  // MN-major operan
   return device::make_smem_desc(addr, 8192, 1024, device::Swizzle::k128B);
 }
 
+// acc (64 x 64) = A Bᵀ issued (committed, not waited for): A and B (64, 128) K-major tiles of two 64-wide swizzle
+// atoms (Q Kᵀ, K Kᵀ).
+__device__ __forceinline__ void issue_abt(float (&acc)[32], uint32_t a, uint32_t b) {
+  using namespace device;
+#pragma unroll
+  for (int i = 0; i < 32; ++i) acc[i] = 0.f;
+  sm90::fence_regs(acc);  // NOTE: the zeros materialised before wgmma.fence (else ptxas serialises, C7519)
+  sm90::wgmma_fence();
+#pragma unroll
+  for (int ks = 0; ks < 8; ++ks)
+    sm90::wgmma_m64n64k16<0, 0>(acc, kmajor(a + 8192 * (ks / 4) + 32 * (ks % 4)),
+                                kmajor(b + 8192 * (ks / 4) + 32 * (ks % 4)), 1);
+  sm90::wgmma_commit();
+}
+
 // The SOLVE variant's gates warpgroup (see the kernel): t its thread, (row, col) its accumulator coordinates.
 __device__ __forceinline__ void gates_solve(unsigned char* smem, uint32_t base, const FwdArgs& a, const portable::Seq& s,
                                             int64_t t_first, int h, int64_t nchunks, uint64_t* full,
@@ -163,15 +178,7 @@ __device__ __forceinline__ void gates_solve(unsigned char* smem, uint32_t base, 
     // (b) T = StrictLower(diag(β rk) K Kᵀ diag(rk)) -> sT (the solve reads only its strictly lower part)
     {
       float kk[32];
-#pragma unroll
-      for (int i = 0; i < 32; ++i) kk[i] = 0.f;
-      sm90::fence_regs(kk);
-      sm90::wgmma_fence();
-#pragma unroll
-      for (int ks = 0; ks < 8; ++ks)
-        sm90::wgmma_m64n64k16<0, 0>(kk, kmajor(X + kK + 8192 * (ks / 4) + 32 * (ks % 4)),
-                                    kmajor(X + kK + 8192 * (ks / 4) + 32 * (ks % 4)), 1);
-      sm90::wgmma_commit();
+      issue_abt(kk, X + kK, X + kK);
       sm90::wgmma_wait<0>();
       sm90::fence_regs(kk);
 #pragma unroll
@@ -228,15 +235,7 @@ __device__ __forceinline__ void gates_solve(unsigned char* smem, uint32_t base, 
       }
     }
     float p[32];
-#pragma unroll
-    for (int i = 0; i < 32; ++i) p[i] = 0.f;
-    sm90::fence_regs(p);
-    sm90::wgmma_fence();
-#pragma unroll
-    for (int ks = 0; ks < 8; ++ks)
-      sm90::wgmma_m64n64k16<0, 0>(p, kmajor(X + kQ + 8192 * (ks / 4) + 32 * (ks % 4)),
-                                  kmajor(X + kK + 8192 * (ks / 4) + 32 * (ks % 4)), 1);
-    sm90::wgmma_commit();
+    issue_abt(p, X + kQ, X + kK);
     float* F = reinterpret_cast<float*>(Xp + kF);
     if (t < kChunk) {  // the token factors, while the product runs
       const bool in = t < L;
@@ -387,15 +386,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __gr
       const int64_t t0 = s.bos + c * kChunk;
       const int L = static_cast<int>(s.eos - t0 < kChunk ? s.eos - t0 : kChunk);
       float p[32];  // (64, 64) Q Kᵀ
-#pragma unroll
-      for (int i = 0; i < 32; ++i) p[i] = 0.f;
-      sm90::fence_regs(p);
-      sm90::wgmma_fence();
-#pragma unroll
-      for (int ks = 0; ks < 8; ++ks)
-        sm90::wgmma_m64n64k16<0, 0>(p, kmajor(X + kQ + 8192 * (ks / 4) + 32 * (ks % 4)),
-                                    kmajor(X + kK + 8192 * (ks / 4) + 32 * (ks % 4)), 1);
-      sm90::wgmma_commit();
+      issue_abt(p, X + kQ, X + kK);
       if (t < kChunk) {  // the token factors, while the product runs
         float* F = reinterpret_cast<float*>(Xp + kF);
         const bool in = t < L;
