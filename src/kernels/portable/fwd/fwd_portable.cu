@@ -305,7 +305,8 @@ flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, bool pdl,
     return static_cast<int>(sizeof(ScanSmem<KD, 2>)) <= max_smem ? scan(std::integral_constant<int, 2>{})
                                                                   : scan(std::integral_constant<int, 1>{});
   };
-  if (sm90_pr != nullptr && a.cp_pass == 1) {  // CP on the head form's passes (sm90fwd::applies_cp): no prepare
+  // CP on the head form's passes (sm90fwd::applies_cp), after prepare (no prepare with the SOLVE variant).
+  auto head_cp = [&]() -> flashgdn_status_t {
     FwdArgs a1 = a;
     a1.cp_pass = 1;
     FLASHGDN_TRY(sm90fwd::launch_cp(a1, *sm90_pr, *sm90_p, stream));
@@ -313,9 +314,10 @@ flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, bool pdl,
     FwdArgs a3 = a;
     a3.cp_pass = 3;
     return sm90fwd::launch_cp(a3, *sm90_pr, *sm90_p, stream);
-  }
+  };
   // The sm_90a head form's SOLVE variant (FLASHGDN_EXPERIMENTAL_SM90=4) has no prepare stage.
-  if (sm90_pr != nullptr && sm90fwd::variant() == 4) return sm90fwd::launch(a, *sm90_pr, *sm90_p, stream);
+  if (sm90_pr != nullptr && sm90fwd::variant() == 4)
+    return a.cp_pass == 1 ? head_cp() : sm90fwd::launch(a, *sm90_pr, *sm90_p, stream);
   // FLASHGDN_SOLVE_MMA=1 (a.solve_mma): the a_only solve's levels on tf32 tensor cores (bf16, K = V = 128 only).
   bool mma = false;
   if constexpr (std::is_same_v<T, __nv_bfloat16> && KD == 128 && VD == 128) mma = a.a_only && a.solve_mma;
@@ -328,7 +330,7 @@ flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, bool pdl,
     FLASHGDN_TRY(prepare_variant() == 4 || a.a_only ? prepare(std::true_type{}, std::false_type{})
                                                     : prepare(std::false_type{}, std::false_type{}));
   }
-  if (sm90_pr != nullptr) return sm90fwd::launch(a, *sm90_pr, *sm90_p, stream);
+  if (sm90_pr != nullptr) return a.cp_pass == 1 ? head_cp() : sm90fwd::launch(a, *sm90_pr, *sm90_p, stream);
   auto recurrence = [&](const FwdArgs& x, int64_t ranks, int columns) -> flashgdn_status_t {
     const int v_tiles = columns / bv;
     if (ranks * x.Hv * v_tiles > 0x7fffffff)
@@ -631,7 +633,7 @@ flashgdn_status_t launch_impl(const Problem& pr_in, const flashgdn_chunk_fwd_par
   // CP on the head form's passes (FLASHGDN_SM90_CP=1, A/B): launch_all takes them when CP is planned.
   const bool sm90_cp = l.cp.on && h_states == nullptr && sm90fwd::applies_cp(pr, p, info.cc_major, max_smem);
   if (sm90_path || sm90_cp) {  // bf16, K = V = 128 (sm90fwd::applies / applies_cp)
-    a.a_only = 1;  // the head form: prepare writes A diag(beta) and aux only (variant 4 and CP: no prepare)
+    a.a_only = 1;  // the head form: prepare writes A diag(beta) and aux only (variant 4: no prepare)
     return launch_all<__nv_bfloat16, 128, 128>(a, bv, max_smem, dev, false, stream, &pr, &p);
   }
   const bool bf16 = pr.io_dtype == FLASHGDN_DTYPE_BFLOAT16;

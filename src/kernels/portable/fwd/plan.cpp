@@ -2,6 +2,7 @@
 #include "kernels/portable/fwd/plan.hpp"
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "flashgdn/flashgdn.h"
 #include "kernels/portable/fwd/params.hpp"
@@ -79,7 +80,9 @@ CpPlan cp_plan(const Problem& pr, int num_sms, bool head) {
   const int64_t units1 = pr.Hv * (head ? 2 : (pr.V + pr.K) / kCpBv);               // transition-pass CTAs
   // Segments per sequence (of the average length): the final pass should fit one wave.
   const int64_t segs = std::max<int64_t>(2, num_sms / (pr.N * units));
-  const int seg_chunks = static_cast<int>(std::max<int64_t>(1, (per_seq + segs - 1) / segs));
+  int seg_chunks = static_cast<int>(std::max<int64_t>(1, (per_seq + segs - 1) / segs));
+  // FLASHGDN_CP_SEG_CHUNKS=n: segments of n chunks (A/B of the segment length; the workspace query reads it too).
+  if (const char* e = std::getenv("FLASHGDN_CP_SEG_CHUNKS"); e != nullptr && std::atoi(e) > 0) seg_chunks = std::atoi(e);
   if (pr.cp_mode == FLASHGDN_CP_AUTO) {
     // Cost model (whole waves; one CTA per SM): sequential recurrence vs transition pass + scan + final pass.
     // NOTE: calibrated on H100 (2/8 1x8192, 16-chunk segments): the transition pass (no output work) took

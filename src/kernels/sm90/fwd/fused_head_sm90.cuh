@@ -283,15 +283,16 @@ __device__ __forceinline__ void gates_solve(unsigned char* smem, uint32_t base, 
 // blocks, named barrier kGates) into the stage's A and Pg tiles (64 x 64 fp32, the two tiles are adjacent), then
 // Ag = Γ o X diag(β) and Pg from registers once every X read is done. The stage then carries only Q, K, V by TMA;
 // aux (γ, rq, rk) is written by the gates warpgroup.
-// CP (with SOLVE; FLASHGDN_SM90_CP=1, A/B): the passes of context parallelism (docs/design.md §5.1) over segments
-// (a.seg[rank]) instead of sequences. CP = 1, the transition pass: grid g_max * 2 * Hv, part 0 runs the segment from
+// CP (FLASHGDN_SM90_CP=1, A/B): the passes of context parallelism (docs/design.md §5.1) over segments (a.seg[rank])
+// instead of sequences, on prepare's A images (or with SOLVE, FLASHGDN_EXPERIMENTAL_SM90=4, without them). CP = 1, the transition pass: grid g_max * 2 * Hv, part 0 runs the segment from
 // S = 0 (S_loc), part 1 the K identity columns from S = I with V = 0 (M); no output; the end state goes to
 // cp_end[rank, h] (K x (V + K) fp32) for the portable scan. CP = 3, the final pass: each segment starts from the
 // scan's cp_h0[rank, h]; the sequence's last segment writes the final state.
 template <bool PINGPONG, bool SOLVE, int CP = 0>
 __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __grid_constant__ Maps maps, FwdArgs a) {
-  static_assert(CP == 0 || (SOLVE && !PINGPONG), "the CP passes are SOLVE variants");
+
   constexpr bool kPass1 = CP == 1;
+  constexpr bool kNoQ = kPass1 && !SOLVE;  // pass 1 on prepare's images: no Q, no P
   // Register budgets: 2 x state + gates + producer (24) = 512 (64 K registers over 4 warpgroups of 128).
   constexpr int kStateRegs = SOLVE ? 200 : 208, kGatesRegs = 512 - 24 - 2 * kStateRegs;
   using namespace device;
@@ -347,9 +348,11 @@ __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __gr
         unsigned char* X = smem + st * kStageBytes;
         const int64_t ch = (c_base + c) * a.Hv + h;
         const int32_t tok = static_cast<int32_t>(tok0 + c * kChunk);
-        sm90::mbar_expect_tx(&full[st], (SOLVE ? 2 * 16384 : kTxBytes - 16384) + (zero_v ? 0 : 16384));
+        // NOTE: pass 1 on prepare's images needs no Q (no output; rq comes with aux).
+        sm90::mbar_expect_tx(&full[st], (SOLVE ? 2 * 16384 : kTxBytes - 16384) + (zero_v ? 0 : 16384) -
+                                            (kNoQ ? 16384 : 0));
         for (int atom = 0; atom < 2; ++atom) {
-          sm90::tma_load_3d(X + kQ + 8192 * atom, &maps.q, 64 * atom, hk, tok, &full[st]);
+          if (!kNoQ) sm90::tma_load_3d(X + kQ + 8192 * atom, &maps.q, 64 * atom, hk, tok, &full[st]);
           sm90::tma_load_3d(X + kK + 8192 * atom, &maps.k, 64 * atom, hk, tok, &full[st]);
           if (!zero_v) sm90::tma_load_3d(X + kV + 8192 * atom, &maps.v, 64 * atom, h, tok, &full[st]);
         }
@@ -383,10 +386,10 @@ __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __gr
       const float* gam = reinterpret_cast<const float*>(Xp + kAux);
       const float* rq = gam + kChunk;
       const float* rk = gam + 2 * kChunk;
-      const int64_t t0 = s.bos + c * kChunk;
+      const int64_t t0 = t_first + c * kChunk;
       const int L = static_cast<int>(s.eos - t0 < kChunk ? s.eos - t0 : kChunk);
       float p[32];  // (64, 64) Q Kᵀ
-      issue_abt(p, X + kQ, X + kK);
+      if constexpr (!kNoQ) issue_abt(p, X + kQ, X + kK);
       if (t < kChunk) {  // the token factors, while the product runs
         float* F = reinterpret_cast<float*>(Xp + kF);
         const bool in = t < L;
@@ -401,8 +404,10 @@ __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __gr
         gr[hf] = gam[row + 8 * hf];
         fq[hf] = a.scale * rq[row + 8 * hf];
       }
-      sm90::wgmma_wait<0>();
-      sm90::fence_regs(p);
+      if constexpr (!kNoQ) {
+        sm90::wgmma_wait<0>();
+        sm90::fence_regs(p);
+      }
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
         const int cc = 8 * j + col;
@@ -418,10 +423,11 @@ __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __gr
             const bool in = cc + u <= r && r < L;
             const float G = in ? __expf(fminf(gr[hf] - gc[u], 0.f)) : 0.f;  // exponent <= 0
             gv[u] = G * (u == 0 ? __low2float(a2) : __high2float(a2));
-            pv[u] = G * fq[hf] * kc[u] * p[4 * j + 2 * hf + u];
+            if constexpr (!kNoQ) pv[u] = G * fq[hf] * kc[u] * p[4 * j + 2 * hf + u];
           }
           *av = __floats2bfloat162_rn(gv[0], gv[1]);
-          *reinterpret_cast<__nv_bfloat162*>(Xp + kPg + sw128(r, cc)) = __floats2bfloat162_rn(pv[0], pv[1]);
+          if constexpr (!kNoQ)
+            *reinterpret_cast<__nv_bfloat162*>(Xp + kPg + sw128(r, cc)) = __floats2bfloat162_rn(pv[0], pv[1]);
         }
       }
       sm90::fence_proxy_async_smem();

@@ -136,7 +136,7 @@ flashgdn_status_t launch_head(const portable::FwdArgs& a, const Problem& pr, con
 bool applies_cp(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, int cc_major, int max_smem) {
   if (!env_is_one("FLASHGDN_SM90_CP") || variant() == 0) return false;
   if (cc_major != 9 || pr.K != 128 || pr.V != 128 || pr.io_dtype != FLASHGDN_DTYPE_BFLOAT16) return false;
-  if (max_smem < static_cast<int>(head::smem_bytes(true))) return false;
+  if (max_smem < static_cast<int>(head::smem_bytes(variant() == 4))) return false;
   return tma_ok(pr, p);
 }
 
@@ -146,8 +146,15 @@ flashgdn_status_t launch_cp(const portable::FwdArgs& a, const Problem& pr, const
   FLASHGDN_TRY(map_tokens(&maps.q, p.q, pr, "q"));
   FLASHGDN_TRY(map_tokens(&maps.k, p.k, pr, "k"));
   FLASHGDN_TRY(map_tokens(&maps.v, p.v, pr, "v", true));
-  if (a.cp_pass == 1) return launch_head_kernel<false, true, 1>(maps, a, stream);
-  if (a.cp_pass == 3) return launch_head_kernel<false, true, 3>(maps, a, stream);
+  const bool solve = variant() == 4;  // the passes without prepare's A images (A/B)
+  if (!solve) FLASHGDN_TRY(map_image(&maps.a, a.Pm, portable::kChunk + 8, a.max_chunks * a.Hv * portable::kChunk, "workspace A"));
+  const bool pingpong = env_is_one("FLASHGDN_SM90_PINGPONG");
+  if (a.cp_pass == 1)
+    return solve ? launch_head_kernel<false, true, 1>(maps, a, stream)
+                 : pingpong ? launch_head_kernel<true, false, 1>(maps, a, stream) : launch_head_kernel<false, false, 1>(maps, a, stream);
+  if (a.cp_pass == 3)
+    return solve ? launch_head_kernel<false, true, 3>(maps, a, stream)
+                 : pingpong ? launch_head_kernel<true, false, 3>(maps, a, stream) : launch_head_kernel<false, false, 3>(maps, a, stream);
   return fail(FLASHGDN_ERROR_INTERNAL, "flashgdn_chunk_fwd: sm90 CP pass %d", a.cp_pass);
 }
 
