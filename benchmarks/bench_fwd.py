@@ -175,11 +175,11 @@ def rel(a, b):
 
 VARIANT_ENV = {"cp_on": ("on", {}), "cp_off": ("off", {}),
                "head": ("off", {"FLASHGDN_EXPERIMENTAL_SM90": "3"}),
-               "head_pp": ("off", {"FLASHGDN_EXPERIMENTAL_SM90": "3", "FLASHGDN_SM90_PINGPONG": "1"}),
+               "head_plain": ("off", {"FLASHGDN_EXPERIMENTAL_SM90": "3", "FLASHGDN_SM90_PINGPONG": "0",
+                                      "FLASHGDN_SOLVE_MMA": "0"}),
                "solve": ("off", {"FLASHGDN_EXPERIMENTAL_SM90": "4"}),
-               "head_cp": ("auto", {"FLASHGDN_SM90_CP": "1"}),
-               "solve_mma": ("auto", {"FLASHGDN_SOLVE_MMA": "1"}),
-               "solve4_mma": ("off", {"FLASHGDN_EXPERIMENTAL_SM90": "4", "FLASHGDN_SOLVE_MMA": "1"}),
+               "cp_portable": ("auto", {"FLASHGDN_SM90_CP": "0"}),
+               "solve_fp32": ("auto", {"FLASHGDN_SOLVE_MMA": "0"}),
                "portable": ("auto", {"FLASHGDN_EXPERIMENTAL_SM90": "0"})}
 
 
@@ -211,9 +211,10 @@ def main():
                     help="FlashGDN's cp argument")
     ap.add_argument("--variants", default="",
                     help="extra FlashGDN variants timed per row (graph replay) in the same run, comma-separated: "
-                         "cp_on, cp_off, head (the sm_90a head form forced), head_pp (its ping-pong schedule), solve (its "
-                         "variant without prepare), head_cp (CP on head-form passes where planned), portable (the portable "
-                         "path where the head form would be taken); switches set only around each variant's calls")
+                         "cp_on, cp_off, head (the sm_90a head form forced), head_plain (forced, without the ping-pong schedule and "
+                         "the tensor-core solve levels), solve (its variant without prepare), cp_portable (CP on the "
+                         "portable passes), solve_fp32 (prepare's solve levels in fp32), portable (the portable path "
+                         "where the head form would be taken); switches set only around each variant's calls")
     ap.add_argument("--tag", default=os.environ.get("FLASHGDN_BENCH_TAG", ""),
                     help="suffix of the output file names (e.g. the build variant)")
     args = ap.parse_args()

@@ -318,7 +318,7 @@ flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, bool pdl,
   // The sm_90a head form's SOLVE variant (FLASHGDN_EXPERIMENTAL_SM90=4) has no prepare stage.
   if (sm90_pr != nullptr && sm90fwd::variant() == 4)
     return a.cp_pass == 1 ? head_cp() : sm90fwd::launch(a, *sm90_pr, *sm90_p, stream);
-  // FLASHGDN_SOLVE_MMA=1 (a.solve_mma): the a_only solve's levels on tf32 tensor cores (bf16, K = V = 128 only).
+  // a.solve_mma (default; FLASHGDN_SOLVE_MMA=0 not): the a_only solve's levels on tf32 tensor cores (bf16, K = V = 128).
   bool mma = false;
   if constexpr (std::is_same_v<T, __nv_bfloat16> && KD == 128 && VD == 128) mma = a.a_only && a.solve_mma;
   // NOTE: a_only (no V) always takes the 56 KB, 4-CTAs-per-SM layout (H100, 55da7a9: 16/64 8192x4 prepare 0.77 ->
@@ -457,12 +457,12 @@ DeviceInfo current_device_info() {
 }
 int current_num_sms() { return current_device_info().num_sms; }
 
-// CP on the head form's passes is what the plan sizes segments for (FLASHGDN_SM90_CP=1 on cc 9.x, bf16,
+// CP on the head form's passes is what the plan sizes segments for (the default on cc 9.x, bf16,
 // K = V = 128). From the shapes and the device only, so that the workspace query and the launch agree; where the
 // launch then finds the head form inapplicable (e.g. unaligned q/k/v) the portable passes run this plan.
 bool head_cp_planned(const Problem& pr, int cc_major) {
   return cc_major == 9 && pr.K == 128 && pr.V == 128 && pr.io_dtype == FLASHGDN_DTYPE_BFLOAT16 &&
-         env_is_one("FLASHGDN_SM90_CP") && !env_is_zero("FLASHGDN_EXPERIMENTAL_SM90");
+         !env_is_zero("FLASHGDN_SM90_CP") && !env_is_zero("FLASHGDN_EXPERIMENTAL_SM90");
 }
 
 }  // namespace
@@ -584,8 +584,8 @@ flashgdn_status_t launch_impl(const Problem& pr_in, const flashgdn_chunk_fwd_par
   a.prepared = reinterpret_cast<int32_t*>(ws + l.prepared);
   // FLASHGDN_PORTABLE_PREP_ORDER=chunk: prepare's grid chunk-fastest (A/B; default head-fastest).
   a.prep_head_fastest = env_is_value("FLASHGDN_PORTABLE_PREP_ORDER", "chunk") ? 0 : 1;
-  // FLASHGDN_SOLVE_MMA=1: the solve's levels on tf32 tensor cores where A is stored in bf16 (A/B, params.hpp).
-  a.solve_mma = env_is_one("FLASHGDN_SOLVE_MMA") ? 1 : 0;
+  // The solve's levels on tf32 tensor cores where A is stored in bf16 (params.hpp; FLASHGDN_SOLVE_MMA=0: fp32 levels).
+  a.solve_mma = env_is_zero("FLASHGDN_SOLVE_MMA") ? 0 : 1;
   // The recurrence's TMA producer where an sm_90a binary runs (FLASHGDN_PORTABLE_TMA=0: cp.async, for
   // A/B) and its cluster size (FLASHGDN_PORTABLE_CLUSTER=1|2|4|8 pins it). Fewer than 64 tokens per batch
   // row (a box would exceed the tensor) take the cp.async producer.
@@ -630,7 +630,7 @@ flashgdn_status_t launch_impl(const Problem& pr_in, const flashgdn_chunk_fwd_par
   const int bv = l.cp.on || sm90_path ? kCpBv : plan_bv;
   // Programmatic dependent launch of the recurrence on sm_90+ (FLASHGDN_PORTABLE_PDL=0 turns it off: A/B).
   const bool pdl = info.cc_major >= 9 && !env_is_zero("FLASHGDN_PORTABLE_PDL");
-  // CP on the head form's passes (FLASHGDN_SM90_CP=1, A/B): launch_all takes them when CP is planned.
+  // CP on the head form's passes (the default; FLASHGDN_SM90_CP=0: the portable passes): launch_all takes them.
   const bool sm90_cp = l.cp.on && h_states == nullptr && sm90fwd::applies_cp(pr, p, info.cc_major, max_smem);
   if (sm90_path || sm90_cp) {  // bf16, K = V = 128 (sm90fwd::applies / applies_cp)
     a.a_only = 1;  // the head form: prepare writes A diag(beta) and aux only (variant 4: no prepare)

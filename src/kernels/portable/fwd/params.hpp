@@ -98,8 +98,8 @@ struct FwdArgs {
   // 1: prepare writes only aux and, into Pm's image array, the gate-free A diag(beta) (bf16, zero above the
   // diagonal, past L and in the pads) for the sm_90a head form (no W, U, Pm; V is not read).
   int a_only;
-  // 1 (FLASHGDN_SOLVE_MMA=1, A/B): the solve's off-diagonal levels on tf32 tensor cores (blocked_solve_mma.cuh)
-  // where A is written as a bf16 image (prepare's a_only mode, the sm_90a head form's SOLVE variant).
+  // 1 (the default; FLASHGDN_SOLVE_MMA=0 gives 0): the solve's off-diagonal levels on tf32 tensor cores
+  // (blocked_solve_mma.cuh) where A is written as a bf16 image (prepare's a_only mode, the sm_90a head form's SOLVE variant).
   int solve_mma;
   void* At;   // [chunks, Hv] (64, 72) bf16 images of Γ o A (zero above the diagonal, in rows past L and in the
               // pads); null: not written

@@ -30,7 +30,7 @@ struct CpPlan {
 
 // "on": always (segments sized so the final pass fits one wave); "auto": when the cost model predicts a
 // gain (plan.cpp; docs/design.md §5.1); "off": never. head: the passes are the sm_90a head form's (one CTA per
-// segment and head in the final pass, two in the transition pass; FLASHGDN_SM90_CP=1) instead of the portable
+// segment and head in the final pass, two in the transition pass; the default on Hopper) instead of the portable
 // recurrence's V / 64 and (V + K) / 64; the segments are sized for those CTA counts (the cost model is the portable
 // one).
 CpPlan cp_plan(const Problem& pr, int num_sms, bool head = false);

@@ -74,7 +74,7 @@ __device__ __forceinline__ float load_beta(const FwdArgs& a, int64_t off) {
   return a.beta_f32 ? static_cast<const float*>(a.beta)[off] : device::to_float(static_cast<const T*>(a.beta)[off]);
 }
 
-// MMA: the solve's off-diagonal levels on tf32 tensor cores (a_only only; FLASHGDN_SOLVE_MMA=1, A/B). A template
+// MMA: the solve's off-diagonal levels on tf32 tensor cores (a_only only; the default, FLASHGDN_SOLVE_MMA=0 not). A template
 // parameter, not a runtime branch, so that the default kernel's registers are untouched.
 template <class T, int KD, int VD, bool LATE_V = false, bool MMA = false>
 __global__ void __launch_bounds__(128, LATE_V ? 4 : 3) prepare_kernel(FwdArgs a) {

@@ -25,8 +25,9 @@
 //       skipped by the box) and aux (bulk copy), on mbarrier full[s]; refills stage s after empty[s]. Warps 13-15
 //       exit.
 // Pipelines: 3 stages. mbarriers: full[3] (1 + tx), prepped[3] (128: WG2 -> WG0, WG1), empty[3] (256: WG0, WG1,
-// which arrive after prepped, so after WG2 is done with the stage). Named barriers only in the PINGPONG variant
-// (kTurn 1-2, below): the two state warpgroups share only read-only stage data, and each warp stages and stores its
+// which arrive after prepped, so after WG2 is done with the stage). Named barriers 1-2 (kTurn, PINGPONG: the default,
+// below) order the two state warpgroups' wgmma batches; 3 (kGates) is the SOLVE gates warpgroup's own. The two state
+// warpgroups share only read-only stage data, and each warp stages and stores its
 // own output columns (__syncwarp).
 // Rows past L: TMA brings the next sequence's (finite) rows or zeros past the tensor; Ag, Pg rows and columns >= L and
 // f, fo, fd past L are zero, so vn and the state update see no row >= L and O rows >= L are not stored.
@@ -274,7 +275,7 @@ __device__ __forceinline__ void gates_solve(unsigned char* smem, uint32_t base, 
   }
 }
 
-// PINGPONG (FLASHGDN_SM90_PINGPONG=1, A/B): the two state warpgroups issue their wgmma batches in strict alternation
+// PINGPONG (the default; FLASHGDN_SM90_PINGPONG=0 not): the two state warpgroups issue their wgmma batches in strict alternation
 // (named barriers kTurn + w, 256 threads: WG w syncs on its own before a batch, arrives on the other's after issuing
 // it), so that one's FMA / conversion work overlaps the other's products instead of both contending at once.
 // SOLVE (FLASHGDN_EXPERIMENTAL_SM90=4, A/B): no prepare launch; the gates warpgroup also computes, per chunk, γ (scan
@@ -283,7 +284,7 @@ __device__ __forceinline__ void gates_solve(unsigned char* smem, uint32_t base, 
 // blocks, named barrier kGates) into the stage's A and Pg tiles (64 x 64 fp32, the two tiles are adjacent), then
 // Ag = Γ o X diag(β) and Pg from registers once every X read is done. The stage then carries only Q, K, V by TMA;
 // aux (γ, rq, rk) is written by the gates warpgroup.
-// CP (FLASHGDN_SM90_CP=1, A/B): the passes of context parallelism (docs/design.md §5.1) over segments (a.seg[rank])
+// CP (the default where CP is planned; FLASHGDN_SM90_CP=0 not): the passes of context parallelism (docs/design.md §5.1) over segments (a.seg[rank])
 // instead of sequences, on prepare's A images (or with SOLVE, FLASHGDN_EXPERIMENTAL_SM90=4, without them). CP = 1, the transition pass: grid g_max * 2 * Hv, part 0 runs the segment from
 // S = 0 (S_loc), part 1 the K identity columns from S = I with V = 0 (M); no output; the end state goes to
 // cp_end[rank, h] (K x (V + K) fp32) for the portable scan. CP = 3, the final pass: each segment starts from the

@@ -2,7 +2,7 @@
 // (fused_head_sm90.cuh: one CTA per (sequence, head); stage 1 the portable prepare with a_only) where the planner
 // would give the portable recurrence 64-column slices and no context parallelism; FLASHGDN_EXPERIMENTAL_SM90=3 forces
 // it wherever it applies, =4 forces its SOLVE variant (no prepare stage: its gates warpgroup computes A), =0 never;
-// FLASHGDN_SM90_CP=1 runs planned context parallelism on head-form passes (A/B). (1 and 2, the W/U recurrence and the
+// planned context parallelism runs on head-form passes (FLASHGDN_SM90_CP=0: on the portable recurrence's). (1 and 2, the W/U recurrence and the
 // two-slice fused form, were removed once the head form beat them on every row measured; docs/design.md §6.1.)
 #pragma once
 
@@ -24,9 +24,9 @@ int variant();
 // FLASHGDN_EXPERIMENTAL_SM90 is 3 or 4: the variant wherever it applies (A/B), not only where planned.
 bool forced();
 
-// Context parallelism with the head form's passes (FLASHGDN_SM90_CP=1, A/B; not the default): bf16, K = V = 128,
-// cc 9.x, TMA-aligned q/k/v, the SOLVE variant's shared memory. The transition and final passes are then head-form
-// kernels (no prepare stage); the scan between them stays the portable one.
+// Context parallelism with the head form's passes (the default; FLASHGDN_SM90_CP=0 not): bf16, K = V = 128, cc 9.x,
+// TMA-aligned q/k/v, the shared memory. The transition and final passes are then head-form kernels after prepare
+// (the SOLVE variant's without it); the scan between them stays the portable one.
 bool applies_cp(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, int cc_major, int max_smem);
 // One CP pass (a.cp_pass 1: transition, 3: final) on the head form.
 flashgdn_status_t launch_cp(const portable::FwdArgs& a, const Problem& pr, const flashgdn_chunk_fwd_params_t& p,
