@@ -2,6 +2,7 @@
 // (segment_info, segments_of in params.hpp), run on the CPU.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <random>
 #include <string>
@@ -104,6 +105,48 @@ TEST(Plan, CpSegmentsFillOneWave) {
             fp::layout(problem(2, 8, {32768}, FLASHGDN_CP_ON), kH100Sms).total);
 }
 
+// The head form's passes (cost model calibrated on H100 at 59d39f1): CP where the head passes measured faster than
+// the sequential paths (8/32 1x32768 1.11 vs 1.74 ms, 16/16 28672+4096 0.65 vs 1.12 ms with --cp), not where the head
+// form's sequential kernel fills the GPU.
+TEST(Plan, HeadCpCostModel) {
+  auto on = [](int64_t hqk, int64_t hv, std::vector<int64_t> lens) {
+    return fp::cp_plan(with_lengths(problem(hqk, hv, lens), lens), kH100Sms, true).on;
+  };
+  EXPECT_TRUE(on(2, 8, {32768}));
+  EXPECT_TRUE(on(8, 32, {32768}));
+  EXPECT_TRUE(on(16, 16, {28672, 4096}));
+  EXPECT_TRUE(on(4, 16, {8192}));
+  EXPECT_FALSE(on(16, 64, {8192, 8192, 8192, 8192}));
+  EXPECT_FALSE(on(16, 32, std::vector<int64_t>(8, 1024)));
+  // The warm-up's bounds and choices have workspace regions of their own with head-form CP only.
+  const Problem pr = problem(2, 8, {32768});
+  const fp::Layout h = fp::layout(pr, kH100Sms, true), p = fp::layout(pr, kH100Sms);
+  EXPECT_NE(h.cdecay, 0u);
+  EXPECT_NE(h.cp_warm, 0u);
+  EXPECT_EQ(p.cdecay, 0u);
+  EXPECT_EQ(p.cp_warm, 0u);
+  EXPECT_GE(h.total, h.cp_warm + static_cast<size_t>(h.cp.g_max) * 8 * sizeof(int32_t));
+}
+
+// The gate-driven warm-up's window (params.hpp): trailing chunks until the bounds sum to <= -20, else 0 (M needed).
+TEST(Plan, WarmupWindow) {
+  const std::vector<float> decaying(10, -3.f);
+  EXPECT_EQ(fp::warmup_chunks(decaying.data(), 1, 10), 7);  // -21 after 7 chunks
+  EXPECT_EQ(fp::warmup_chunks(decaying.data(), 1, 6), 0);   // -18: not enough, the full transition
+  const std::vector<float> flat(40, 0.f);                    // g = 0 (and contractive keys): never
+  EXPECT_EQ(fp::warmup_chunks(flat.data(), 1, 40), 0);
+  const std::vector<float> exact = {-1.f, -10.f, -10.f};     // <= is enough: the last two chunks
+  EXPECT_EQ(fp::warmup_chunks(exact.data(), 1, 3), 2);
+  // Expanding tokens (beta ||k||² > 2) raise a chunk's bound: the window grows past them.
+  const std::vector<float> expand = {-30.f, 5.f, -19.f};
+  EXPECT_EQ(fp::warmup_chunks(expand.data(), 1, 3), 3);
+  // The walk starts at the segment's end, over a strided array (chunk-major, heads inside).
+  const std::vector<float> strided = {-30.f, 0.f, -1.f, 0.f, -1.f, 0.f};
+  EXPECT_EQ(fp::warmup_chunks(strided.data(), 2, 3), 3);
+  const std::vector<float> nan = {-30.f, std::nanf(""), -1.f};  // a NaN bound never passes: the full transition
+  EXPECT_EQ(fp::warmup_chunks(nan.data(), 1, 3), 0);
+}
+
 // Host copy of the kernels' bookkeeping: offsets as chunk_offsets_kernel computes them.
 struct Offsets {
   std::vector<int64_t> chunks, segs;
@@ -163,11 +206,13 @@ TEST(Plan, SegmentTableCoversEveryChunkOnce) {
 }
 
 TEST(Plan, LayoutRegionsAreAlignedAndDisjoint) {
-  for (int32_t cp : {FLASHGDN_CP_OFF, FLASHGDN_CP_ON}) {
+  for (int32_t cp : {FLASHGDN_CP_OFF, FLASHGDN_CP_ON})
+  for (bool head : {false, true}) {
     const Problem pr = problem(2, 6, {300, 0, 65}, cp);
-    const fp::Layout l = fp::layout(pr, kH100Sms);
+    const fp::Layout l = fp::layout(pr, kH100Sms, head);
     std::vector<size_t> starts = {l.offsets, l.order, l.info, l.ready, l.prepared, l.aux, l.w, l.u, l.pm};
     if (l.cp.on) starts.insert(starts.end(), {l.seg_offsets, l.seg, l.cp_end, l.cp_h0});
+    if (l.cp.on && head) starts.insert(starts.end(), {l.cdecay, l.cp_warm});
     for (size_t i = 0; i < starts.size(); ++i) {
       EXPECT_EQ(starts[i] % 256, 0u);
       if (i + 1 < starts.size()) EXPECT_LT(starts[i], starts[i + 1]);

@@ -8,6 +8,7 @@
 //     S = initial state (h0, the pool slot, or zeros: as the sequential recurrence reads it)
 //     for each segment g of the sequence:  cp_h0[g] = S;  if g is not the last:  S = M_g S + S_loc_g
 // in fp32, fixed summation order (deterministic). The final pass then starts every segment from cp_h0.
+// A segment whose head-form transition took the gate-driven warm-up (a.cp_warm, params.hpp) has no M: S = S_loc_g.
 //
 // Grid N * Hv * (V / 8) (head fastest); 256 threads; thread t owns column t % 8 of rows t / 8 + 32 r.
 // Shared memory: BUFS x M_g (K, K + 4) fp32 (rows read as float4 broadcasts), S (K, 8) fp32: 136 KB for
@@ -51,13 +52,16 @@ __global__ void __launch_bounds__(256) cp_scan_kernel(FwdArgs a) {
   const int64_t g0 = a.seg_offsets[n], ns = a.seg_offsets[n + 1] - g0;
   const int ldE = a.V + a.K;
   auto end_state = [&](int64_t j) { return a.cp_end + ((g0 + j) * a.Hv + h) * int64_t(a.K) * ldE; };
-  // M of segment j into buffer b (asynchronous: one commit group).
+  // Segment j took the gate-driven warm-up (its transition has no M: S = S_loc; head-form passes only).
+  auto warm = [&](int64_t j) { return a.cp_warm != nullptr && a.cp_warm[(g0 + j) * a.Hv + h] != 0; };
+  // M of segment j into buffer b (asynchronous: one commit group, empty when the segment has no M).
   auto fetch_m = [&](int64_t j, int b) {
     const float* E = end_state(j);
-    for (int e = tid; e < KD * KD / 4; e += 256) {
-      const int i = e / (KD / 4), k4 = (e % (KD / 4)) * 4;
-      device::cp_async_16(&sm.m[b][i * Sm::kLdM + k4], &E[static_cast<int64_t>(i) * ldE + a.V + k4], true);
-    }
+    if (!warm(j))
+      for (int e = tid; e < KD * KD / 4; e += 256) {
+        const int i = e / (KD / 4), k4 = (e % (KD / 4)) * 4;
+        device::cp_async_16(&sm.m[b][i * Sm::kLdM + k4], &E[static_cast<int64_t>(i) * ldE + a.V + k4], true);
+      }
     device::cp_async_commit();
   };
   if (ns > 1) fetch_m(0, 0);
@@ -95,8 +99,9 @@ __global__ void __launch_bounds__(256) cp_scan_kernel(FwdArgs a) {
       device::cp_async_wait<0>();
     }
     __syncthreads();  // M_j visible to every thread
+    const bool no_m = warm(j);
 #pragma unroll 4
-    for (int k4 = 0; k4 < KD; k4 += 4) {
+    for (int k4 = 0; k4 < (no_m ? 0 : KD); k4 += 4) {
       const float s0 = sm.s[(k4 + 0) * kScanBV + jc], s1 = sm.s[(k4 + 1) * kScanBV + jc];
       const float s2 = sm.s[(k4 + 2) * kScanBV + jc], s3 = sm.s[(k4 + 3) * kScanBV + jc];
 #pragma unroll

@@ -633,6 +633,10 @@ flashgdn_status_t launch_impl(const Problem& pr_in, const flashgdn_chunk_fwd_par
   // CP on the head form's passes (the default; FLASHGDN_SM90_CP=0: the portable passes): launch_all takes them.
   const bool sm90_cp = l.cp.on && h_states == nullptr && sm90fwd::applies_cp(pr, p, info.cc_major, max_smem);
   if (sm90_path || sm90_cp) {  // bf16, K = V = 128 (sm90fwd::applies / applies_cp)
+    if (sm90_cp && l.cdecay != 0) {  // the gate-driven warm-up's bounds (prepare) and choices (pass 1 -> the scan)
+      a.cdecay = reinterpret_cast<float*>(ws + l.cdecay);
+      a.cp_warm = reinterpret_cast<int32_t*>(ws + l.cp_warm);
+    }
     a.a_only = 1;  // the head form: prepare writes A diag(beta) and aux only (variant 4: no prepare)
     return launch_all<__nv_bfloat16, 128, 128>(a, bv, max_smem, dev, false, stream, &pr, &p);
   }

@@ -77,6 +77,11 @@ struct FwdArgs {
   SegInfo* seg;            // [g_max]
   float* cp_end;           // [g_max, Hv, K, V + K] fp32: pass 1's end states [S_loc | M] (row stride V + K)
   float* cp_h0;            // [g_max, Hv, K, V] fp32: each segment's start state (the scan's output)
+  // Gate-driven warm-up (head-form CP passes only; null elsewhere): cdecay [max_chunks, Hv] fp32, each chunk's bound
+  // on log ||chunk map||_2 (written by prepare in a_only mode); cp_warm [g_max, Hv] int32, the transition pass's
+  // warm-up chunks per segment (0: none, the full transition with M), read by the scan.
+  float* cdecay;
+  int32_t* cp_warm;
   int64_t u_stride;        // elements between the U images of consecutive (chunk, head): u_image_elems(V, kMinBv)
   int bv;                  // the recurrence's V slice (U's image layout)
   int64_t max_chunks;
@@ -131,6 +136,27 @@ FLASHGDN_HD inline FwdArgs::SegInfo segment_info(int64_t g, const int64_t* seg_o
   si.nch = static_cast<int32_t>(chunks - c0 < seg_chunks ? chunks - c0 : seg_chunks);
   si.last = j == nseg - 1;
   return si;
+}
+
+// Gate-driven warm-up of a CP transition (docs/design.md §5.2). A segment maps its start state S to M S + S_loc. For a
+// window of its last n chunks, M = M_w M_pre and S_loc = M_w S_loc,pre + S_loc,w, so dropping everything before the
+// window changes the end state by M_w (M_pre S + S_loc,pre) = M_w S_ws (S_ws: the true state at the window start), and
+// ||M_w S_ws|| <= ||M_w||_2 ||S_ws||. Per token the map is e^g (I - beta k̂ k̂ᵀ), of 2-norm e^g max(1, |1 - beta ||k̂||²|);
+// prepare writes each chunk's bound d_c = gamma_L + sum_t log max(1, |1 - beta_t ||k̂_t||²|) >= log ||chunk map||_2.
+// Once the trailing chunks' bounds sum to <= kWarmupLogBound the dropped term is below e^-20 ||S_ws|| ~ 2^-28.9 ||S_ws||,
+// under a sixteenth of one fp32 rounding of the state it replaces. Heads with g = 0 (d_c >= 0) never get there and
+// take the exact transition.
+inline constexpr float kWarmupLogBound = -20.f;
+inline constexpr int kWarmupMaxChunks = 256;  // windows are looked for among a segment's last 256 chunks
+// The number of trailing chunks of a segment of nch chunks (bounds decay[c * stride], c < nch) whose bounds sum to
+// <= kWarmupLogBound, or 0 when they never do (NaN included): then the full transition, M included.
+FLASHGDN_HD inline int warmup_chunks(const float* decay, int64_t stride, int nch) {
+  float acc = 0.f;
+  for (int i = 1; i <= nch; ++i) {
+    acc += decay[static_cast<int64_t>(nch - i) * stride];
+    if (acc <= kWarmupLogBound) return i;
+  }
+  return 0;
 }
 
 // Segments of a sequence of `chunks` chunks: at least one (an empty sequence keeps its final state).

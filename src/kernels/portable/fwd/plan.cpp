@@ -104,11 +104,30 @@ CpPlan cp_plan(const Problem& pr, int num_sms, bool head) {
     } else {
       add(pr.N, per_seq);
     }
-    const double pass1 =
-        waves(transitions * units1) * (seg_chunks + 1) * 0.75 * chunk_time(kCpBv);
-    const double pass3 = waves(segments * units) * (seg_chunks + 1) * chunk_time(kCpBv);
-    const double scan = 4.0 * longest_chain;
-    if (transitions == 0 || pass1 + pass3 + scan > 0.9 * seq) return p;
+    if (transitions == 0) return p;
+    if (head) {
+      // Head-form passes (H100, 59d39f1, ncu kernel durations on 2/8 1x32768, 8/32 1x32768, 16/16 28672+4096): the
+      // transition pass ~1.6 us a chunk, the final pass ~2.9, per CTA (one per SM); the scan re-reads each M once per
+      // 8-column tile (~0.5 us per transition and head at ~2 TB/s), at least ~3.5 us a step of the longest chain.
+      // The transition is costed in full (M included): the gate-driven warm-up that usually shortens it depends on
+      // the data. The sequential side: the head form's kernel (~2.7 us a chunk) where the plan has 64-column slices,
+      // else the portable recurrence plus its full prepare (~0.04 us more per chunk and head than the A-only one).
+      const double pass1 = waves(transitions * units1) * (seg_chunks + 1) * 1.6;
+      const double pass3 = waves(segments * units) * (seg_chunks + 1) * 2.9;
+      const double scan = std::max(0.5 * static_cast<double>(transitions) * pr.Hv * (pr.V / 128.0),
+                                   3.5 * static_cast<double>(longest_chain));
+      const Lengths l = lengths(pr);
+      const int bv = choose_bv(pr, sms);
+      const double head_seq = std::max(static_cast<double>(l.longest) * waves(pr.Hv),
+                                       static_cast<double>(l.total) * pr.Hv / sms) * 2.7;
+      const double port_seq = seq + 0.04 * static_cast<double>(l.total) * pr.Hv;
+      if (pass1 + pass3 + scan > 0.9 * (bv == 64 ? head_seq : port_seq)) return p;
+    } else {
+      const double pass1 = waves(transitions * units1) * (seg_chunks + 1) * 0.75 * chunk_time(kCpBv);
+      const double pass3 = waves(segments * units) * (seg_chunks + 1) * chunk_time(kCpBv);
+      const double scan = 4.0 * longest_chain;
+      if (pass1 + pass3 + scan > 0.9 * seq) return p;
+    }
   }
   p.on = true;
   p.seg_chunks = seg_chunks;
@@ -142,6 +161,10 @@ Layout layout(const Problem& pr, int num_sms, bool head_cp) {
     l.seg = region(g * sizeof(FwdArgs::SegInfo));
     l.cp_end = region(g * hv * kk * (pr.V + pr.K) * sizeof(float));
     l.cp_h0 = region(g * hv * kk * pr.V * sizeof(float));
+    if (head_cp) {
+      l.cdecay = region(chunks * hv * sizeof(float));
+      l.cp_warm = region(g * hv * sizeof(int32_t));
+    }
   }
   l.total = at;
   return l;

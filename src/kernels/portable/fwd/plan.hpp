@@ -38,6 +38,7 @@ CpPlan cp_plan(const Problem& pr, int num_sms, bool head = false);
 // Byte offsets of the workspace regions (256-byte aligned).
 struct Layout {
   size_t offsets, order, info, ready, prepared, aux, w, u, pm, seg_offsets, seg, cp_end, cp_h0, total;
+  size_t cdecay, cp_warm;  // head-form CP only (head_cp and CP planned; else 0): the warm-up bounds and choices
   CpPlan cp;
 };
 Layout layout(const Problem& pr, int num_sms, bool head_cp = false);

@@ -206,6 +206,8 @@ __global__ void __launch_bounds__(128, LATE_V ? 4 : 3) prepare_kernel(FwdArgs a)
         const int j = nt * 8 + ((lane & 3) << 1);
         sm.a.tm[i * S::kLdF + j] = j < i ? fi * sm.rk[j] * kk[0][nt][2 * hf] : 0.f;
         sm.a.tm[i * S::kLdF + j + 1] = j + 1 < i ? fi * sm.rk[j + 1] * kk[0][nt][2 * hf + 1] : 0.f;
+        // ||k_i||² (the diagonal of K Kᵀ) for the warm-up bound; Y's scratch is free until the solve's levels.
+        if (a.cdecay != nullptr && (j == i || j + 1 == i)) sm.yb[i] = kk[0][nt][2 * hf + (j + 1 == i)];
       }
     }
   }
@@ -219,7 +221,21 @@ __global__ void __launch_bounds__(128, LATE_V ? 4 : 3) prepare_kernel(FwdArgs a)
 
   // ---- phase 3: X = T⁻¹ ----
   static_assert(S::kLdF == blocked_solve::kLd, "blocked solve stride");
-  if (tid < 64) blocked_solve::diag(tid, sm.a.tm, sm.xv.x);
+  if (tid < 64) {
+    blocked_solve::diag(tid, sm.a.tm, sm.xv.x);
+  } else if (warp == 3 && a.cdecay != nullptr) {
+    // The chunk's warm-up bound (params.hpp, warmup_chunks): gamma_L + sum_t log max(1, |1 - beta ||k̂||²|), with
+    // ||k̂_t||² = rk_t² ||k_t||² (rows past L: 0). NOTE: on the warp the diagonal blocks leave idle.
+    float s = 0.f;
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      const int i = lane + 32 * u;
+      if (i < L) s += logf(fmaxf(1.f, fabsf(1.f - sm.beta[i] * sm.rk[i] * sm.rk[i] * sm.yb[i])));
+    }
+#pragma unroll
+    for (int d = 16; d > 0; d >>= 1) s += __shfl_xor_sync(0xffffffffu, s, d);
+    if (lane == 0) a.cdecay[ch] = sm.gam[L - 1] + s;
+  }
   __syncthreads();
   if constexpr (MMA) {  // the A image is bf16: the levels on tf32 tensor cores (A/B)
     blocked_solve::levels_mma(warp, lane, sm.a.tm, sm.xv.x, S::kLdF, sm.yb, [] { __syncthreads(); });

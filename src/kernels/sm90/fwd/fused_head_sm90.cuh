@@ -318,6 +318,25 @@ __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __gr
     c_first = si.c0;
     nchunks = si.nch;
     last_seg = si.last != 0;
+    if constexpr (kPass1 && !SOLVE) {
+      // Gate-driven warm-up (params.hpp, warmup_chunks): the bounds of the segment's last (up to 256) chunks into
+      // shared memory, then every thread walks them in the same order: S_loc over the last `warm` chunks only, and
+      // no M (the M part leaves; the scan skips its product).
+      __shared__ float s_decay[portable::kWarmupMaxChunks];
+      const int m = static_cast<int>(nchunks < portable::kWarmupMaxChunks ? nchunks : portable::kWarmupMaxChunks);
+      const float* d = a.cdecay + (a.chunk_offsets[n] + c_first + nchunks - m) * a.Hv + h;
+      if (threadIdx.x < m) s_decay[threadIdx.x] = d[static_cast<int64_t>(threadIdx.x) * a.Hv];
+      __syncthreads();
+      const int warm = portable::warmup_chunks(s_decay, 1, m);
+      if (part == 0 && threadIdx.x == 0) a.cp_warm[rank * a.Hv + h] = warm;
+      if (warm > 0) {
+        if (part == 1) return;
+        c_first += nchunks - warm;
+        nchunks = warm;
+      }
+    } else if constexpr (kPass1) {
+      if (part == 0 && threadIdx.x == 0 && a.cp_warm != nullptr) a.cp_warm[rank * a.Hv + h] = 0;
+    }
   } else {
     n = a.seq_order[rank];
   }
