@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <random>
@@ -475,11 +476,19 @@ INSTANTIATE_TEST_SUITE_P(
         mk("cp_long", [](Case& c) { c.cp = true; c.Hqk = 1; c.Hv = 2; c.lens = {4000}; c.l2norm = true; })),
     [](const ::testing::TestParamInfo<Case>& i) { return i.param.name; });
 
-// CP on vs off on the same inputs, per gate regime (issue 5 asks <= 1e-3 relative L2 with fp32 state;
-// both paths round the state operand to bf16, so the bound asserted here is the reference tolerance and
-// the measured value is printed).
+// CP on vs off on the same inputs, per gate regime (issue 5 asks <= 1e-3 relative L2 with fp32 state). Every regime
+// mixes heads: head index % 4 == 3 has g = 0 (the exact transition with M), the others decay (the gate-driven
+// warm-up where their bounds allow). On Hopper (bf16, K = V = 128) both sides run the head form's arithmetic (the
+// sequential side forced onto it), so they differ only by the segments' start states (scan vs sequential fp32) and
+// the warm-up's dropped terms: <= 1e-3 is asserted there. Elsewhere CP off may run another kernel (the portable
+// recurrence's other V slice): the reference tolerance; the measured values are printed either way.
 TEST(GpuForwardCp, OnMatchesOff) {
   REQUIRE_GPU();
+  int dev = 0, major = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  const char* sm90_env = std::getenv("FLASHGDN_EXPERIMENTAL_SM90");
+  const bool same_kernels = major == 9 && sm90_env == nullptr && std::getenv("FLASHGDN_SM90_CP") == nullptr;
   struct Regime {
     const char* name;
     double lo, hi;
@@ -494,12 +503,16 @@ TEST(GpuForwardCp, OnMatchesOff) {
     c_on.cp = true;
     const Problem pr_on(c_on);
     Outputs off, on;
+    if (same_kernels) setenv("FLASHGDN_EXPERIMENTAL_SM90", "3", 1);  // the head form for the sequential side
     run_gpu(pr, &off);
+    if (same_kernels) unsetenv("FLASHGDN_EXPERIMENTAL_SM90");
     run_gpu(pr_on, &on);
     const double eo = rel_l2(on.o, off.o), eh = rel_l2(on.ht, off.ht);
-    std::printf("  [CP on vs off, %s] rel L2: o %.2e, final state %.2e\n", r.name, eo, eh);
-    EXPECT_LE(eo, 1e-2) << r.name;
-    EXPECT_LE(eh, 1e-2) << r.name;
+    std::printf("  [CP on vs off, %s%s] rel L2: o %.2e, final state %.2e\n", r.name,
+                same_kernels ? ", head form both" : "", eo, eh);
+    const double bound = same_kernels ? 1e-3 : 1e-2;
+    EXPECT_LE(eo, bound) << r.name;
+    EXPECT_LE(eh, bound) << r.name;
   }
 }
 

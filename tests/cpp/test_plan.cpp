@@ -116,6 +116,9 @@ TEST(Plan, HeadCpCostModel) {
   EXPECT_TRUE(on(8, 32, {32768}));
   EXPECT_TRUE(on(16, 16, {28672, 4096}));
   EXPECT_TRUE(on(4, 16, {8192}));
+  EXPECT_TRUE(on(16, 64, {8192}));  // 7bfa73e: 0.442 vs 0.525 ms
+  EXPECT_TRUE(on(16, 48, {8192}));  // 0.387 vs 0.485
+  EXPECT_FALSE(on(2, 8, std::vector<int64_t>(8, 1024)));  // 0.124 vs 0.093
   EXPECT_FALSE(on(16, 64, {8192, 8192, 8192, 8192}));
   EXPECT_FALSE(on(16, 32, std::vector<int64_t>(8, 1024)));
   // The warm-up's bounds and choices have workspace regions of their own with head-form CP only.
