@@ -250,23 +250,26 @@ __global__ void __launch_bounds__(128, LATE_V ? 4 : 3) prepare_kernel(FwdArgs a)
   }
 
   if (a.a_only) {  // the sm_90a head form: A diag(beta) as a bf16 image in Pm's layout, pads included
+    // 16-byte stores: (64, 72) as 64 rows of nine 8-element pieces.
     T* dst = static_cast<T*>(a.Pm) + ch * pm_image_elems();
-    for (int e = tid; e < kChunk * (kChunk + 8) / 2; e += 128) {
-      const int i = e / ((kChunk + 8) / 2), j = (e % ((kChunk + 8) / 2)) * 2;
-      float x[2];
+    constexpr int kPieces = (kChunk + 8) / 8;
+    for (int e = tid; e < kChunk * kPieces; e += 128) {
+      const int i = e / kPieces, j = (e % kPieces) * 8;
+      uint32_t w[4];
 #pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int jj = j + u;
-        x[u] = jj <= i && i < L ? sm.xv.x[i * S::kLdF + jj] * sm.beta[jj] : 0.f;
+      for (int u = 0; u < 4; ++u) {
+        float x[2];
+#pragma unroll
+        for (int b = 0; b < 2; ++b) {
+          const int jj = j + 2 * u + b;
+          x[b] = jj <= i && i < L ? sm.xv.x[i * S::kLdF + jj] * sm.beta[jj] : 0.f;
+        }
+        w[u] = pack2<T>(x[0], x[1]);
       }
-      *reinterpret_cast<uint32_t*>(&dst[i * (kChunk + 8) + j]) = pack2<T>(x[0], x[1]);
+      *reinterpret_cast<uint4*>(&dst[i * (kChunk + 8) + j]) = make_uint4(w[0], w[1], w[2], w[3]);
     }
-    __syncthreads();  // every image write of this CTA happens before the release below
-    if (tid == 0) {
-      __threadfence();
-      atomic_add_release_gpu(a.prepared, 1);
-      store_release_gpu(&a.ready[ch], 1);
-    }
+    // NOTE: no release of a.ready / a.prepared here: the head form is launched after prepare in stream order (only the
+    // portable recurrence, which never takes a_only images, overlaps prepare and acquires them).
     return;
   }
 
