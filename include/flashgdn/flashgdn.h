@@ -78,7 +78,10 @@ typedef struct flashgdn_tensor {
   int64_t stride[FLASHGDN_MAX_DIMS]; /* in elements, >= 0 */
 } flashgdn_tensor_t;
 
-/* Context-parallel mode of the forward (used by the sm_90a path; the portable path ignores it). */
+/* Intra-card context parallelism of the forward (docs/design.md §5.1, §6.1): auto (a cost model from the SM count,
+ * heads and lengths), on, off. Sequences are cut into segments whose transitions are combined by an fp32 scan; on
+ * Hopper (bf16, K = V = 128) a transition drops the part of a segment before a window whose decay bound is <= e^-20
+ * (the dropped term is below e^-20 of the state there), and heads without such decay keep the exact transition. */
 typedef enum flashgdn_cp_mode {
   FLASHGDN_CP_AUTO = 0,
   FLASHGDN_CP_ON = 1,

@@ -49,7 +49,8 @@ def chunk_gated_delta_rule(
         has_initial_state: ``[N]`` bool; False starts that sequence from zeros.
         cp: intra-card context parallelism, "auto" | "on" | "off": "auto" takes it where the cost model
             predicts a gain (few heads x sequences, long sequences), "on" always, "off" never
-            (docs/design.md §5.1).
+            (docs/design.md §5.1; on Hopper with its gate-driven warm-up, whose dropped term is below e^-20 of the
+            state it replaces, §6.1).
 
     FLA compatibility (keyword-only): ``use_beta_sigmoid_in_kernel`` (beta are logits: sigmoid applied
     first), ``allow_neg_eigval`` (with it, ``2 * sigmoid(beta)``), ``cu_seqlens_cpu`` (a host copy of
