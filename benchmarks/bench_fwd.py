@@ -180,6 +180,7 @@ VARIANT_ENV = {"cp_on": ("on", {}), "cp_off": ("off", {}),
                "solve": ("off", {"FLASHGDN_EXPERIMENTAL_SM90": "4"}),
                "cp_portable": ("auto", {"FLASHGDN_SM90_CP": "0"}),
                "solve_fp32": ("auto", {"FLASHGDN_SOLVE_MMA": "0"}),
+               "prepare_group": ("auto", {"FLASHGDN_PREPARE_GROUP": "1"}),
                "portable": ("auto", {"FLASHGDN_EXPERIMENTAL_SM90": "0"})}
 
 
@@ -213,7 +214,8 @@ def main():
                     help="extra FlashGDN variants timed per row (graph replay) in the same run, comma-separated: "
                          "cp_on, cp_off, head (the sm_90a head form forced), head_plain (forced, without the ping-pong schedule and "
                          "the tensor-core solve levels), solve (its variant without prepare), cp_portable (CP on the "
-                         "portable passes), solve_fp32 (prepare's solve levels in fp32), portable (the portable path "
+                         "portable passes), solve_fp32 (prepare's solve levels in fp32), prepare_group (prepare per (chunk, q/k "
+                         "head) for the whole head group), portable (the portable path "
                          "where the head form would be taken); switches set only around each variant's calls")
     ap.add_argument("--tag", default=os.environ.get("FLASHGDN_BENCH_TAG", ""),
                     help="suffix of the output file names (e.g. the build variant)")

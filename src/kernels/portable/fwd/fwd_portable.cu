@@ -22,6 +22,7 @@
 #include "kernels/portable/fwd/fwd_portable.hpp"
 #include "kernels/portable/fwd/plan.hpp"
 #include "kernels/portable/fwd/prepare.cuh"
+#include "kernels/portable/fwd/prepare_group.cuh"
 #include "kernels/portable/fwd/recurrence.cuh"
 #include "kernels/portable/fwd/scheduler_kernels.cuh"
 #include "kernels/launch_util.hpp"
@@ -323,7 +324,29 @@ flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, bool pdl,
   if constexpr (std::is_same_v<T, __nv_bfloat16> && KD == 128 && VD == 128) mma = a.a_only && a.solve_mma;
   // NOTE: a_only (no V) always takes the 56 KB, 4-CTAs-per-SM layout (H100, 55da7a9: 16/64 8192x4 prepare 0.77 ->
   // 0.68 ms, the call 1.508 -> 1.400 ms).
-  if (mma) {
+  // FLASHGDN_PREPARE_GROUP=1 (A/B, not yet GPU-run): a_only per (chunk, q/k head) for the whole head group, K Kᵀ
+  // formed once per group (prepare_group.cuh).
+  bool grouped = false;
+  if constexpr (std::is_same_v<T, __nv_bfloat16> && KD == 128 && VD == 128) grouped = a.a_only && env_is_one("FLASHGDN_PREPARE_GROUP");
+  if (grouped) {
+    if constexpr (std::is_same_v<T, __nv_bfloat16> && KD == 128 && VD == 128) {
+      auto launch_group = [&](auto mma_tag) -> flashgdn_status_t {
+        auto kernel = prepare_group_kernel<T, KD, VD, decltype(mma_tag)::value>;
+        const int smem = static_cast<int>(sizeof(PrepareSmem<T, KD, VD, true>));
+        static std::atomic<uint64_t> done{0};
+        cudaError_t e = raise_smem_limit_once(kernel, smem, dev, done);
+        if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(prepare group)", e);
+        const int64_t ctas = a.max_chunks * a.Hqk;
+        if (ctas > 0x7fffffff)
+          return fail(FLASHGDN_ERROR_UNSUPPORTED, "flashgdn_chunk_fwd: %lld chunks x %d q/k heads exceed the grid limit",
+                      static_cast<long long>(a.max_chunks), a.Hqk);
+        if (ctas > 0) kernel<<<static_cast<unsigned>(ctas), 128, smem, stream>>>(a);
+        e = cudaGetLastError();
+        return e == cudaSuccess ? FLASHGDN_SUCCESS : cuda_error("prepare group kernel launch", e);
+      };
+      FLASHGDN_TRY(mma ? launch_group(std::true_type{}) : launch_group(std::false_type{}));
+    }
+  } else if (mma) {
     if constexpr (std::is_same_v<T, __nv_bfloat16> && KD == 128 && VD == 128)
       FLASHGDN_TRY(prepare(std::true_type{}, std::true_type{}));
   } else {

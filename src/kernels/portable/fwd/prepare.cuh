@@ -207,7 +207,9 @@ __global__ void __launch_bounds__(128, LATE_V ? 4 : 3) prepare_kernel(FwdArgs a)
         sm.a.tm[i * S::kLdF + j] = j < i ? fi * sm.rk[j] * kk[0][nt][2 * hf] : 0.f;
         sm.a.tm[i * S::kLdF + j + 1] = j + 1 < i ? fi * sm.rk[j + 1] * kk[0][nt][2 * hf + 1] : 0.f;
         // ||k_i||² (the diagonal of K Kᵀ) for the warm-up bound; Y's scratch is free until the solve's levels.
-        if (a.cdecay != nullptr && (j == i || j + 1 == i)) sm.yb[i] = kk[0][nt][2 * hf + (j + 1 == i)];
+        // NOTE: selects, not kk[..][2 hf + (j + 1 == i)]: a dynamic index would put kk in local memory.
+        if (a.cdecay != nullptr && j == i) sm.yb[i] = kk[0][nt][2 * hf];
+        if (a.cdecay != nullptr && j + 1 == i) sm.yb[i] = kk[0][nt][2 * hf + 1];
       }
     }
   }
