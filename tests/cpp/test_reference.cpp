@@ -308,8 +308,10 @@ TEST(Stages, BlockedSolvePhasesAsTheGpuRunsThem) {
       beta[i] = std::abs(nd(rng)) * 8;
     }
     flashgdn::reference::stage_kkt_solve(k.data(), Kd, beta.data(), L, Kd, A.data());
-    // X with the prepare kernel's stride (kLd) and with the sm_90a head kernel's (64: over its A and Pg tiles).
-    for (int ldx : {bs::kLd, 64}) {
+    // X with the prepare kernel's stride (kLd) and with the sm_90a head kernel's (64: over its A and Pg tiles); the
+    // diagonal blocks by diag or by diag8 + merge8.
+    for (int ldx : {bs::kLd, 64})
+    for (bool diag8 : {false, true}) {
       std::vector<float> T(64 * bs::kLd, 0.f), X(64 * ldx, NAN), Y(bs::kScratch, NAN);
       for (int i = 0; i < 64; ++i) {
         T[i * bs::kLd + i] = 1.f;
@@ -319,7 +321,15 @@ TEST(Stages, BlockedSolvePhasesAsTheGpuRunsThem) {
           T[i * bs::kLd + j] = beta[i] * d;
         }
       }
-      for (int tid = 0; tid < 64; ++tid) bs::diag(tid, T.data(), X.data(), ldx);
+      if (diag8) {  // the 8 x 8 blocks and their pairwise merge (FLASHGDN_SOLVE_DIAG8=1), as the GPU runs them
+        for (int tid = 0; tid < 64; ++tid) bs::diag8(tid, T.data(), X.data(), ldx);
+        for (int q = 0; q < 4; ++q)
+          for (int e = 0; e < 64; ++e) bs::merge8_y(q, e, T.data(), X.data(), Y.data() + 64 * q, ldx);
+        for (int q = 0; q < 4; ++q)
+          for (int e = 0; e < 64; ++e) bs::merge8_x(q, e, X.data(), Y.data() + 64 * q, ldx);
+      } else {
+        for (int tid = 0; tid < 64; ++tid) bs::diag(tid, T.data(), X.data(), ldx);
+      }
       for (int d = 1; d < bs::kNB; ++d) {
         for (int tid = 0; tid < 128; ++tid) bs::level_y(tid, 128, d, T.data(), X.data(), Y.data(), ldx);
         for (int tid = 0; tid < 128; ++tid) bs::level_x(tid, 128, d, X.data(), Y.data(), ldx);
@@ -331,7 +341,7 @@ TEST(Stages, BlockedSolvePhasesAsTheGpuRunsThem) {
           num += (a - x) * (a - x);
           den += a * a;
         }
-      EXPECT_LT(std::sqrt(num / den), 1e-5) << "L = " << L << ", ldx = " << ldx;
+      EXPECT_LT(std::sqrt(num / den), 1e-5) << "L = " << L << ", ldx = " << ldx << ", diag8 = " << diag8;
     }
   }
 }

@@ -609,6 +609,7 @@ flashgdn_status_t launch_impl(const Problem& pr_in, const flashgdn_chunk_fwd_par
   a.prep_head_fastest = env_is_value("FLASHGDN_PORTABLE_PREP_ORDER", "chunk") ? 0 : 1;
   // The solve's levels on tf32 tensor cores where A is stored in bf16 (params.hpp; FLASHGDN_SOLVE_MMA=0: fp32 levels).
   a.solve_mma = env_is_zero("FLASHGDN_SOLVE_MMA") ? 0 : 1;
+  a.solve_diag8 = env_is_one("FLASHGDN_SOLVE_DIAG8") ? 1 : 0;  // A/B (params.hpp)
   // The recurrence's TMA producer where an sm_90a binary runs (FLASHGDN_PORTABLE_TMA=0: cp.async, for
   // A/B) and its cluster size (FLASHGDN_PORTABLE_CLUSTER=1|2|4|8 pins it). Fewer than 64 tokens per batch
   // row (a box would exceed the tensor) take the cp.async producer.

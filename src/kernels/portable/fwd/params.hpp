@@ -106,6 +106,9 @@ struct FwdArgs {
   // 1 (the default; FLASHGDN_SOLVE_MMA=0 gives 0): the solve's off-diagonal levels on tf32 tensor cores
   // (blocked_solve_mma.cuh) where A is written as a bf16 image (prepare's a_only mode, the sm_90a head form's SOLVE variant).
   int solve_mma;
+  // 1 (FLASHGDN_SOLVE_DIAG8=1, A/B): the solve's diagonal 16 x 16 blocks from 8 x 8 ones and their pairwise merge
+  // (blocked_solve.hpp: diag8, merge8_y / merge8_x) instead of diag's 16-step chains.
+  int solve_diag8;
   void* At;   // [chunks, Hv] (64, 72) bf16 images of Γ o A (zero above the diagonal, in rows past L and in the
               // pads); null: not written
 };

@@ -224,7 +224,10 @@ __global__ void __launch_bounds__(128, LATE_V ? 4 : 3) prepare_kernel(FwdArgs a)
   // ---- phase 3: X = T⁻¹ ----
   static_assert(S::kLdF == blocked_solve::kLd, "blocked solve stride");
   if (tid < 64) {
-    blocked_solve::diag(tid, sm.a.tm, sm.xv.x);
+    if (a.solve_diag8)
+      blocked_solve::diag8(tid, sm.a.tm, sm.xv.x);
+    else
+      blocked_solve::diag(tid, sm.a.tm, sm.xv.x);
   } else if (warp == 3 && a.cdecay != nullptr) {
     // The chunk's warm-up bound (params.hpp, warmup_chunks): gamma_L + sum_t log max(1, |1 - beta ||k̂||²|), with
     // ||k̂_t||² = rk_t² ||k_t||² (rows past L: 0). NOTE: on the warp the diagonal blocks leave idle.
@@ -239,6 +242,12 @@ __global__ void __launch_bounds__(128, LATE_V ? 4 : 3) prepare_kernel(FwdArgs a)
     if (lane == 0) a.cdecay[ch] = sm.gam[L - 1] + s;
   }
   __syncthreads();
+  if (a.solve_diag8) {  // warp w merges the 8 x 8 pair of 16 x 16 block w (Y: the warp's 64 floats of scratch)
+    for (int e = lane; e < 64; e += 32) blocked_solve::merge8_y(warp, e, sm.a.tm, sm.xv.x, sm.yb + 64 * warp);
+    __syncwarp();
+    for (int e = lane; e < 64; e += 32) blocked_solve::merge8_x(warp, e, sm.xv.x, sm.yb + 64 * warp);
+    __syncthreads();
+  }
   if constexpr (MMA) {  // the A image is bf16: the levels on tf32 tensor cores (A/B)
     blocked_solve::levels_mma(warp, lane, sm.a.tm, sm.xv.x, S::kLdF, sm.yb, [] { __syncthreads(); });
   } else {

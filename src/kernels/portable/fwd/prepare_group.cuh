@@ -147,7 +147,10 @@ __global__ void __launch_bounds__(128, 4) prepare_group_kernel(FwdArgs a) {
 
     // ---- phase 5: X = T⁻¹; the warm-up bound on the warp the diagonal blocks leave idle ----
     if (tid < 64) {
-      blocked_solve::diag(tid, sm.a.tm, sm.xv.x);
+      if (a.solve_diag8)
+        blocked_solve::diag8(tid, sm.a.tm, sm.xv.x);
+      else
+        blocked_solve::diag(tid, sm.a.tm, sm.xv.x);
     } else if (warp == 3 && a.cdecay != nullptr) {
       float s = 0.f;
 #pragma unroll
@@ -160,6 +163,12 @@ __global__ void __launch_bounds__(128, 4) prepare_group_kernel(FwdArgs a) {
       if (lane == 0) a.cdecay[ch] = sm.gam[L - 1] + s;
     }
     __syncthreads();
+    if (a.solve_diag8) {  // warp w merges the 8 x 8 pair of 16 x 16 block w
+      for (int e = lane; e < 64; e += 32) blocked_solve::merge8_y(warp, e, sm.a.tm, sm.xv.x, sm.yb + 64 * warp);
+      __syncwarp();
+      for (int e = lane; e < 64; e += 32) blocked_solve::merge8_x(warp, e, sm.xv.x, sm.yb + 64 * warp);
+      __syncthreads();
+    }
     if constexpr (MMA) {
       blocked_solve::levels_mma(warp, lane, sm.a.tm, sm.xv.x, S::kLdF, sm.yb, [] { __syncthreads(); });
     } else {

@@ -200,8 +200,19 @@ __device__ __forceinline__ void gates_solve(unsigned char* smem, uint32_t base, 
     // (c) X = T⁻¹ (unit lower triangular, fp32) over the stage's A and Pg tiles (16 KB, row stride 64)
     float* sX = reinterpret_cast<float*>(Xp + kA);
     static_assert(kPg == kA + 8192, "X spans the adjacent A and Pg tiles");
-    if (t < 64) bs::diag(t, sT, sX, 64);
+    if (t < 64) {
+      if (a.solve_diag8)
+        bs::diag8(t, sT, sX, 64);
+      else
+        bs::diag(t, sT, sX, 64);
+    }
     named_bar_sync(kGates, 128);
+    if (a.solve_diag8) {  // warp t / 32 merges the 8 x 8 pair of 16 x 16 block t / 32
+      for (int e = lane; e < 64; e += 32) bs::merge8_y(t / 32, e, sT, sX, sY + 64 * (t / 32), 64);
+      __syncwarp();
+      for (int e = lane; e < 64; e += 32) bs::merge8_x(t / 32, e, sX, sY + 64 * (t / 32), 64);
+      named_bar_sync(kGates, 128);
+    }
     if (a.solve_mma) {  // the levels on tf32 tensor cores (A/B)
       bs::levels_mma(t / 32, lane, sT, sX, 64, sY, [] { named_bar_sync(kGates, 128); });
     } else {
