@@ -119,3 +119,78 @@ __global__ void __launch_bounds__(256) cp_scan_kernel(FwdArgs a) {
 }
 
 }  // namespace flashgdn::portable
+
+namespace flashgdn::portable {
+
+// FLASHGDN_CP_DIRECT=1 (A/B, head-form CP only; not yet GPU-run): the scan without the copies the gate-driven warm-up
+// makes unnecessary. A segment whose predecessor took the warm-up starts from that predecessor's S_loc, which the
+// final pass then reads from cp_end itself (fused_head_sm90.cuh), so cp_h0 is written only for a sequence's first
+// segment and after exact transitions, and S_loc is loaded only where an exact transition follows. Same grid, thread
+// layout and fixed summation order as cp_scan_kernel; one M buffer, fetched when needed (no prefetch).
+template <int KD>
+__global__ void __launch_bounds__(256) cp_scan_direct_kernel(FwdArgs a) {
+  using Sm = ScanSmem<KD, 1>;
+  constexpr int kGroups = 256 / kScanBV;
+  constexpr int kRows = KD / kGroups;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  Sm& sm = *reinterpret_cast<Sm*>(smem_raw);
+  const int tid = threadIdx.x, jc = tid % kScanBV, r0 = tid / kScanBV;
+  const int tiles = a.V / kScanBV;
+  const int h = static_cast<int>(blockIdx.x % a.Hv);
+  const int v0 = static_cast<int>((blockIdx.x / a.Hv) % tiles) * kScanBV;
+  const int64_t n = blockIdx.x / (static_cast<int64_t>(tiles) * a.Hv);
+  const int64_t g0 = a.seg_offsets[n], ns = a.seg_offsets[n + 1] - g0;
+  const int ldE = a.V + a.K;
+  auto end_state = [&](int64_t j) { return a.cp_end + ((g0 + j) * a.Hv + h) * int64_t(a.K) * ldE; };
+  auto warm = [&](int64_t j) { return a.cp_warm[(g0 + j) * a.Hv + h] != 0; };
+  // This thread's elements of S: rows r0 + 32 r, column v0 + jc (as in cp_scan_kernel).
+  float s[kRows];
+  const StateIO io = state_io(a, n);
+#pragma unroll
+  for (int r = 0; r < kRows; ++r)
+    s[r] = io.src != nullptr ? load_state(a, io.src, io.src_row, h, r0 + kGroups * r, v0 + jc) : 0.f;
+  for (int64_t j = 0; j < ns; ++j) {
+    if (j == 0 || !warm(j - 1)) {  // the final pass reads cp_h0 here (elsewhere the predecessor's S_loc)
+      float* start = a.cp_h0 + ((g0 + j) * a.Hv + h) * int64_t(a.K) * a.V;
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) start[static_cast<int64_t>(r0 + kGroups * r) * a.V + v0 + jc] = s[r];
+    }
+    if (j == ns - 1) break;
+    const float* E = end_state(j);
+    if (warm(j)) {  // S_{j+1} = S_loc_j, needed only by an exact transition j + 1
+      if (j + 1 < ns - 1 && !warm(j + 1))
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) s[r] = E[static_cast<int64_t>(r0 + kGroups * r) * ldE + v0 + jc];
+      continue;
+    }
+    // Exact transition: S_{j+1} = M_j S_j + S_loc_j.
+    for (int e = tid; e < KD * KD / 4; e += 256) {
+      const int i = e / (KD / 4), k4 = (e % (KD / 4)) * 4;
+      device::cp_async_16(&sm.m[0][i * Sm::kLdM + k4], &E[static_cast<int64_t>(i) * ldE + a.V + k4], true);
+    }
+    device::cp_async_commit();
+    float acc[kRows];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      sm.s[(r0 + kGroups * r) * kScanBV + jc] = s[r];
+      acc[r] = E[static_cast<int64_t>(r0 + kGroups * r) * ldE + v0 + jc];
+    }
+    device::cp_async_wait<0>();
+    __syncthreads();  // M_j and S visible to every thread
+#pragma unroll 4
+    for (int k4 = 0; k4 < KD; k4 += 4) {
+      const float s0 = sm.s[(k4 + 0) * kScanBV + jc], s1 = sm.s[(k4 + 1) * kScanBV + jc];
+      const float s2 = sm.s[(k4 + 2) * kScanBV + jc], s3 = sm.s[(k4 + 3) * kScanBV + jc];
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        const float4 m = *reinterpret_cast<const float4*>(&sm.m[0][(r0 + kGroups * r) * Sm::kLdM + k4]);
+        acc[r] = fmaf(m.x, s0, fmaf(m.y, s1, fmaf(m.z, s2, fmaf(m.w, s3, acc[r]))));
+      }
+    }
+    __syncthreads();  // every thread is done reading S and M_j before the next step overwrites them
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) s[r] = acc[r];
+  }
+}
+
+}  // namespace flashgdn::portable

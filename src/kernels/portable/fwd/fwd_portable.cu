@@ -311,7 +311,18 @@ flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, bool pdl,
     FwdArgs a1 = a;
     a1.cp_pass = 1;
     FLASHGDN_TRY(sm90fwd::launch_cp(a1, *sm90_pr, *sm90_p, stream));
-    FLASHGDN_TRY(run_scan());
+    if (a.cp_direct) {  // FLASHGDN_CP_DIRECT=1 (A/B): the scan without the warm-up's copies (cp_scan.cuh)
+      auto kernel = cp_scan_direct_kernel<KD>;
+      const int smem = static_cast<int>(sizeof(ScanSmem<KD, 1>));
+      static std::atomic<uint64_t> done{0};
+      cudaError_t e = raise_smem_limit_once(kernel, smem, dev, done);
+      if (e != cudaSuccess) return cuda_error("cudaFuncSetAttribute(cp scan direct)", e);
+      kernel<<<static_cast<unsigned>(int64_t(a.N) * a.Hv * (a.V / kScanBV)), 256, smem, stream>>>(a);
+      e = cudaGetLastError();
+      if (e != cudaSuccess) return cuda_error("cp scan direct kernel launch", e);
+    } else {
+      FLASHGDN_TRY(run_scan());
+    }
     FwdArgs a3 = a;
     a3.cp_pass = 3;
     return sm90fwd::launch_cp(a3, *sm90_pr, *sm90_p, stream);
@@ -660,6 +671,7 @@ flashgdn_status_t launch_impl(const Problem& pr_in, const flashgdn_chunk_fwd_par
     if (sm90_cp && l.cdecay != 0) {  // the gate-driven warm-up's bounds (prepare) and choices (pass 1 -> the scan)
       a.cdecay = reinterpret_cast<float*>(ws + l.cdecay);
       a.cp_warm = reinterpret_cast<int32_t*>(ws + l.cp_warm);
+      a.cp_direct = env_is_one("FLASHGDN_CP_DIRECT") ? 1 : 0;  // A/B (params.hpp)
     }
     a.a_only = 1;  // the head form: prepare writes A diag(beta) and aux only (variant 4: no prepare)
     return launch_all<__nv_bfloat16, 128, 128>(a, bv, max_smem, dev, false, stream, &pr, &p);

@@ -321,6 +321,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __gr
   const int part = kPass1 ? static_cast<int>(rank % 2) : 0;  // pass 1: 0 = S_loc, 1 = M
   if constexpr (kPass1) rank /= 2;
   bool last_seg = true;
+  bool from_prev = false;  // pass 3 with cp_direct: start from the predecessor's S_loc (it took the warm-up)
   if constexpr (CP != 0) {
     const FwdArgs::SegInfo si = a.seg[rank];
     // No such segment, or pass 1 of a last segment (its transition is never used): the CTA leaves at once.
@@ -329,6 +330,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __gr
     c_first = si.c0;
     nchunks = si.nch;
     last_seg = si.last != 0;
+    if constexpr (CP == 3) from_prev = a.cp_direct && si.c0 > 0 && a.cp_warm[(rank - 1) * a.Hv + h] != 0;
     if constexpr (kPass1 && !SOLVE) {
       // Gate-driven warm-up (params.hpp, warmup_chunks): the bounds of the segment's last (up to 256) chunks into
       // shared memory, then every thread walks them in the same order: S_loc over the last `warm` chunks only, and
@@ -491,7 +493,11 @@ __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __gr
   float S[2][32];
   {
     const portable::StateIO io = portable::state_io(a, n);
-    const float* cp_src = CP == 3 ? a.cp_h0 + (rank * a.Hv + h) * int64_t(a.K) * a.V : nullptr;
+    // Pass 3: cp_h0 (row stride V), or with from_prev the predecessor's S_loc columns of cp_end (row stride V + K).
+    const int64_t cp_ld = from_prev ? a.V + a.K : a.V;
+    const float* cp_src = CP != 3 ? nullptr
+                          : from_prev ? a.cp_end + ((rank - 1) * a.Hv + h) * int64_t(a.K) * cp_ld
+                                      : a.cp_h0 + (rank * a.Hv + h) * int64_t(a.K) * a.V;
 #pragma unroll
     for (int kh = 0; kh < 2; ++kh)
 #pragma unroll
@@ -503,7 +509,7 @@ __global__ void __launch_bounds__(kThreads, 1) fused_head_sm90_kernel(const __gr
           if constexpr (CP == 0) {
             if (io.src != nullptr) x = portable::load_state(a, io.src, io.src_row, h, i, jv);
           } else if constexpr (CP == 3) {
-            x = cp_src[static_cast<int64_t>(i) * a.V + jv];
+            x = cp_src[static_cast<int64_t>(i) * cp_ld + jv];
           } else {
             x = zero_v && i == jv ? 1.f : 0.f;
           }
