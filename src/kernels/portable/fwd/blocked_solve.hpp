@@ -44,14 +44,16 @@ FLASHGDN_HD_SOLVE void load4(const float* p, float (&v)[4]) {
 #endif
 }
 
-// Diagonal blocks; valid for tid in [0, 64). T has row stride kLd, X row stride ldx (every phase takes it).
-FLASHGDN_HD_SOLVE void diag(int tid, const float* T, float* X, int ldx = kLd) {
-  const int b = tid / kB, c = tid % kB, o = b * kB;
-  float x[kB];
+// Diagonal B x B blocks by forward substitution; valid for tid in [0, 64): thread t = column t % B of block t / B.
+// T has row stride kLd, X row stride ldx (every phase takes it). Zeros above each block's diagonal.
+template <int B>
+FLASHGDN_HD_SOLVE void diag_blocks(int tid, const float* T, float* X, int ldx) {
+  const int b = tid / B, c = tid % B, o = b * B;
+  float x[B];
 FLASHGDN_SOLVE_UNROLL
-  for (int r = 0; r < kB; ++r) {
+  for (int r = 0; r < B; ++r) {
     float acc = (r == c) ? 1.f : 0.f;
-    // NOTE: the row of T is read 4 floats at a time (a broadcast: the 16 threads of a block share it).
+    // NOTE: the row of T is read 4 floats at a time (a broadcast: the B threads of a block share it).
 FLASHGDN_SOLVE_UNROLL
     for (int m4 = 0; m4 < r; m4 += 4) {
       float t[4];
@@ -63,8 +65,11 @@ FLASHGDN_SOLVE_UNROLL
     x[r] = acc;
   }
 FLASHGDN_SOLVE_UNROLL
-  for (int r = 0; r < kB; ++r) X[(o + r) * ldx + o + c] = x[r];
+  for (int r = 0; r < B; ++r) X[(o + r) * ldx + o + c] = x[r];
 }
+
+// The diagonal 16 x 16 blocks D_b = T_bb⁻¹ (a 15-step chain of 120 multiply-adds per thread).
+FLASHGDN_HD_SOLVE void diag(int tid, const float* T, float* X, int ldx = kLd) { diag_blocks<kB>(tid, T, X, ldx); }
 
 // The diagonal 16 x 16 blocks in two steps with 4x shorter dependent chains than diag (FLASHGDN_SOLVE_DIAG8=1, A/B;
 // as FlashInfer builds its inverse from 8 x 8 blocks):
@@ -74,25 +79,7 @@ FLASHGDN_SOLVE_UNROLL
 //               8 x 8 parts T = [[T11, 0], [T21, T22]], X21 = -E22 (T21 E11): Y = T21 E11 into 64 floats of scratch,
 //               then X21 = -E22 Y and X12 = 0 (the levels read the whole 16 x 16 diagonal block).
 // A warp per 16 x 16 block (two items per lane, __syncwarp between y and x) after a barrier behind diag8.
-FLASHGDN_HD_SOLVE void diag8(int tid, const float* T, float* X, int ldx = kLd) {
-  const int b = tid / 8, c = tid % 8, o = b * 8;
-  float x[8];
-FLASHGDN_SOLVE_UNROLL
-  for (int r = 0; r < 8; ++r) {
-    float acc = (r == c) ? 1.f : 0.f;
-FLASHGDN_SOLVE_UNROLL
-    for (int m4 = 0; m4 < r; m4 += 4) {
-      float t[4];
-      load4(&T[(o + r) * kLd + o + m4], t);
-FLASHGDN_SOLVE_UNROLL
-      for (int u = 0; u < 4; ++u)
-        if (m4 + u < r) acc -= t[u] * x[m4 + u];
-    }
-    x[r] = acc;
-  }
-FLASHGDN_SOLVE_UNROLL
-  for (int r = 0; r < 8; ++r) X[(o + r) * ldx + o + c] = x[r];
-}
+FLASHGDN_HD_SOLVE void diag8(int tid, const float* T, float* X, int ldx = kLd) { diag_blocks<8>(tid, T, X, ldx); }
 
 FLASHGDN_HD_SOLVE void merge8_y(int q, int e, const float* T, const float* X, float* Y, int ldx = kLd) {
   const int r = e / 8, c = e % 8, o = 16 * q;
@@ -177,5 +164,15 @@ FLASHGDN_HD_SOLVE void level_x(int tid, int nthreads, int d, float* X, const flo
     x[(r + 8) * ldx + c + 1] = -acc[1][1];
   }
 }
+
+#if defined(__CUDACC__)
+// The merge after diag8 (and a barrier): warp w of a 4-warp group merges the 8 x 8 pair of 16 x 16 block w, with the
+// 64 floats of scratch at Y + 64 w.
+__device__ __forceinline__ void merge8_warp(int warp, int lane, const float* T, float* X, float* Y, int ldx = kLd) {
+  for (int e = lane; e < 64; e += 32) merge8_y(warp, e, T, X, Y + 64 * warp, ldx);
+  __syncwarp();
+  for (int e = lane; e < 64; e += 32) merge8_x(warp, e, X, Y + 64 * warp, ldx);
+}
+#endif
 
 }  // namespace flashgdn::portable::blocked_solve

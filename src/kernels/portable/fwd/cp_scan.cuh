@@ -37,6 +37,29 @@ struct ScanSmem {
   float s[KD * kScanBV];     // (K, 8) S
 };
 
+// A scan CTA's place: sequence n (segments g0 .. g0 + ns - 1), head h, columns v0 .. v0 + 7 (head fastest in the grid);
+// thread tid owns column v0 + jc of rows r0 + 32 r.
+struct ScanCta {
+  int tid, jc, r0, h, v0, ldE;
+  int64_t n, g0, ns;
+  __device__ explicit ScanCta(const FwdArgs& a) {
+    tid = threadIdx.x;
+    jc = tid % kScanBV;
+    r0 = tid / kScanBV;
+    const int tiles = a.V / kScanBV;
+    h = static_cast<int>(blockIdx.x % a.Hv);
+    v0 = static_cast<int>((blockIdx.x / a.Hv) % tiles) * kScanBV;
+    n = blockIdx.x / (static_cast<int64_t>(tiles) * a.Hv);
+    g0 = a.seg_offsets[n];
+    ns = a.seg_offsets[n + 1] - g0;
+    ldE = a.V + a.K;
+  }
+  // Pass 1's end state [S_loc | M] of the sequence's segment j (K rows of V + K floats).
+  __device__ const float* end_state(const FwdArgs& a, int64_t j) const {
+    return a.cp_end + ((g0 + j) * a.Hv + h) * int64_t(a.K) * ldE;
+  }
+};
+
 template <int KD, int BUFS>
 __global__ void __launch_bounds__(256) cp_scan_kernel(FwdArgs a) {
   using Sm = ScanSmem<KD, BUFS>;
@@ -44,14 +67,10 @@ __global__ void __launch_bounds__(256) cp_scan_kernel(FwdArgs a) {
   constexpr int kRows = KD / kGroups;     // rows per thread
   extern __shared__ __align__(128) unsigned char smem_raw[];
   Sm& sm = *reinterpret_cast<Sm*>(smem_raw);
-  const int tid = threadIdx.x, jc = tid % kScanBV, r0 = tid / kScanBV;
-  const int tiles = a.V / kScanBV;
-  const int h = static_cast<int>(blockIdx.x % a.Hv);
-  const int v0 = static_cast<int>((blockIdx.x / a.Hv) % tiles) * kScanBV;
-  const int64_t n = blockIdx.x / (static_cast<int64_t>(tiles) * a.Hv);
-  const int64_t g0 = a.seg_offsets[n], ns = a.seg_offsets[n + 1] - g0;
-  const int ldE = a.V + a.K;
-  auto end_state = [&](int64_t j) { return a.cp_end + ((g0 + j) * a.Hv + h) * int64_t(a.K) * ldE; };
+  const ScanCta cta(a);
+  const int tid = cta.tid, jc = cta.jc, r0 = cta.r0, h = cta.h, v0 = cta.v0, ldE = cta.ldE;
+  const int64_t n = cta.n, g0 = cta.g0, ns = cta.ns;
+  auto end_state = [&](int64_t j) { return cta.end_state(a, j); };
   // Segment j took the gate-driven warm-up (its transition has no M: S = S_loc; head-form passes only).
   auto warm = [&](int64_t j) { return a.cp_warm != nullptr && a.cp_warm[(g0 + j) * a.Hv + h] != 0; };
   // M of segment j into buffer b (asynchronous: one commit group, empty when the segment has no M).
@@ -134,14 +153,10 @@ __global__ void __launch_bounds__(256) cp_scan_direct_kernel(FwdArgs a) {
   constexpr int kRows = KD / kGroups;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   Sm& sm = *reinterpret_cast<Sm*>(smem_raw);
-  const int tid = threadIdx.x, jc = tid % kScanBV, r0 = tid / kScanBV;
-  const int tiles = a.V / kScanBV;
-  const int h = static_cast<int>(blockIdx.x % a.Hv);
-  const int v0 = static_cast<int>((blockIdx.x / a.Hv) % tiles) * kScanBV;
-  const int64_t n = blockIdx.x / (static_cast<int64_t>(tiles) * a.Hv);
-  const int64_t g0 = a.seg_offsets[n], ns = a.seg_offsets[n + 1] - g0;
-  const int ldE = a.V + a.K;
-  auto end_state = [&](int64_t j) { return a.cp_end + ((g0 + j) * a.Hv + h) * int64_t(a.K) * ldE; };
+  const ScanCta cta(a);
+  const int tid = cta.tid, jc = cta.jc, r0 = cta.r0, h = cta.h, v0 = cta.v0, ldE = cta.ldE;
+  const int64_t n = cta.n, g0 = cta.g0, ns = cta.ns;
+  auto end_state = [&](int64_t j) { return cta.end_state(a, j); };
   auto warm = [&](int64_t j) { return a.cp_warm[(g0 + j) * a.Hv + h] != 0; };
   // This thread's elements of S: rows r0 + 32 r, column v0 + jc (as in cp_scan_kernel).
   float s[kRows];

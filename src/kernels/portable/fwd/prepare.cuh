@@ -74,6 +74,155 @@ __device__ __forceinline__ float load_beta(const FwdArgs& a, int64_t off) {
   return a.beta_f32 ? static_cast<const float*>(a.beta)[off] : device::to_float(static_cast<const T*>(a.beta)[off]);
 }
 
+// Helpers shared by prepare_kernel and prepare_group_kernel (prepare_group.cuh); 128 threads = 4 warps.
+
+// Q (when need_q) and K rows of q/k head hk by cp.async, zero past L (not committed).
+template <class T, int KD, class Smem>
+__device__ __forceinline__ void load_qk_rows(const FwdArgs& a, Smem& sm, int tid, int hk, int64_t brow, int64_t t0,
+                                             int L, bool need_q) {
+  constexpr int kVK = KD * sizeof(T) / 16, kE = 16 / sizeof(T);
+  const T* qg = static_cast<const T*>(a.q) + brow * a.q_s[0] + hk * a.q_s[2];
+  const T* kg = static_cast<const T*>(a.k) + brow * a.k_s[0] + hk * a.k_s[2];
+  for (int i = tid; i < kChunk * kVK; i += 128) {
+    const int r = i / kVK, cv = (i % kVK) * kE;
+    const bool ok = r < L;
+    const int64_t t = ok ? t0 + r : t0;
+    if (need_q) device::cp_async_16(&sm.a.q[r * Smem::kLd + cv], qg + t * a.q_s[1] + cv, ok);
+    device::cp_async_16(&sm.k[r * Smem::kLd + cv], kg + t * a.k_s[1] + cv, ok);
+  }
+}
+
+// Warp 0: gamma = inclusive cumsum of g over the chunk (rows past L: gamma[L - 1]); warp 1: beta (0 past L).
+template <class T>
+__device__ __forceinline__ void load_gamma_beta(const FwdArgs& a, float* gam, float* beta, int warp, int lane,
+                                                int64_t brow, int h, int64_t t0, int L) {
+  if (warp == 0) {
+    const float* gg = a.g + brow * a.g_s[0] + h * a.g_s[2];
+    const float x0 = 2 * lane < L ? gg[(t0 + 2 * lane) * a.g_s[1]] : 0.f;
+    const float x1 = 2 * lane + 1 < L ? gg[(t0 + 2 * lane + 1) * a.g_s[1]] : 0.f;
+    float incl = x0 + x1;
+#pragma unroll
+    for (int d = 1; d < 32; d <<= 1) {
+      const float y = __shfl_up_sync(0xffffffffu, incl, d);
+      if (lane >= d) incl += y;
+    }
+    gam[2 * lane] = incl - x1;
+    gam[2 * lane + 1] = incl;
+  } else if (warp == 1) {
+    const int64_t boff = brow * a.beta_s[0] + h * a.beta_s[2];
+    for (int i = lane; i < kChunk; i += 32) beta[i] = i < L ? load_beta<T>(a, boff + (t0 + i) * a.beta_s[1]) : 0.f;
+  }
+}
+
+// rq, rk: the l2norm factors rsqrt(sum x^2 + 1e-6) (1 when off), 0 past L; warp w: rows 16 w .. 16 w + 15.
+template <int KD, class Smem>
+__device__ __forceinline__ void row_factors(const FwdArgs& a, Smem& sm, int tid, int warp, int lane, int L) {
+  using device::to_float;
+  if (a.l2norm) {
+    for (int r = warp * 16; r < warp * 16 + 16; ++r) {
+      float sq = 0.f, sk = 0.f;
+      for (int e = lane; e < KD; e += 32) {
+        const float xq = to_float(sm.a.q[r * Smem::kLd + e]), xk = to_float(sm.k[r * Smem::kLd + e]);
+        sq += xq * xq;
+        sk += xk * xk;
+      }
+#pragma unroll
+      for (int d = 16; d > 0; d >>= 1) {
+        sq += __shfl_xor_sync(0xffffffffu, sq, d);
+        sk += __shfl_xor_sync(0xffffffffu, sk, d);
+      }
+      if (lane == 0) {
+        sm.rq[r] = r < L ? rsqrtf(sq + 1e-6f) : 0.f;
+        sm.rk[r] = r < L ? rsqrtf(sk + 1e-6f) : 0.f;
+      }
+    }
+  } else if (tid < kChunk) {
+    sm.rq[tid] = sm.rk[tid] = tid < L ? 1.f : 0.f;
+  }
+}
+
+// T = StrictLower(diag(beta rk) K Kᵀ diag(rk)) into tm (row stride ldt) from warp w's K Kᵀ rows 16 w .. 16 w + 15
+// (mma.sync accumulators), zero on and above the diagonal.
+__device__ __forceinline__ void write_t_tile(float* tm, int ldt, const float (&kk)[1][8][4], const float* beta,
+                                             const float* rk, int warp, int lane) {
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int i = warp * 16 + (lane >> 2) + hf * 8;
+    const float fi = beta[i] * rk[i];
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      const int j = nt * 8 + ((lane & 3) << 1);
+      tm[i * ldt + j] = j < i ? fi * rk[j] * kk[0][nt][2 * hf] : 0.f;
+      tm[i * ldt + j + 1] = j + 1 < i ? fi * rk[j + 1] * kk[0][nt][2 * hf + 1] : 0.f;
+    }
+  }
+}
+
+// The diagonal of K Kᵀ (||k_i||², from the same accumulators) times f(i) into dst[i * stride].
+// NOTE: selects, not kk[..][2 hf + (j + 1 == i)]: a dynamic index would put kk in local memory.
+template <class F>
+__device__ __forceinline__ void write_kk_diag(float* dst, int stride, const float (&kk)[1][8][4], int warp, int lane,
+                                              F&& f) {
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    const int i = warp * 16 + (lane >> 2) + hf * 8;
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      const int j = nt * 8 + ((lane & 3) << 1);
+      if (j == i) dst[i * stride] = f(i) * kk[0][nt][2 * hf];
+      if (j + 1 == i) dst[i * stride] = f(i) * kk[0][nt][2 * hf + 1];
+    }
+  }
+}
+
+// aux[ch] = (gamma, rq, rk), 64 floats each (threads 0 .. 63).
+__device__ __forceinline__ void write_aux(const FwdArgs& a, int64_t ch, const float* gam, const float* rq,
+                                          const float* rk, int tid) {
+  if (tid >= kChunk) return;
+  float* aux = a.aux + ch * 3 * kChunk;
+  aux[tid] = gam[tid];
+  aux[kChunk + tid] = rq[tid];
+  aux[2 * kChunk + tid] = rk[tid];
+}
+
+// One warp: the chunk's warm-up bound (params.hpp, warmup_chunks) gamma_L + sum_t log max(1, |1 - beta_t ||k̂_t||²|)
+// into a.cdecay[ch], with bk2(t) = beta_t ||k̂_t||² for the rows t < L.
+template <class F>
+__device__ __forceinline__ void write_warmup_bound(const FwdArgs& a, int64_t ch, int lane, int L, float gamma_last,
+                                                   F&& bk2) {
+  float s = 0.f;
+#pragma unroll
+  for (int u = 0; u < 2; ++u) {
+    const int i = lane + 32 * u;
+    if (i < L) s += logf(fmaxf(1.f, fabsf(1.f - bk2(i))));
+  }
+#pragma unroll
+  for (int d = 16; d > 0; d >>= 1) s += __shfl_xor_sync(0xffffffffu, s, d);
+  if (lane == 0) a.cdecay[ch] = gamma_last + s;
+}
+
+// The head form's image of A diag(beta): bf16 (64, 72), zero above the diagonal, past L and in the pads, from X
+// (row stride ldx) by 16-byte stores (64 rows of nine 8-element pieces).
+template <class T>
+__device__ __forceinline__ void write_a_image(T* dst, const float* X, int ldx, const float* beta, int L, int tid) {
+  constexpr int kPieces = (kChunk + 8) / 8;
+  for (int e = tid; e < kChunk * kPieces; e += 128) {
+    const int i = e / kPieces, j = (e % kPieces) * 8;
+    uint32_t w[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      float x[2];
+#pragma unroll
+      for (int b = 0; b < 2; ++b) {
+        const int jj = j + 2 * u + b;
+        x[b] = jj <= i && i < L ? X[i * ldx + jj] * beta[jj] : 0.f;
+      }
+      w[u] = device::pack2<T>(x[0], x[1]);
+    }
+    *reinterpret_cast<uint4*>(&dst[i * (kChunk + 8) + j]) = make_uint4(w[0], w[1], w[2], w[3]);
+  }
+}
+
 // MMA: the solve's off-diagonal levels on tf32 tensor cores (a_only only; the default, FLASHGDN_SOLVE_MMA=0 not). A template
 // parameter, not a runtime branch, so that the default kernel's registers are untouched.
 template <class T, int KD, int VD, bool LATE_V = false, bool MMA = false>
@@ -109,63 +258,17 @@ __global__ void __launch_bounds__(128, LATE_V ? 4 : 3) prepare_kernel(FwdArgs a)
     }
   };
   {
-    const T* qg = static_cast<const T*>(a.q) + brow * a.q_s[0] + hk * a.q_s[2];
-    const bool need_q = !a.a_only || a.l2norm;  // a_only reads Q only for its l2norm factors
-    const T* kg = static_cast<const T*>(a.k) + brow * a.k_s[0] + hk * a.k_s[2];
-    constexpr int kVK = KD * sizeof(T) / 16;
-    for (int i = tid; i < kChunk * kVK; i += 128) {
-      const int r = i / kVK, cv = (i % kVK) * kE;
-      const bool ok = r < L;
-      const int64_t t = ok ? t0 + r : t0;
-      if (need_q) cp_async_16(&sm.a.q[r * S::kLd + cv], qg + t * a.q_s[1] + cv, ok);
-      cp_async_16(&sm.k[r * S::kLd + cv], kg + t * a.k_s[1] + cv, ok);
-    }
+    load_qk_rows<T, KD>(a, sm, tid, hk, brow, t0, L, !a.a_only || a.l2norm);  // a_only reads Q only for l2norm
     if constexpr (!LATE_V)
       if (!a.a_only) load_v();
     cp_async_commit();
   }
-  if (warp == 0) {
-    // gamma = inclusive cumsum of g over the chunk; rows past L: gamma[L - 1].
-    const float* gg = a.g + brow * a.g_s[0] + h * a.g_s[2];
-    const float x0 = 2 * lane < L ? gg[(t0 + 2 * lane) * a.g_s[1]] : 0.f;
-    const float x1 = 2 * lane + 1 < L ? gg[(t0 + 2 * lane + 1) * a.g_s[1]] : 0.f;
-    float incl = x0 + x1;
-#pragma unroll
-    for (int d = 1; d < 32; d <<= 1) {
-      const float y = __shfl_up_sync(0xffffffffu, incl, d);
-      if (lane >= d) incl += y;
-    }
-    sm.gam[2 * lane] = incl - x1;
-    sm.gam[2 * lane + 1] = incl;
-  } else if (warp == 1) {
-    const int64_t boff = brow * a.beta_s[0] + h * a.beta_s[2];
-    for (int i = lane; i < kChunk; i += 32) sm.beta[i] = i < L ? load_beta<T>(a, boff + (t0 + i) * a.beta_s[1]) : 0.f;
-  }
+  load_gamma_beta<T>(a, sm.gam, sm.beta, warp, lane, brow, h, t0, L);
   cp_async_wait<0>();
   __syncthreads();
 
   // ---- phase 1: l2norm factors rsqrt(sum x^2 + 1e-6) (1 when off), 0 past L; warp w: rows 16w .. 16w + 15 ----
-  if (a.l2norm) {
-    for (int r = warp * 16; r < warp * 16 + 16; ++r) {
-      float sq = 0.f, sk = 0.f;
-      for (int e = lane; e < KD; e += 32) {
-        const float xq = to_float(sm.a.q[r * S::kLd + e]), xk = to_float(sm.k[r * S::kLd + e]);
-        sq += xq * xq;
-        sk += xk * xk;
-      }
-#pragma unroll
-      for (int d = 16; d > 0; d >>= 1) {
-        sq += __shfl_xor_sync(0xffffffffu, sq, d);
-        sk += __shfl_xor_sync(0xffffffffu, sk, d);
-      }
-      if (lane == 0) {
-        sm.rq[r] = r < L ? rsqrtf(sq + 1e-6f) : 0.f;
-        sm.rk[r] = r < L ? rsqrtf(sk + 1e-6f) : 0.f;
-      }
-    }
-  } else if (tid < kChunk) {
-    sm.rq[tid] = sm.rk[tid] = tid < L ? 1.f : 0.f;
-  }
+  row_factors<KD>(a, sm, tid, warp, lane, L);
   __syncthreads();
 
   // ---- phase 2: Q Kᵀ -> Pm (global), K Kᵀ -> T (shared); 16 rows per warp ----
@@ -197,28 +300,11 @@ __global__ void __launch_bounds__(128, LATE_V ? 4 : 3) prepare_kernel(FwdArgs a)
     if constexpr (LATE_V)
       warp_gemm<1, 8, KD / 16, Major::kMK, BMajor::kNK>(kk, sm.k, S::kLd, warp * 16, sm.k, S::kLd, 0, lane);
     __syncthreads();  // every warp is done reading sQ: sTm may overwrite it
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const int i = warp * 16 + (lane >> 2) + hf * 8;
-      const float fi = sm.beta[i] * sm.rk[i];
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-        const int j = nt * 8 + ((lane & 3) << 1);
-        sm.a.tm[i * S::kLdF + j] = j < i ? fi * sm.rk[j] * kk[0][nt][2 * hf] : 0.f;
-        sm.a.tm[i * S::kLdF + j + 1] = j + 1 < i ? fi * sm.rk[j + 1] * kk[0][nt][2 * hf + 1] : 0.f;
-        // ||k_i||² (the diagonal of K Kᵀ) for the warm-up bound; Y's scratch is free until the solve's levels.
-        // NOTE: selects, not kk[..][2 hf + (j + 1 == i)]: a dynamic index would put kk in local memory.
-        if (a.cdecay != nullptr && j == i) sm.yb[i] = kk[0][nt][2 * hf];
-        if (a.cdecay != nullptr && j + 1 == i) sm.yb[i] = kk[0][nt][2 * hf + 1];
-      }
-    }
+    write_t_tile(sm.a.tm, S::kLdF, kk, sm.beta, sm.rk, warp, lane);
+    // ||k_i||² (the diagonal of K Kᵀ) for the warm-up bound; Y's scratch is free until the solve's levels.
+    if (a.cdecay != nullptr) write_kk_diag(sm.yb, 1, kk, warp, lane, [](int) { return 1.f; });
   }
-  if (tid < kChunk) {
-    float* aux = a.aux + ch * 3 * kChunk;
-    aux[tid] = sm.gam[tid];  // rows past L already hold gamma[L - 1]
-    aux[kChunk + tid] = sm.rq[tid];
-    aux[2 * kChunk + tid] = sm.rk[tid];
-  }
+  if (tid < kChunk) write_aux(a, ch, sm.gam, sm.rq, sm.rk, tid);  // gamma past L already holds gamma[L - 1]
   __syncthreads();
 
   // ---- phase 3: X = T⁻¹ ----
@@ -229,23 +315,12 @@ __global__ void __launch_bounds__(128, LATE_V ? 4 : 3) prepare_kernel(FwdArgs a)
     else
       blocked_solve::diag(tid, sm.a.tm, sm.xv.x);
   } else if (warp == 3 && a.cdecay != nullptr) {
-    // The chunk's warm-up bound (params.hpp, warmup_chunks): gamma_L + sum_t log max(1, |1 - beta ||k̂||²|), with
-    // ||k̂_t||² = rk_t² ||k_t||² (rows past L: 0). NOTE: on the warp the diagonal blocks leave idle.
-    float s = 0.f;
-#pragma unroll
-    for (int u = 0; u < 2; ++u) {
-      const int i = lane + 32 * u;
-      if (i < L) s += logf(fmaxf(1.f, fabsf(1.f - sm.beta[i] * sm.rk[i] * sm.rk[i] * sm.yb[i])));
-    }
-#pragma unroll
-    for (int d = 16; d > 0; d >>= 1) s += __shfl_xor_sync(0xffffffffu, s, d);
-    if (lane == 0) a.cdecay[ch] = sm.gam[L - 1] + s;
+    // ||k̂_t||² = rk_t² ||k_t||² (the diagonal of K Kᵀ in Y's scratch). NOTE: on the warp the diagonal blocks leave idle.
+    write_warmup_bound(a, ch, lane, L, sm.gam[L - 1], [&](int i) { return sm.beta[i] * sm.rk[i] * sm.rk[i] * sm.yb[i]; });
   }
   __syncthreads();
-  if (a.solve_diag8) {  // warp w merges the 8 x 8 pair of 16 x 16 block w (Y: the warp's 64 floats of scratch)
-    for (int e = lane; e < 64; e += 32) blocked_solve::merge8_y(warp, e, sm.a.tm, sm.xv.x, sm.yb + 64 * warp);
-    __syncwarp();
-    for (int e = lane; e < 64; e += 32) blocked_solve::merge8_x(warp, e, sm.xv.x, sm.yb + 64 * warp);
+  if (a.solve_diag8) {  // Y: the warp's 64 floats of scratch
+    blocked_solve::merge8_warp(warp, lane, sm.a.tm, sm.xv.x, sm.yb);
     __syncthreads();
   }
   if constexpr (MMA) {  // the A image is bf16: the levels on tf32 tensor cores (A/B)
@@ -261,24 +336,7 @@ __global__ void __launch_bounds__(128, LATE_V ? 4 : 3) prepare_kernel(FwdArgs a)
   }
 
   if (a.a_only) {  // the sm_90a head form: A diag(beta) as a bf16 image in Pm's layout, pads included
-    // 16-byte stores: (64, 72) as 64 rows of nine 8-element pieces.
-    T* dst = static_cast<T*>(a.Pm) + ch * pm_image_elems();
-    constexpr int kPieces = (kChunk + 8) / 8;
-    for (int e = tid; e < kChunk * kPieces; e += 128) {
-      const int i = e / kPieces, j = (e % kPieces) * 8;
-      uint32_t w[4];
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        float x[2];
-#pragma unroll
-        for (int b = 0; b < 2; ++b) {
-          const int jj = j + 2 * u + b;
-          x[b] = jj <= i && i < L ? sm.xv.x[i * S::kLdF + jj] * sm.beta[jj] : 0.f;
-        }
-        w[u] = pack2<T>(x[0], x[1]);
-      }
-      *reinterpret_cast<uint4*>(&dst[i * (kChunk + 8) + j]) = make_uint4(w[0], w[1], w[2], w[3]);
-    }
+    write_a_image<T>(static_cast<T*>(a.Pm) + ch * pm_image_elems(), sm.xv.x, S::kLdF, sm.beta, L, tid);
     // NOTE: no release of a.ready / a.prepared here: the head form is launched after prepare in stream order (only the
     // portable recurrence, which never takes a_only images, overlaps prepare and acquires them).
     return;

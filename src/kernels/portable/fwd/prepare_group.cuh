@@ -46,103 +46,31 @@ __global__ void __launch_bounds__(128, 4) prepare_group_kernel(FwdArgs a) {
   const int64_t brow = ci.b;
 
   // ---- phase 0: K (and Q for its l2norm factors) rows, zero past L ----
-  {
-    constexpr int kVK = KD * sizeof(T) / 16, kE = 16 / sizeof(T);
-    const T* qg = static_cast<const T*>(a.q) + brow * a.q_s[0] + hk * a.q_s[2];
-    const T* kg = static_cast<const T*>(a.k) + brow * a.k_s[0] + hk * a.k_s[2];
-    for (int i = tid; i < kChunk * kVK; i += 128) {
-      const int r = i / kVK, cv = (i % kVK) * kE;
-      const bool ok = r < L;
-      const int64_t t = ok ? t0 + r : t0;
-      if (a.l2norm) cp_async_16(&sm.a.q[r * S::kLd + cv], qg + t * a.q_s[1] + cv, ok);
-      cp_async_16(&sm.k[r * S::kLd + cv], kg + t * a.k_s[1] + cv, ok);
-    }
-    cp_async_commit();
-    cp_async_wait<0>();
-  }
+  load_qk_rows<T, KD>(a, sm, tid, hk, brow, t0, L, a.l2norm);
+  cp_async_commit();
+  cp_async_wait<0>();
   __syncthreads();
 
-  // ---- phase 1: rq, rk = rsqrt(sum x^2 + 1e-6) under l2norm, else 1; 0 past L (warp w: rows 16 w ..) ----
-  if (a.l2norm) {
-    for (int r = warp * 16; r < warp * 16 + 16; ++r) {
-      float sq = 0.f, sk = 0.f;
-      for (int e = lane; e < KD; e += 32) {
-        const float xq = to_float(sm.a.q[r * S::kLd + e]), xk = to_float(sm.k[r * S::kLd + e]);
-        sq += xq * xq;
-        sk += xk * xk;
-      }
-#pragma unroll
-      for (int d = 16; d > 0; d >>= 1) {
-        sq += __shfl_xor_sync(0xffffffffu, sq, d);
-        sk += __shfl_xor_sync(0xffffffffu, sk, d);
-      }
-      if (lane == 0) {
-        sm.rq[r] = r < L ? rsqrtf(sq + 1e-6f) : 0.f;
-        sm.rk[r] = r < L ? rsqrtf(sk + 1e-6f) : 0.f;
-      }
-    }
-  } else if (tid < kChunk) {
-    sm.rq[tid] = sm.rk[tid] = tid < L ? 1.f : 0.f;
-  }
+  // ---- phase 1: rq, rk ----
+  row_factors<KD>(a, sm, tid, warp, lane, L);
   __syncthreads();  // rq, rk written; Q is dead (T may overwrite it)
 
   // ---- phase 2: K Kᵀ (16, 64) per warp, in registers for the head loop; rk_i² ||k_i||² -> T's pad column ----
   float kk[1][8][4];
   zero(kk);
   warp_gemm<1, 8, KD / 16, Major::kMK, BMajor::kNK>(kk, sm.k, S::kLd, warp * 16, sm.k, S::kLd, 0, lane);
-#pragma unroll
-  for (int hf = 0; hf < 2; ++hf) {
-    const int i = warp * 16 + (lane >> 2) + hf * 8;
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-      const int j = nt * 8 + ((lane & 3) << 1);
-      // NOTE: selects, not kk[..][2 hf + (j + 1 == i)]: a dynamic index would put kk in local memory.
-      if (j == i) sm.a.tm[i * S::kLdF + kChunk] = sm.rk[i] * sm.rk[i] * kk[0][nt][2 * hf];
-      if (j + 1 == i) sm.a.tm[i * S::kLdF + kChunk] = sm.rk[i] * sm.rk[i] * kk[0][nt][2 * hf + 1];
-    }
-  }
+  write_kk_diag(sm.a.tm + kChunk, S::kLdF, kk, warp, lane, [&](int i) { return sm.rk[i] * sm.rk[i]; });
 
-  const float* gbase = a.g + brow * a.g_s[0];
   for (int gi = 0; gi < a.group; ++gi) {
     const int h = hk * a.group + gi;
     const int64_t ch = c * a.Hv + h;
-    // ---- phase 3: gamma (inclusive cumsum of g; rows past L: gamma[L - 1]) and beta (0 past L) ----
-    if (warp == 0) {
-      const float* gg = gbase + h * a.g_s[2];
-      const float x0 = 2 * lane < L ? gg[(t0 + 2 * lane) * a.g_s[1]] : 0.f;
-      const float x1 = 2 * lane + 1 < L ? gg[(t0 + 2 * lane + 1) * a.g_s[1]] : 0.f;
-      float incl = x0 + x1;
-#pragma unroll
-      for (int d = 1; d < 32; d <<= 1) {
-        const float y = __shfl_up_sync(0xffffffffu, incl, d);
-        if (lane >= d) incl += y;
-      }
-      sm.gam[2 * lane] = incl - x1;
-      sm.gam[2 * lane + 1] = incl;
-    } else if (warp == 1) {
-      const int64_t boff = brow * a.beta_s[0] + h * a.beta_s[2];
-      for (int i = lane; i < kChunk; i += 32) sm.beta[i] = i < L ? load_beta<T>(a, boff + (t0 + i) * a.beta_s[1]) : 0.f;
-    }
+    // ---- phase 3: gamma and beta of value head h ----
+    load_gamma_beta<T>(a, sm.gam, sm.beta, warp, lane, brow, h, t0, L);
     __syncthreads();  // gamma, beta of head h (and, the first time, the key norms)
 
     // ---- phase 4: T (strictly lower) from the registers; aux ----
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const int i = warp * 16 + (lane >> 2) + hf * 8;
-      const float fi = sm.beta[i] * sm.rk[i];
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-        const int j = nt * 8 + ((lane & 3) << 1);
-        sm.a.tm[i * S::kLdF + j] = j < i ? fi * sm.rk[j] * kk[0][nt][2 * hf] : 0.f;
-        sm.a.tm[i * S::kLdF + j + 1] = j + 1 < i ? fi * sm.rk[j + 1] * kk[0][nt][2 * hf + 1] : 0.f;
-      }
-    }
-    if (tid < kChunk) {
-      float* aux = a.aux + ch * 3 * kChunk;
-      aux[tid] = sm.gam[tid];
-      aux[kChunk + tid] = sm.rq[tid];
-      aux[2 * kChunk + tid] = sm.rk[tid];
-    }
+    write_t_tile(sm.a.tm, S::kLdF, kk, sm.beta, sm.rk, warp, lane);
+    write_aux(a, ch, sm.gam, sm.rq, sm.rk, tid);
     __syncthreads();
 
     // ---- phase 5: X = T⁻¹; the warm-up bound on the warp the diagonal blocks leave idle ----
@@ -152,21 +80,11 @@ __global__ void __launch_bounds__(128, 4) prepare_group_kernel(FwdArgs a) {
       else
         blocked_solve::diag(tid, sm.a.tm, sm.xv.x);
     } else if (warp == 3 && a.cdecay != nullptr) {
-      float s = 0.f;
-#pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int i = lane + 32 * u;
-        if (i < L) s += logf(fmaxf(1.f, fabsf(1.f - sm.beta[i] * sm.a.tm[i * S::kLdF + kChunk])));
-      }
-#pragma unroll
-      for (int d = 16; d > 0; d >>= 1) s += __shfl_xor_sync(0xffffffffu, s, d);
-      if (lane == 0) a.cdecay[ch] = sm.gam[L - 1] + s;
+      write_warmup_bound(a, ch, lane, L, sm.gam[L - 1], [&](int i) { return sm.beta[i] * sm.a.tm[i * S::kLdF + kChunk]; });
     }
     __syncthreads();
-    if (a.solve_diag8) {  // warp w merges the 8 x 8 pair of 16 x 16 block w
-      for (int e = lane; e < 64; e += 32) blocked_solve::merge8_y(warp, e, sm.a.tm, sm.xv.x, sm.yb + 64 * warp);
-      __syncwarp();
-      for (int e = lane; e < 64; e += 32) blocked_solve::merge8_x(warp, e, sm.xv.x, sm.yb + 64 * warp);
+    if (a.solve_diag8) {
+      blocked_solve::merge8_warp(warp, lane, sm.a.tm, sm.xv.x, sm.yb);
       __syncthreads();
     }
     if constexpr (MMA) {
@@ -181,24 +99,8 @@ __global__ void __launch_bounds__(128, 4) prepare_group_kernel(FwdArgs a) {
       }
     }
 
-    // ---- phase 6: A diag(beta) as a bf16 (64, 72) image, pads included, by 16-byte stores ----
-    T* dst = static_cast<T*>(a.Pm) + ch * pm_image_elems();
-    constexpr int kPieces = (kChunk + 8) / 8;
-    for (int e = tid; e < kChunk * kPieces; e += 128) {
-      const int i = e / kPieces, j = (e % kPieces) * 8;
-      uint32_t w[4];
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        float x[2];
-#pragma unroll
-        for (int b = 0; b < 2; ++b) {
-          const int jj = j + 2 * u + b;
-          x[b] = jj <= i && i < L ? sm.xv.x[i * S::kLdF + jj] * sm.beta[jj] : 0.f;
-        }
-        w[u] = pack2<T>(x[0], x[1]);
-      }
-      *reinterpret_cast<uint4*>(&dst[i * (kChunk + 8) + j]) = make_uint4(w[0], w[1], w[2], w[3]);
-    }
+    // ---- phase 6: A diag(beta) as a bf16 (64, 72) image ----
+    write_a_image<T>(static_cast<T*>(a.Pm) + ch * pm_image_elems(), sm.xv.x, S::kLdF, sm.beta, L, tid);
     __syncthreads();  // X and beta read: the next head may overwrite gamma, beta, T and X
   }
 }

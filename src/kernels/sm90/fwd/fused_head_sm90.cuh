@@ -207,10 +207,8 @@ __device__ __forceinline__ void gates_solve(unsigned char* smem, uint32_t base, 
         bs::diag(t, sT, sX, 64);
     }
     named_bar_sync(kGates, 128);
-    if (a.solve_diag8) {  // warp t / 32 merges the 8 x 8 pair of 16 x 16 block t / 32
-      for (int e = lane; e < 64; e += 32) bs::merge8_y(t / 32, e, sT, sX, sY + 64 * (t / 32), 64);
-      __syncwarp();
-      for (int e = lane; e < 64; e += 32) bs::merge8_x(t / 32, e, sX, sY + 64 * (t / 32), 64);
+    if (a.solve_diag8) {
+      bs::merge8_warp(t / 32, lane, sT, sX, sY, 64);
       named_bar_sync(kGates, 128);
     }
     if (a.solve_mma) {  // the levels on tf32 tensor cores (A/B)
