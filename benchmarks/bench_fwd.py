@@ -180,9 +180,9 @@ VARIANT_ENV = {"cp_on": ("on", {}), "cp_off": ("off", {}),
                "solve": ("off", {"FLASHGDN_EXPERIMENTAL_SM90": "4"}),
                "cp_portable": ("auto", {"FLASHGDN_SM90_CP": "0"}),
                "solve_fp32": ("auto", {"FLASHGDN_SOLVE_MMA": "0"}),
-               "prepare_group": ("auto", {"FLASHGDN_PREPARE_GROUP": "1"}),
+               "prepare_per_head": ("auto", {"FLASHGDN_PREPARE_GROUP": "0"}),
                "solve_diag8": ("auto", {"FLASHGDN_SOLVE_DIAG8": "1"}),
-               "cp_direct": ("auto", {"FLASHGDN_CP_DIRECT": "1"}),
+               "cp_copies": ("auto", {"FLASHGDN_CP_DIRECT": "0"}),
                "portable": ("auto", {"FLASHGDN_EXPERIMENTAL_SM90": "0"})}
 
 
@@ -216,9 +216,9 @@ def main():
                     help="extra FlashGDN variants timed per row (graph replay) in the same run, comma-separated: "
                          "cp_on, cp_off, head (the sm_90a head form forced), head_plain (forced, without the ping-pong schedule and "
                          "the tensor-core solve levels), solve (its variant without prepare), cp_portable (CP on the "
-                         "portable passes), solve_fp32 (prepare's solve levels in fp32), prepare_group (prepare per (chunk, q/k "
-                         "head) for the whole head group), solve_diag8 (the solve's diagonal blocks from 8 x 8 ones), cp_direct (the "
-                         "CP scan without the warm-up's copies), portable (the portable path "
+                         "portable passes), solve_fp32 (prepare's solve levels in fp32), prepare_per_head (prepare per (chunk, "
+                         "value head), not per head group), solve_diag8 (the solve's diagonal blocks from 8 x 8 ones), cp_copies "
+                         "(the CP scan with the copies the warm-up makes unnecessary), portable (the portable path "
                          "where the head form would be taken); switches set only around each variant's calls")
     ap.add_argument("--tag", default=os.environ.get("FLASHGDN_BENCH_TAG", ""),
                     help="suffix of the output file names (e.g. the build variant)")

@@ -141,7 +141,7 @@ __global__ void __launch_bounds__(256) cp_scan_kernel(FwdArgs a) {
 
 namespace flashgdn::portable {
 
-// FLASHGDN_CP_DIRECT=1 (A/B, head-form CP only; not yet GPU-run): the scan without the copies the gate-driven warm-up
+// The head-form CP default (FLASHGDN_CP_DIRECT=0 takes cp_scan_kernel): the scan without the copies the gate-driven warm-up
 // makes unnecessary. A segment whose predecessor took the warm-up starts from that predecessor's S_loc, which the
 // final pass then reads from cp_end itself (fused_head_sm90.cuh), so cp_h0 is written only for a sequence's first
 // segment and after exact transitions, and S_loc is loaded only where an exact transition follows. Same grid, thread

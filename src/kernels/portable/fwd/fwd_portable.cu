@@ -311,7 +311,7 @@ flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, bool pdl,
     FwdArgs a1 = a;
     a1.cp_pass = 1;
     FLASHGDN_TRY(sm90fwd::launch_cp(a1, *sm90_pr, *sm90_p, stream));
-    if (a.cp_direct) {  // FLASHGDN_CP_DIRECT=1 (A/B): the scan without the warm-up's copies (cp_scan.cuh)
+    if (a.cp_direct) {  // the default (FLASHGDN_CP_DIRECT=0 not): the scan without the warm-up's copies (cp_scan.cuh)
       auto kernel = cp_scan_direct_kernel<KD>;
       const int smem = static_cast<int>(sizeof(ScanSmem<KD, 1>));
       static std::atomic<uint64_t> done{0};
@@ -335,10 +335,11 @@ flashgdn_status_t launch_all(FwdArgs a, int bv, int max_smem, int dev, bool pdl,
   if constexpr (std::is_same_v<T, __nv_bfloat16> && KD == 128 && VD == 128) mma = a.a_only && a.solve_mma;
   // NOTE: a_only (no V) always takes the 56 KB, 4-CTAs-per-SM layout (H100, 55da7a9: 16/64 8192x4 prepare 0.77 ->
   // 0.68 ms, the call 1.508 -> 1.400 ms).
-  // FLASHGDN_PREPARE_GROUP=1 (A/B, not yet GPU-run): a_only per (chunk, q/k head) for the whole head group, K Kᵀ
-  // formed once per group (prepare_group.cuh).
+  // The default (FLASHGDN_PREPARE_GROUP=0: one CTA per (chunk, value head)): a_only per (chunk, q/k head) for the
+  // whole head group, K Kᵀ formed once per group (prepare_group.cuh). NOTE: H100 (addfda4) 16/64 8192x4 1.238 ->
+  // 1.106 ms, 8/32 1x32768 0.675 -> 0.607, 16/64 1x8192 0.392 -> 0.352; 16/16 (group of one) unchanged.
   bool grouped = false;
-  if constexpr (std::is_same_v<T, __nv_bfloat16> && KD == 128 && VD == 128) grouped = a.a_only && env_is_one("FLASHGDN_PREPARE_GROUP");
+  if constexpr (std::is_same_v<T, __nv_bfloat16> && KD == 128 && VD == 128) grouped = a.a_only && !env_is_zero("FLASHGDN_PREPARE_GROUP");
   if (grouped) {
     if constexpr (std::is_same_v<T, __nv_bfloat16> && KD == 128 && VD == 128) {
       auto launch_group = [&](auto mma_tag) -> flashgdn_status_t {
@@ -671,7 +672,7 @@ flashgdn_status_t launch_impl(const Problem& pr_in, const flashgdn_chunk_fwd_par
     if (sm90_cp && l.cdecay != 0) {  // the gate-driven warm-up's bounds (prepare) and choices (pass 1 -> the scan)
       a.cdecay = reinterpret_cast<float*>(ws + l.cdecay);
       a.cp_warm = reinterpret_cast<int32_t*>(ws + l.cp_warm);
-      a.cp_direct = env_is_one("FLASHGDN_CP_DIRECT") ? 1 : 0;  // A/B (params.hpp)
+      a.cp_direct = env_is_zero("FLASHGDN_CP_DIRECT") ? 0 : 1;  // default; =0: the scan with copies (params.hpp)
     }
     a.a_only = 1;  // the head form: prepare writes A diag(beta) and aux only (variant 4: no prepare)
     return launch_all<__nv_bfloat16, 128, 128>(a, bv, max_smem, dev, false, stream, &pr, &p);

@@ -82,7 +82,7 @@ struct FwdArgs {
   // warm-up chunks per segment (0: none, the full transition with M), read by the scan.
   float* cdecay;
   int32_t* cp_warm;
-  // 1 (FLASHGDN_CP_DIRECT=1, A/B; head-form CP only): a segment whose predecessor took the warm-up starts from the
+  // 1 (the default; FLASHGDN_CP_DIRECT=0 gives 0; head-form CP only): a segment whose predecessor took the warm-up starts from the
   // predecessor's S_loc in cp_end (the final pass reads it), and the scan (cp_scan_direct_kernel) skips those copies.
   int cp_direct;
   int64_t u_stride;        // elements between the U images of consecutive (chunk, head): u_image_elems(V, kMinBv)

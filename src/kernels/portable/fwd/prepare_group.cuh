@@ -1,5 +1,6 @@
 // Portable forward, stage 1 in the sm_90a head form's "A only" mode, one CTA per (chunk, q/k head) for all value heads
-// of the head group (FLASHGDN_PREPARE_GROUP=1; A/B against prepare_kernel's one CTA per (chunk, value head)).
+// of the head group (the default for the head form; FLASHGDN_PREPARE_GROUP=0 takes prepare_kernel's one CTA per
+// (chunk, value head)).
 //
 // What it writes is prepare_kernel's a_only output, per (chunk, value head h): aux (gamma, rq, rk), the bf16 (64, 72)
 // image of the gate-free A diag(beta) in Pm's slot, and (head-form CP) the warm-up bound cdecay (params.hpp). A =
