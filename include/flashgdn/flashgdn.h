@@ -185,6 +185,16 @@ FLASHGDN_API flashgdn_status_t flashgdn_chunk_bwd_workspace_size(const flashgdn_
 FLASHGDN_API flashgdn_status_t flashgdn_chunk_bwd(const flashgdn_chunk_bwd_params_t* params, void* workspace,
                                                   size_t workspace_bytes, flashgdn_stream_t stream);
 
+/* ---- one-time setup (optional) ----
+ * Does the process's one-time work for `device` (-1: the current device) that the first GPU call would otherwise do
+ * itself (tens of milliseconds; docs/api.md "First call"): the CUDA runtime of this library, the device's
+ * attributes, the driver's tensor-map entry point, and the loading of the kernels of the sm_90a forward (bf16, K = V
+ * = 128, default switches) and of the scheduler and CP kernels it uses. Other paths (fp16, other head dims, the
+ * portable recurrence, the backward) load their kernels at their first call. Call it once per device at startup (for
+ * example while loading a model), outside stream capture. It launches no kernel, allocates no memory, does not
+ * synchronise, and leaves the current device as it found it. FLASHGDN_TRACE_INIT=1 prints its phases to stderr. */
+FLASHGDN_API flashgdn_status_t flashgdn_init(int32_t device);
+
 /* ---- CPU reference (host memory; any floating dtype incl. float64 for inputs and outputs) ----
  * In GPU builds every pointer is first checked with cudaPointerGetAttributes (device memory is an
  * FLASHGDN_ERROR_INVALID_ARGUMENT naming the argument); that call initialises the CUDA runtime if a driver

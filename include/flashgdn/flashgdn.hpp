@@ -73,5 +73,7 @@ inline void reference_fwd(const ChunkFwdParams& p,
 inline void reference_bwd(const ChunkBwdParams& p) { check(flashgdn_reference_bwd(&p)); }
 
 inline bool built_with_gpu() { return flashgdn_built_with_gpu() != 0; }
+// The one-time work of the first GPU call, done now (flashgdn_init; device -1: the current device).
+inline void init(int device = -1) { check(flashgdn_init(device)); }
 
 }  // namespace flashgdn

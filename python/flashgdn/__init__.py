@@ -1,9 +1,10 @@
 """FlashGDN: Gated DeltaNet (gated delta rule) chunked kernels.
 
 ``chunk_gated_delta_rule`` (needs torch) is a drop-in for FLA's function of the same name; the
-``reference`` module runs the library's CPU references on numpy arrays.
+``reference`` module runs the library's CPU references on numpy arrays. ``init(device)`` does the first GPU call's
+one-time work at startup (optional).
 """
-from ._lib import FlashGDNError, built_with_gpu, library_path, version  # noqa: F401
+from ._lib import FlashGDNError, built_with_gpu, init, library_path, version  # noqa: F401
 
 __version__ = version
 

@@ -119,6 +119,8 @@ for _name, _params in (("fwd", FwdParams), ("bwd", BwdParams)):
     getattr(lib, f"flashgdn_chunk_{_name}").argtypes = [
         ctypes.POINTER(_params), ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
     getattr(lib, f"flashgdn_chunk_{_name}").restype = ctypes.c_int
+lib.flashgdn_init.argtypes = [ctypes.c_int32]
+lib.flashgdn_init.restype = ctypes.c_int
 lib.flashgdn_reference_fwd.argtypes = [ctypes.POINTER(FwdParams), ctypes.c_int]
 lib.flashgdn_reference_fwd.restype = ctypes.c_int
 lib.flashgdn_reference_bwd.argtypes = [ctypes.POINTER(BwdParams)]
@@ -145,6 +147,13 @@ def check(status: int) -> None:
         for c_name, py_name in _PY_NAMES.items():
             msg = msg.replace(c_name, py_name)
         raise FlashGDNError(status, f"{lib.flashgdn_status_string(status).decode()}: {msg}")
+
+
+def init(device: int = -1) -> None:
+    """The one-time work of the first GPU call, done now: the library's CUDA runtime, the device's attributes, the
+    tensor-map entry point and the sm_90a forward's kernels (bf16, K = V = 128) loaded (``flashgdn_init``; -1: the
+    current device). Optional; call it once per device at startup. Raises FlashGDNError on failure."""
+    check(lib.flashgdn_init(int(device)))
 
 
 def new_fwd_params() -> FwdParams:

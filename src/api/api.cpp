@@ -79,6 +79,13 @@ flashgdn_tensor_t flashgdn_make_tensor(void* data, flashgdn_dtype_t dtype, int32
   return t;
 }
 
+flashgdn_status_t flashgdn_init(int32_t device) {
+  if (device < -1)
+    return fail(FLASHGDN_ERROR_INVALID_ARGUMENT, "flashgdn_init: argument 'device' = %d, expected -1 (the current "
+                "device) or a device index", static_cast<int>(device));
+  return init_device(device);
+}
+
 flashgdn_status_t flashgdn_chunk_fwd_workspace_size(const flashgdn_chunk_fwd_params_t* params, size_t* bytes) {
   static const char* fn = "flashgdn_chunk_fwd_workspace_size";
   if (bytes == nullptr) return fail(FLASHGDN_ERROR_INVALID_ARGUMENT, "%s: argument 'bytes' is NULL", fn);

@@ -1,11 +1,15 @@
 // GPU dispatch: workspace planning, checking mode, and the choice of kernel path.
 #include <cuda_runtime.h>
 
+#include <chrono>
+#include <cstdio>
 #include <vector>
 
 #include "api/dispatch.hpp"
+#include "api/env.hpp"
 #include "api/error.hpp"
 #include "api/tensor.hpp"
+#include "api/tensor_map.hpp"
 #include "kernels/portable/bwd/bwd_portable.hpp"
 #include "kernels/portable/fwd/fwd_portable.hpp"
 
@@ -50,6 +54,37 @@ flashgdn_status_t copy_indices(const flashgdn_tensor_t& t, int64_t n, const char
 }
 
 }  // namespace
+
+flashgdn_status_t init_device(int device) {
+  static const char* fn = "flashgdn_init";
+  using clock = std::chrono::steady_clock;
+  auto ms = [](clock::time_point a, clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
+  const auto t0 = clock::now();
+  int prev = 0, count = 0;
+  cudaError_t e = cudaGetDevice(&prev);  // this library's CUDA runtime (linked statically) starts here
+  if (e == cudaSuccess) e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess) return cuda_fail(fn, "cudaGetDevice", e);
+  if (device >= count)
+    return fail(FLASHGDN_ERROR_INVALID_ARGUMENT, "%s: argument 'device' = %d, but %d devices are visible", fn, device,
+                count);
+  const int dev = device < 0 ? prev : device;
+  if (dev != prev && (e = cudaSetDevice(dev)) != cudaSuccess) return cuda_fail(fn, "cudaSetDevice", e);
+  e = cudaFree(nullptr);  // the device's primary context (a no-op where the caller made it already)
+  const auto t1 = clock::now();
+  flashgdn_status_t st = e == cudaSuccess ? FLASHGDN_SUCCESS : cuda_fail(fn, "cudaFree(nullptr)", e);
+  if (st == FLASHGDN_SUCCESS) st = fetch_tensor_map_encoder(fn);
+  const auto t2 = clock::now();
+  int loaded = 0;
+  if (st == FLASHGDN_SUCCESS) st = portable::preload_fwd(dev, &loaded);
+  const auto t3 = clock::now();
+  if (dev != prev && (e = cudaSetDevice(prev)) != cudaSuccess && st == FLASHGDN_SUCCESS)
+    st = cuda_fail(fn, "cudaSetDevice (restoring the current device)", e);
+  if (env_is_one("FLASHGDN_TRACE_INIT"))
+    std::fprintf(stderr, "flashgdn_init(device %d): runtime and context %.3f ms, tensor-map entry point %.3f ms, "
+                 "device attributes and %d kernels %.3f ms, total %.3f ms (status %d)\n",
+                 dev, ms(t0, t1), ms(t1, t2), loaded, ms(t2, t3), ms(t0, clock::now()), static_cast<int>(st));
+  return st;
+}
 
 flashgdn_status_t check_device_inputs(const Problem& pr, const flashgdn_tensor_t& cu, const flashgdn_tensor_t* idx,
                                       const flashgdn_tensor_t& g, const char* fn, flashgdn_stream_t stream) {

@@ -25,6 +25,9 @@ flashgdn_status_t check_device_inputs(const Problem& pr, const flashgdn_tensor_t
                                       const flashgdn_tensor_t* state_indices, const flashgdn_tensor_t& g,
                                       const char* fn, flashgdn_stream_t stream);
 
+// flashgdn_init: the runtime, device attributes, tensor-map entry point and the sm_90a forward's kernels, loaded now.
+flashgdn_status_t init_device(int device);
+
 flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, void* workspace,
                              flashgdn_stream_t stream);
 flashgdn_status_t launch_bwd(const Problem& pr, const flashgdn_chunk_bwd_params_t& p, void* workspace,

@@ -20,6 +20,7 @@ flashgdn_status_t check_device_inputs(const Problem&, const flashgdn_tensor_t&, 
                                       const flashgdn_tensor_t&, const char* fn, flashgdn_stream_t) {
   return no_gpu(fn);
 }
+flashgdn_status_t init_device(int) { return no_gpu("flashgdn_init"); }
 flashgdn_status_t launch_fwd(const Problem&, const flashgdn_chunk_fwd_params_t&, void*, flashgdn_stream_t) {
   return no_gpu("flashgdn_chunk_fwd");
 }

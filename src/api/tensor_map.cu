@@ -27,6 +27,14 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_fn(cudaError_t* err) {
 
 }  // namespace
 
+flashgdn_status_t fetch_tensor_map_encoder(const char* fn) {
+  cudaError_t e = cudaSuccess;
+  if (encode_fn(&e) == nullptr)
+    return fail(FLASHGDN_ERROR_NO_DEVICE, "%s: cuTensorMapEncodeTiled is unavailable (%s)", fn,
+                e == cudaSuccess ? "driver too old" : cudaGetErrorString(e));
+  return FLASHGDN_SUCCESS;
+}
+
 flashgdn_status_t encode_tma_tile(void* out, const TmaTile& t, const char* fn, const char* name) {
   FLASHGDN_TRY(validate_tma_tile(t, fn, name));
   cudaError_t e = cudaSuccess;

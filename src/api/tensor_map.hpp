@@ -37,6 +37,9 @@ struct TmaTile {
 // box extents in [1, 256], an inner box of at most the swizzle span, ...). Host-only, unit-tested.
 flashgdn_status_t validate_tma_tile(const TmaTile& t, const char* fn, const char* name);
 
+// The driver entry point behind encode_tma_tile, fetched now (once per process; flashgdn_init).
+flashgdn_status_t fetch_tensor_map_encoder(const char* fn);
+
 // Encodes a CUtensorMap (128 bytes, 64-byte aligned) into `out`. GPU builds only.
 flashgdn_status_t encode_tma_tile(void* out_tensor_map, const TmaTile& t, const char* fn, const char* name);
 

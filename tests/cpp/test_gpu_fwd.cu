@@ -833,6 +833,31 @@ TEST(GpuForwardWorkspace, TooSmallIsAnError) {
   EXPECT_NE(std::string(flashgdn_get_last_error()).find("argument 'workspace_bytes'"), std::string::npos);
 }
 
+// flashgdn_init: succeeds on the current device and by index, leaves the current device as it was, names a device
+// index past the visible ones, and a forward call after it runs.
+TEST(GpuForwardInit, LoadsKernelsAndKeepsTheCurrentDevice) {
+  REQUIRE_GPU();
+  int before = -1, count = 0;
+  ASSERT_EQ(cudaGetDevice(&before), cudaSuccess);
+  ASSERT_EQ(cudaGetDeviceCount(&count), cudaSuccess);
+  EXPECT_EQ(flashgdn_init(-1), FLASHGDN_SUCCESS) << flashgdn_get_last_error();
+  EXPECT_EQ(flashgdn_init(count - 1), FLASHGDN_SUCCESS) << flashgdn_get_last_error();
+  int after = -1;
+  ASSERT_EQ(cudaGetDevice(&after), cudaSuccess);
+  EXPECT_EQ(after, before);
+  EXPECT_EQ(flashgdn_init(count), FLASHGDN_ERROR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(flashgdn_get_last_error()).find("argument 'device'"), std::string::npos);
+  DevBuf buf(1 << 16);
+  ASSERT_EQ(cudaMemset(buf.p, 0, 1 << 16), cudaSuccess);  // zero inputs: g = 0, beta = 0
+  unsigned char* b = static_cast<unsigned char*>(buf.p);
+  flashgdn::ChunkFwdParams p = tiny_params(b, 16384);
+  size_t bytes = 0;
+  ASSERT_EQ(flashgdn_chunk_fwd_workspace_size(&p, &bytes), FLASHGDN_SUCCESS);
+  DevBuf ws(bytes);
+  EXPECT_EQ(flashgdn_chunk_fwd(&p, ws.p, bytes, nullptr), FLASHGDN_SUCCESS) << flashgdn_get_last_error();
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+}
+
 // A small case for compute-sanitizer (scripts/gpu-check runs memcheck/racecheck/synccheck on it).
 TEST(GpuForwardSanitize, SmallVarlenPool) {
   REQUIRE_GPU();

@@ -176,6 +176,11 @@ TEST(Validation, NullParamsAndBytes) {
   EXPECT_NE(std::string(flashgdn_get_last_error()).find("argument 'bytes' is NULL"), std::string::npos);
 }
 
+TEST(Validation, InitRejectsBadDevice) {
+  EXPECT_EQ(flashgdn_init(-2), kBad);
+  EXPECT_NE(std::string(flashgdn_get_last_error()).find("argument 'device' = -2"), std::string::npos);
+}
+
 TEST(Validation, ValidProblemsPass) {
   size_t bytes = 0;
   flashgdn::ChunkFwdParams p = valid_fwd();

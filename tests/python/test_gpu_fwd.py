@@ -317,3 +317,11 @@ def test_cp_on_matches_reference():
                                                     output_final_state=True, cu_seqlens=cu.cpu(),
                                                     use_qk_l2norm_in_kernel=True)
     assert rel(o, o_ref) <= 1e-2 and rel(ht, ht_ref) <= 1e-2
+
+
+def test_init_then_call():
+    flashgdn.init()
+    flashgdn.init(torch.cuda.current_device())
+    with pytest.raises(flashgdn.FlashGDNError, match="argument 'device'"):
+        flashgdn.init(torch.cuda.device_count())
+    test_matches_cpu_reference(torch.bfloat16, 1e-2)

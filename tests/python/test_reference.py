@@ -104,3 +104,8 @@ def test_errors_name_the_argument():
 def test_library_info():
     assert flashgdn.__version__ == "0.1.0"
     assert isinstance(flashgdn.built_with_gpu, bool)
+
+
+def test_init_names_a_bad_device():
+    with pytest.raises(flashgdn.FlashGDNError, match="argument 'device' = -2"):
+        flashgdn.init(-2)

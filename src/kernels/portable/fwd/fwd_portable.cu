@@ -502,6 +502,27 @@ bool head_cp_planned(const Problem& pr, int cc_major) {
 
 }  // namespace
 
+flashgdn_status_t preload_fwd(int dev, int* loaded) {
+  DeviceInfo info;
+  FLASHGDN_TRY(device_info(dev, &info));  // attributes; on cc 9.x it loads one recurrence instantiation
+  auto touch = [&](auto kernel, const char* what) -> flashgdn_status_t {
+    cudaFuncAttributes fa{};
+    const cudaError_t e = cudaFuncGetAttributes(&fa, kernel);  // loads it under lazy module loading
+    if (e != cudaSuccess) return cuda_error(what, e);
+    ++*loaded;
+    return FLASHGDN_SUCCESS;
+  };
+  FLASHGDN_TRY(touch(chunk_offsets_kernel<256>, "flashgdn_init: chunk offsets kernel"));
+  FLASHGDN_TRY(touch(segment_table_kernel, "flashgdn_init: segment table kernel"));
+  FLASHGDN_TRY(touch(chunk_table_kernel, "flashgdn_init: chunk table kernel"));
+  if (info.cc_major != 9 || !info.tma_recurrence) return FLASHGDN_SUCCESS;  // no sm_90a code for this device
+  // The sm_90a forward under the default switches: the grouped A-only prepare with tensor-core solve levels, the
+  // direct CP scan, the head-form kernels.
+  FLASHGDN_TRY((touch(prepare_group_kernel<__nv_bfloat16, 128, 128, true>, "flashgdn_init: prepare kernel")));
+  FLASHGDN_TRY(touch(cp_scan_direct_kernel<128>, "flashgdn_init: cp scan kernel"));
+  return sm90fwd::preload(dev, loaded);
+}
+
 size_t workspace_bytes(const Problem& pr) {
   const DeviceInfo info = current_device_info();
   return layout(pr, info.num_sms, head_cp_planned(pr, info.cc_major)).total;

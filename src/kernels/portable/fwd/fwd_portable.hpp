@@ -12,6 +12,9 @@
 namespace flashgdn::portable {
 
 size_t workspace_bytes(const Problem& pr);
+// flashgdn_init on `dev` (the current device): device attributes and the sm_90a forward's kernels (default switches)
+// loaded, with the scheduler and CP scan kernels it uses; adds the number of kernels loaded to *loaded.
+flashgdn_status_t preload_fwd(int dev, int* loaded);
 flashgdn_status_t launch_fwd(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, void* workspace,
                              cudaStream_t stream);
 

@@ -94,14 +94,20 @@ flashgdn_status_t map_image(CUtensorMap* map, const void* base, int inner, int64
   return encode_tma_tile(map, t, "flashgdn_chunk_fwd", name);
 }
 
+// The shared-memory limit of one instantiation, raised once per device (bit `dev`; launch and preload share it).
+template <bool PINGPONG, bool SOLVE, int CP>
+std::atomic<uint64_t>& head_raised() {
+  static std::atomic<uint64_t> raised{0};
+  return raised;
+}
+
 template <bool PINGPONG, bool SOLVE, int CP = 0>
 flashgdn_status_t launch_head_kernel(const head::Maps& maps, const portable::FwdArgs& a, cudaStream_t stream) {
   auto kernel = head::fused_head_sm90_kernel<PINGPONG, SOLVE, CP>;
   constexpr uint32_t smem = head::smem_bytes(SOLVE);
-  static std::atomic<uint64_t> raised{0};  // the shared-memory limit, raised once per device (bit `dev`)
   int dev = 0;
   cudaError_t e = cudaGetDevice(&dev);
-  if (e == cudaSuccess) e = raise_smem_limit_once(kernel, static_cast<int>(smem), dev, raised);
+  if (e == cudaSuccess) e = raise_smem_limit_once(kernel, static_cast<int>(smem), dev, head_raised<PINGPONG, SOLVE, CP>());
   if (e != cudaSuccess)
     return fail(FLASHGDN_ERROR_CUDA, "flashgdn_chunk_fwd: sm90 head kernel setup: %s", cudaGetErrorString(e));
   // CTAs: sequences (CP 0), segments (pass 3) or segments x {S_loc, M} (pass 1), times heads.
@@ -112,6 +118,19 @@ flashgdn_status_t launch_head_kernel(const head::Maps& maps, const portable::Fwd
   e = cudaGetLastError();
   if (e != cudaSuccess)
     return fail(FLASHGDN_ERROR_CUDA, "flashgdn_chunk_fwd: sm90 head kernel launch: %s", cudaGetErrorString(e));
+  return FLASHGDN_SUCCESS;
+}
+
+// flashgdn_init: the instantiation loaded (cudaFuncGetAttributes loads it under lazy module loading) and its
+// shared-memory limit raised on `dev` (the current device).
+template <bool PINGPONG, bool SOLVE, int CP>
+flashgdn_status_t preload_head_kernel(int dev) {
+  auto kernel = head::fused_head_sm90_kernel<PINGPONG, SOLVE, CP>;
+  cudaFuncAttributes fa{};
+  cudaError_t e = cudaFuncGetAttributes(&fa, kernel);
+  if (e == cudaSuccess)
+    e = raise_smem_limit_once(kernel, static_cast<int>(head::smem_bytes(SOLVE)), dev, head_raised<PINGPONG, SOLVE, CP>());
+  if (e != cudaSuccess) return fail(FLASHGDN_ERROR_CUDA, "flashgdn_init: sm90 head kernel: %s", cudaGetErrorString(e));
   return FLASHGDN_SUCCESS;
 }
 
@@ -139,6 +158,15 @@ bool applies_cp(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, int cc_
   if (cc_major != 9 || pr.K != 128 || pr.V != 128 || pr.io_dtype != FLASHGDN_DTYPE_BFLOAT16) return false;
   if (max_smem < static_cast<int>(head::smem_bytes(variant() == 4))) return false;
   return tma_ok(pr, p);
+}
+
+flashgdn_status_t preload(int dev, int* loaded) {
+  // The default switches' instantiations (ping-pong, prepare's A images): the head form, CP passes 1 and 3.
+  FLASHGDN_TRY((preload_head_kernel<true, false, 0>(dev)));
+  FLASHGDN_TRY((preload_head_kernel<true, false, 1>(dev)));
+  FLASHGDN_TRY((preload_head_kernel<true, false, 3>(dev)));
+  *loaded += 3;
+  return FLASHGDN_SUCCESS;
 }
 
 flashgdn_status_t launch_cp(const portable::FwdArgs& a, const Problem& pr, const flashgdn_chunk_fwd_params_t& p,

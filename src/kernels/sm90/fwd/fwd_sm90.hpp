@@ -32,6 +32,10 @@ bool applies_cp(const Problem& pr, const flashgdn_chunk_fwd_params_t& p, int cc_
 flashgdn_status_t launch_cp(const portable::FwdArgs& a, const Problem& pr, const flashgdn_chunk_fwd_params_t& p,
                             cudaStream_t stream);
 
+// flashgdn_init on `dev` (the current device, compute capability 9.x): loads the head form's instantiations of the
+// default switches (the head form, CP passes 1 and 3) and raises their shared-memory limits; adds their count.
+flashgdn_status_t preload(int dev, int* loaded);
+
 // Launches the head form (after the portable prepare stage in a_only mode, except for variant 4).
 flashgdn_status_t launch(const portable::FwdArgs& a, const Problem& pr, const flashgdn_chunk_fwd_params_t& p,
                          cudaStream_t stream);
