@@ -80,7 +80,7 @@ def main():
     ap.add_argument("--child", action="store_true")
     ap.add_argument("--init", action="store_true", help="(child) flashgdn.init() before the first call")
     ap.add_argument("--prealloc", action="store_true", help="(child) torch's allocator primed with the call's sizes")
-    ap.add_argument("--profile", action="store_true", help="also print a cProfile of the first call (default mode)")
+    ap.add_argument("--profile", action="store_true", help="also print a cProfile of the first call (after init and the allocator primed)")
     args = ap.parse_args()
     if args.child:
         child(args)
@@ -110,7 +110,7 @@ def main():
               f"(CPU {r['first']['cpu_ms']:.3f} ms), warm calls median {warm:.3f} ms (CPU {warm_cpu:.3f} ms); "
               f"first / warm {r['first']['event_ms'] / warm:.2f}x")
     if args.profile:
-        out = subprocess.run([sys.executable, __file__, "--child", "--profile", "--hqk", str(args.hqk), "--hv",
+        out = subprocess.run([sys.executable, __file__, "--child", "--profile", "--init", "--prealloc", "--hqk", str(args.hqk), "--hv",
                               str(args.hv), "--seqlens", args.seqlens], capture_output=True, text=True, timeout=300)
         print(out.stdout[-12000:], out.stderr[-2000:])
 
