@@ -121,6 +121,10 @@ TEST(Plan, HeadCpCostModel) {
   EXPECT_FALSE(on(2, 8, std::vector<int64_t>(8, 1024)));  // 0.124 vs 0.093
   EXPECT_FALSE(on(16, 64, {8192, 8192, 8192, 8192}));
   EXPECT_FALSE(on(16, 32, std::vector<int64_t>(8, 1024)));
+  // Unequal lengths: the passes' work spread over the SMs (066e912: 16/48 CP 1.049 vs 1.454 ms with the bench's gates;
+  // 16/64 CP 1.168 vs 1.546 there, but costed 1.18x the sequential side with the full transition, g = 0's case).
+  EXPECT_TRUE(on(16, 48, {28672, 4096}));
+  EXPECT_FALSE(on(16, 64, {28672, 4096}));
   // The warm-up's bounds and choices have workspace regions of their own with head-form CP only.
   const Problem pr = problem(2, 8, {32768});
   const fp::Layout h = fp::layout(pr, kH100Sms, true), p = fp::layout(pr, kH100Sms);
