@@ -187,7 +187,7 @@ FLASHGDN_API flashgdn_status_t flashgdn_chunk_bwd(const flashgdn_chunk_bwd_param
 
 /* ---- one-time setup (optional) ----
  * Does the process's one-time work for `device` (-1: the current device) that the first GPU call would otherwise do
- * itself (tens of milliseconds; docs/api.md "First call"): the CUDA runtime of this library, the device's
+ * itself (about 0.1 s on H100; README "First call"): the CUDA runtime of this library, the device's
  * attributes, the driver's tensor-map entry point, and the loading of the kernels of the sm_90a forward (bf16, K = V
  * = 128, default switches) and of the scheduler and CP kernels it uses. Other paths (fp16, other head dims, the
  * portable recurrence, the backward) load their kernels at their first call. Call it once per device at startup (for
