@@ -100,14 +100,7 @@ __device__ __forceinline__ void load_gamma_beta(const FwdArgs& a, float* gam, fl
     const float* gg = a.g + brow * a.g_s[0] + h * a.g_s[2];
     const float x0 = 2 * lane < L ? gg[(t0 + 2 * lane) * a.g_s[1]] : 0.f;
     const float x1 = 2 * lane + 1 < L ? gg[(t0 + 2 * lane + 1) * a.g_s[1]] : 0.f;
-    float incl = x0 + x1;
-#pragma unroll
-    for (int d = 1; d < 32; d <<= 1) {
-      const float y = __shfl_up_sync(0xffffffffu, incl, d);
-      if (lane >= d) incl += y;
-    }
-    gam[2 * lane] = incl - x1;
-    gam[2 * lane + 1] = incl;
+    gamma_scan(x0, x1, lane, gam);
   } else if (warp == 1) {
     const int64_t boff = brow * a.beta_s[0] + h * a.beta_s[2];
     for (int i = lane; i < kChunk; i += 32) beta[i] = i < L ? load_beta<T>(a, boff + (t0 + i) * a.beta_s[1]) : 0.f;
@@ -171,6 +164,38 @@ __device__ __forceinline__ void write_kk_diag(float* dst, int stride, const floa
       const int j = nt * 8 + ((lane & 3) << 1);
       if (j == i) dst[i * stride] = f(i) * kk[0][nt][2 * hf];
       if (j + 1 == i) dst[i * stride] = f(i) * kk[0][nt][2 * hf + 1];
+    }
+  }
+}
+
+// X = T⁻¹ (blocked_solve.hpp; tm and x of row stride blocked_solve::kLd): the diagonal blocks on warps 0-1 while warp
+// 3 runs warm_up() (the warm-up bound, when a.cdecay is set), the diag8 merge, then the levels (tf32 tensor cores with
+// MMA). Ends after a barrier; afterwards tm is dead.
+template <bool MMA, class WarmUp>
+__device__ __forceinline__ void invert_t(const FwdArgs& a, int tid, int warp, int lane, float* tm, float* x, float* yb,
+                                         WarmUp warm_up) {
+  if (tid < 64) {
+    if (a.solve_diag8)
+      blocked_solve::diag8(tid, tm, x);
+    else
+      blocked_solve::diag(tid, tm, x);
+  } else if (warp == 3 && a.cdecay != nullptr) {
+    warm_up();  // NOTE: on the warp the diagonal blocks leave idle
+  }
+  __syncthreads();
+  if (a.solve_diag8) {  // Y: the warp's 64 floats of scratch
+    blocked_solve::merge8_warp(warp, lane, tm, x, yb);
+    __syncthreads();
+  }
+  if constexpr (MMA) {  // the A image is bf16: the levels on tf32 tensor cores
+    blocked_solve::levels_mma(warp, lane, tm, x, blocked_solve::kLd, yb, [] { __syncthreads(); });
+  } else {
+#pragma unroll 1
+    for (int d = 1; d < blocked_solve::kNB; ++d) {
+      blocked_solve::level_y(tid, 128, d, tm, x, yb);
+      __syncthreads();
+      blocked_solve::level_x(tid, 128, d, x, yb);
+      __syncthreads();
     }
   }
 }
@@ -309,31 +334,11 @@ __global__ void __launch_bounds__(128, LATE_V ? 4 : 3) prepare_kernel(FwdArgs a)
 
   // ---- phase 3: X = T⁻¹ ----
   static_assert(S::kLdF == blocked_solve::kLd, "blocked solve stride");
-  if (tid < 64) {
-    if (a.solve_diag8)
-      blocked_solve::diag8(tid, sm.a.tm, sm.xv.x);
-    else
-      blocked_solve::diag(tid, sm.a.tm, sm.xv.x);
-  } else if (warp == 3 && a.cdecay != nullptr) {
-    // ||k̂_t||² = rk_t² ||k_t||² (the diagonal of K Kᵀ in Y's scratch). NOTE: on the warp the diagonal blocks leave idle.
+  // ||k̂_t||² = rk_t² ||k_t||² (the diagonal of K Kᵀ in Y's scratch). After the last level sTm is dead: sProd may
+  // overwrite it.
+  invert_t<MMA>(a, tid, warp, lane, sm.a.tm, sm.xv.x, sm.yb, [&] {
     write_warmup_bound(a, ch, lane, L, sm.gam[L - 1], [&](int i) { return sm.beta[i] * sm.rk[i] * sm.rk[i] * sm.yb[i]; });
-  }
-  __syncthreads();
-  if (a.solve_diag8) {  // Y: the warp's 64 floats of scratch
-    blocked_solve::merge8_warp(warp, lane, sm.a.tm, sm.xv.x, sm.yb);
-    __syncthreads();
-  }
-  if constexpr (MMA) {  // the A image is bf16: the levels on tf32 tensor cores (A/B)
-    blocked_solve::levels_mma(warp, lane, sm.a.tm, sm.xv.x, S::kLdF, sm.yb, [] { __syncthreads(); });
-  } else {
-#pragma unroll 1
-    for (int d = 1; d < blocked_solve::kNB; ++d) {
-      blocked_solve::level_y(tid, 128, d, sm.a.tm, sm.xv.x, sm.yb);
-      __syncthreads();
-      blocked_solve::level_x(tid, 128, d, sm.xv.x, sm.yb);
-      __syncthreads();  // after the last level sTm is dead: sProd may overwrite it
-    }
-  }
+  });
 
   if (a.a_only) {  // the sm_90a head form: A diag(beta) as a bf16 image in Pm's layout, pads included
     write_a_image<T>(static_cast<T*>(a.Pm) + ch * pm_image_elems(), sm.xv.x, S::kLdF, sm.beta, L, tid);

@@ -35,6 +35,7 @@ __global__ void __launch_bounds__(128, 4) prepare_group_kernel(FwdArgs a) {
   using namespace device;
   using S = PrepareSmem<T, KD, VD, true>;
   static_assert(S::kLdF > kChunk, "the T tile's pad column holds the key norms");
+  static_assert(S::kLdF == blocked_solve::kLd, "blocked solve stride");
   extern __shared__ __align__(128) unsigned char smem_raw[];
   S& sm = *reinterpret_cast<S*>(smem_raw);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -75,30 +76,9 @@ __global__ void __launch_bounds__(128, 4) prepare_group_kernel(FwdArgs a) {
     __syncthreads();
 
     // ---- phase 5: X = T⁻¹; the warm-up bound on the warp the diagonal blocks leave idle ----
-    if (tid < 64) {
-      if (a.solve_diag8)
-        blocked_solve::diag8(tid, sm.a.tm, sm.xv.x);
-      else
-        blocked_solve::diag(tid, sm.a.tm, sm.xv.x);
-    } else if (warp == 3 && a.cdecay != nullptr) {
+    invert_t<MMA>(a, tid, warp, lane, sm.a.tm, sm.xv.x, sm.yb, [&] {
       write_warmup_bound(a, ch, lane, L, sm.gam[L - 1], [&](int i) { return sm.beta[i] * sm.a.tm[i * S::kLdF + kChunk]; });
-    }
-    __syncthreads();
-    if (a.solve_diag8) {
-      blocked_solve::merge8_warp(warp, lane, sm.a.tm, sm.xv.x, sm.yb);
-      __syncthreads();
-    }
-    if constexpr (MMA) {
-      blocked_solve::levels_mma(warp, lane, sm.a.tm, sm.xv.x, S::kLdF, sm.yb, [] { __syncthreads(); });
-    } else {
-#pragma unroll 1
-      for (int d = 1; d < blocked_solve::kNB; ++d) {
-        blocked_solve::level_y(tid, 128, d, sm.a.tm, sm.xv.x, sm.yb);
-        __syncthreads();
-        blocked_solve::level_x(tid, 128, d, sm.xv.x, sm.yb);
-        __syncthreads();
-      }
-    }
+    });
 
     // ---- phase 6: A diag(beta) as a bf16 (64, 72) image ----
     write_a_image<T>(static_cast<T*>(a.Pm) + ch * pm_image_elems(), sm.xv.x, S::kLdF, sm.beta, L, tid);

@@ -10,6 +10,19 @@
 
 namespace flashgdn::portable {
 
+// One warp: gam = the inclusive cumsum of a chunk's 64 gates, lane l holding g[2 l] = x0 and g[2 l + 1] = x1 (the
+// callers pass 0 past the chunk's length, so rows past it repeat gamma[L - 1]).
+__device__ __forceinline__ void gamma_scan(float x0, float x1, int lane, float* gam) {
+  float incl = x0 + x1;
+#pragma unroll
+  for (int d = 1; d < 32; d <<= 1) {
+    const float y = __shfl_up_sync(0xffffffffu, incl, d);
+    if (lane >= d) incl += y;
+  }
+  gam[2 * lane] = incl - x1;
+  gam[2 * lane + 1] = incl;
+}
+
 struct Seq {
   int64_t b, bos, eos;  // batch row, tokens [bos, eos) of that row
 };

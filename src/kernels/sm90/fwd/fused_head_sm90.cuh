@@ -137,15 +137,7 @@ __device__ __forceinline__ void gates_solve(unsigned char* smem, uint32_t base, 
 
     // (a) γ = inclusive cumsum of g (rows past L: γ[L - 1]), β, rq, rk (0 past L)
     if (t < 32) {
-      const float x0 = gb[0], x1 = gb[1];
-      float incl = x0 + x1;
-#pragma unroll
-      for (int d = 1; d < 32; d <<= 1) {
-        const float y = __shfl_up_sync(0xffffffffu, incl, d);
-        if (lane >= d) incl += y;
-      }
-      gam[2 * lane] = incl - x1;
-      gam[2 * lane + 1] = incl;
+      portable::gamma_scan(gb[0], gb[1], lane, gam);
     } else if (t < 64) {
       sBeta[lane] = gb[0];
       sBeta[lane + 32] = gb[1];
